@@ -1,0 +1,1 @@
+"""flowerbed: continual, federated, differentially private training of causal LMs."""

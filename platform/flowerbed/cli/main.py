@@ -1,0 +1,33 @@
+"""`flowerbed <command> [args]`: one console command, one subcommand per job."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: flowerbed <command> [args]
+
+commands:
+  simulate [hydra overrides]   run a simulated federation (a Hydra app: -m sweeps work)
+                               e.g. flowerbed simulate experiment=smoke
+                                    flowerbed simulate resume=runs/2026-11-23/10-00-00
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(USAGE)
+        raise SystemExit(0 if argv else 2)
+    command, rest = argv[0], argv[1:]
+    if command == "simulate":
+        from flowerbed.cli.simulate import hydra_simulate
+
+        sys.argv = ["flowerbed simulate", *rest]
+        hydra_simulate()
+        return
+    print(f"flowerbed: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

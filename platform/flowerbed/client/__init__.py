@@ -1,0 +1,1 @@
+"""The client side: the Flower ClientApp and the local trainer it drives."""

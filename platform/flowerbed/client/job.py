@@ -1,0 +1,65 @@
+"""What one Message asks of a client, decoded once: its config, its data and its device."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from flwr.app import ConfigRecord, Context
+
+from flowerbed.config.loader import build_dataclass
+from flowerbed.config.schema import TrainConfig
+from flowerbed.model.runtime import resolve_device
+
+
+@dataclass
+class ClientJob:
+    """The server's instructions for one round plus this node's own settings."""
+
+    round: int
+    total_rounds: int
+    partition_id: int
+    seed: int
+    train: TrainConfig
+    model_config: dict
+    transport_dtype: str
+    data_dir: Path
+    device: torch.device
+
+    @classmethod
+    def from_message(cls, config: ConfigRecord, context: Context) -> ClientJob:
+        """Read the round's ConfigRecord and the node config (`partition-id`, `data-dir`).
+
+        In simulation the server names a clients folder and each virtual node takes its
+        partition's sub-folder; a deployed SuperNode names its own `data-dir`.
+        """
+        node = context.node_config
+        partition_id = int(node.get("partition-id", 0))
+        if "data-dir" in node:
+            data_dir = Path(str(node["data-dir"])).expanduser()
+        else:
+            data_dir = Path(str(config["clients-dir"])) / f"client-{partition_id}" / "data"
+        threads = int(config.get("threads", 0))
+        if threads > 0:
+            torch.set_num_threads(threads)
+        return cls(
+            round=int(config["server-round"]),
+            total_rounds=int(config["total-rounds"]),
+            partition_id=partition_id,
+            seed=int(config["seed"]),
+            train=build_dataclass(TrainConfig, json.loads(str(config["train-config"])), "train."),
+            model_config=json.loads(str(config["model-config"])),
+            transport_dtype=str(config["transport-dtype"]),
+            data_dir=data_dir,
+            device=resolve_device(str(node.get("device", config.get("device", "auto")))),
+        )
+
+    @property
+    def first_step(self) -> int:
+        return (self.round - 1) * self.train.local_steps
+
+    @property
+    def total_steps(self) -> int:
+        return self.total_rounds * self.train.local_steps

@@ -1,0 +1,205 @@
+"""The config schema: one dataclass per Hydra group, validated when a run starts.
+
+Every field has a default so that a partial YAML file is enough; `__post_init__` checks
+the rules that span several fields and names the key that is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ModelPreset = Literal["tiny", "small", "125m", "350m", "1b"]
+CorpusName = Literal["stdlib", "synthetic", "files"]
+PartitionName = Literal["iid", "domain", "dirichlet"]
+TransportDtype = Literal["fp32", "fp16", "bf16"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+class SchemaError(ValueError):
+    """A value breaks a rule of the schema; the message names the key."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise SchemaError(message)
+
+
+@dataclass
+class ModelConfig:
+    """Which causal LM the federation trains."""
+
+    preset: ModelPreset = "small"
+    """Size preset for a model built from scratch (ignored when `pretrained` is set)."""
+    pretrained: str | None = None
+    """Local directory or hub name to fine-tune from (for example an earlier final_model)."""
+    tie_embeddings: bool = False
+    """Tie input and output embeddings. Off by default: Opacus ghost clipping refuses them."""
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from, how it becomes blocks, and how clients share it."""
+
+    corpus: CorpusName = "stdlib"
+    """Built-in `stdlib` or `synthetic`, or the user's own `files`."""
+    paths: list[str] = field(default_factory=list)
+    """Files or folders for `corpus=files` (.txt, .jsonl, .parquet)."""
+    text_field: str = "text"
+    """Column holding the text in .jsonl and .parquet files."""
+    tokenizer: str = "auto"
+    """`byte` (built in), a local path or hub name, or `auto` (the pretrained model's, else byte)."""
+    seq_len: int = 128
+    """Tokens per training block."""
+    max_bytes_per_domain: int = 2_000_000
+    """Cap on the text read per domain (stdlib and files), so a run stays small."""
+    synthetic_domains: int = 4
+    synthetic_docs_per_domain: int = 400
+    synthetic_shift: float = 1.0
+    """0: every domain draws from the same words; 1: domains share no words."""
+    partition: PartitionName = "iid"
+    dirichlet_alpha: float = 0.5
+    """Concentration of the Dirichlet skew over domains (smaller is more skewed)."""
+    val_fraction: float = 0.05
+    """Share of each domain's blocks held out for the server's validation."""
+    heldout_fraction: float = 0.1
+    """Share of each client's blocks it keeps for held-out evaluation."""
+    cache_dir: str = "~/.cache/flowerbed"
+    """Where packed blocks are cached so a second run does not tokenize again."""
+
+    def __post_init__(self) -> None:
+        _require(self.seq_len >= 8, f"data.seq_len must be >= 8, got {self.seq_len}")
+        _require(
+            self.corpus != "files" or bool(self.paths),
+            "data.paths must list at least one file or folder when data.corpus=files",
+        )
+        for name in ("val_fraction", "heldout_fraction"):
+            value = getattr(self, name)
+            _require(0.0 < value < 0.5, f"data.{name} must be in (0, 0.5), got {value}")
+        _require(
+            0.0 <= self.synthetic_shift <= 1.0,
+            f"data.synthetic_shift must be in [0, 1], got {self.synthetic_shift}",
+        )
+        _require(self.dirichlet_alpha > 0, "data.dirichlet_alpha must be > 0")
+        _require(self.synthetic_domains >= 1, "data.synthetic_domains must be >= 1")
+        _require(self.max_bytes_per_domain > 0, "data.max_bytes_per_domain must be > 0")
+
+
+@dataclass
+class FederationConfig:
+    """Who takes part, how often, and how weights travel."""
+
+    num_clients: int = 4
+    rounds: int = 4
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    """Share of clients that evaluate the global model on their held-out split each round."""
+    min_clients: int = 1
+    """A round with fewer successful replies than this stops the run."""
+    transport_dtype: TransportDtype = "fp32"
+    """Weights on the wire: fp32, fp16 (half the bytes), or bf16 carried bit-exact."""
+    client_cpus: float = 1.0
+    """CPU cores reserved per simulated client (Ray)."""
+    client_gpus: float = 0.0
+    """GPU share per simulated client; 0.25 runs four clients on one GPU."""
+    round_timeout: float = 3600.0
+
+    def __post_init__(self) -> None:
+        _require(self.num_clients >= 1, f"federation.num_clients must be >= 1, got {self.num_clients}")
+        _require(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")
+        for name in ("fraction_train", "fraction_evaluate"):
+            value = getattr(self, name)
+            _require(0.0 <= value <= 1.0, f"federation.{name} must be in [0, 1], got {value}")
+        _require(self.fraction_train > 0, "federation.fraction_train must be > 0")
+        _require(
+            1 <= self.min_clients <= self.num_clients,
+            f"federation.min_clients must be in [1, num_clients={self.num_clients}], "
+            f"got {self.min_clients}",
+        )
+        _require(self.client_cpus > 0, "federation.client_cpus must be > 0")
+        _require(self.client_gpus >= 0, "federation.client_gpus must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """The client's local optimisation: K AdamW steps per round on a cosine schedule."""
+
+    local_steps: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    """The cosine schedule decays to lr * min_lr_ratio at the last round's last step."""
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    """Clip of the whole batch gradient's norm (0 turns it off)."""
+    eval_batches: int = 8
+    """Batches of held-out or validation blocks per evaluation (0: all of them)."""
+
+    def __post_init__(self) -> None:
+        _require(self.local_steps >= 1, f"train.local_steps must be >= 1, got {self.local_steps}")
+        _require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
+        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
+        _require(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+        _require(self.grad_clip >= 0, "train.grad_clip must be >= 0")
+        _require(self.eval_batches >= 0, "train.eval_batches must be >= 0")
+
+
+@dataclass
+class StrategyConfig:
+    """How the server combines the clients' weights."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy (only `off` exists so far)."""
+
+    mode: Literal["off"] = "off"
+
+
+@dataclass
+class ContinualConfig:
+    """Continual learning (only `off` exists so far)."""
+
+    mode: Literal["off"] = "off"
+
+
+@dataclass
+class TrackingConfig:
+    """What the run records besides metrics.jsonl and summary.json."""
+
+    plots: bool = True
+    keep_checkpoints: int = 2
+    """Round checkpoints kept on disk (the newest ones); resume needs at least 1."""
+    wandb: bool = False
+    wandb_project: str = "flowerbed"
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    verbose: bool = False
+    """Show Flower's and Ray's own logs instead of one line per round."""
+
+    def __post_init__(self) -> None:
+        _require(self.keep_checkpoints >= 1, "tracking.keep_checkpoints must be >= 1")
+
+
+@dataclass
+class FlowerbedConfig:
+    """A whole run: what `flowerbed simulate` composes with Hydra and validates."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    name: str = "default"
+    """A label for the run (experiment files set it)."""
+    seed: int = 0
+    device: DeviceName = "auto"
+    """auto: CUDA with bf16 autocast when a GPU is visible, else CPU."""
+    resume: str | None = None
+    """A run directory to continue from its newest round checkpoint."""

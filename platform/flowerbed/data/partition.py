@@ -1,0 +1,56 @@
+"""Split blocks across clients: IID, one domain per client, or Dirichlet skew over domains."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flowerbed.data.documents import DataError
+
+
+def partition(
+    domains: np.ndarray, num_clients: int, scheme: str, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Indices of the blocks each client gets; every block goes to exactly one client."""
+    if scheme == "iid":
+        return [np.sort(part) for part in np.array_split(rng.permutation(len(domains)), num_clients)]
+    if scheme == "domain":
+        return _by_domain(domains, num_clients, rng)
+    if scheme == "dirichlet":
+        return _dirichlet(domains, num_clients, alpha, rng)
+    raise ValueError(f"unknown partition scheme {scheme!r}")
+
+
+def _by_domain(domains: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Client i takes domains i, i+N, ...; clients that share a domain split it evenly."""
+    present = np.unique(domains)
+    owners: dict[int, list[int]] = {int(d): [] for d in present}
+    for client in range(num_clients):
+        owners[int(present[client % len(present)])].append(client)
+    for i, d in enumerate(present[num_clients:], start=num_clients):
+        owners[int(d)].append(i % num_clients)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for d, clients in owners.items():
+        members = rng.permutation(np.flatnonzero(domains == d))
+        for client, chunk in zip(clients, np.array_split(members, len(clients)), strict=True):
+            parts[client].append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
+def _dirichlet(
+    domains: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Each domain's blocks are shared out in proportions drawn from Dir(alpha)."""
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for d in np.unique(domains):
+        members = rng.permutation(np.flatnonzero(domains == d))
+        shares = rng.dirichlet(np.full(num_clients, alpha))
+        cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+        for client, chunk in enumerate(np.split(members, cuts)):
+            parts[client].append(chunk)
+    result = [np.sort(np.concatenate(p)) for p in parts]
+    if min(len(p) for p in result) < 2:
+        raise DataError(
+            f"the Dirichlet split (alpha={alpha}) left a client with fewer than 2 blocks; "
+            "raise data.dirichlet_alpha, give more data or use fewer clients"
+        )
+    return result

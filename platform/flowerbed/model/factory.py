@@ -1,0 +1,84 @@
+"""Build the shared model: from a size preset, from a saved config, or from pretrained weights."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from flowerbed.config import ModelConfig
+from flowerbed.model.presets import PRESETS
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+
+def preset_config(preset: str, vocab_size: int, eos_token_id: int, tie_embeddings: bool) -> PretrainedConfig:
+    """A Llama config for `preset`, sized to the tokenizer's vocabulary."""
+    from transformers import LlamaConfig
+
+    p = PRESETS[preset]
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=p.hidden,
+        num_hidden_layers=p.layers,
+        num_attention_heads=p.heads,
+        num_key_value_heads=p.heads,
+        intermediate_size=p.intermediate,
+        max_position_embeddings=p.max_positions,
+        tie_word_embeddings=tie_embeddings,
+        bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+        attn_implementation="sdpa",
+    )
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int, seed: int) -> PreTrainedModel:
+    """The initial global model, in fp32 (autocast handles bf16 compute on GPUs)."""
+    if cfg.pretrained:
+        return load_pretrained(cfg.pretrained, vocab_size, cfg.tie_embeddings)
+    torch.manual_seed(seed)
+    return model_from_config(
+        preset_config(cfg.preset, vocab_size, eos_token_id, cfg.tie_embeddings)
+    )
+
+
+def model_from_config(config: PretrainedConfig) -> PreTrainedModel:
+    """A model with the architecture `config` describes and freshly initialised weights."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def load_pretrained(name_or_path: str, vocab_size: int, tie_embeddings: bool) -> PreTrainedModel:
+    """Load weights to fine-tune, untying embeddings unless asked to keep them tied."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    except OSError as err:
+        raise FileNotFoundError(
+            f"model.pretrained={name_or_path!r} could not be loaded: it is not a model "
+            f"directory here and the hub is unreachable or has no such model ({err})"
+        ) from None
+    if model.get_input_embeddings().num_embeddings < vocab_size:
+        raise ValueError(
+            f"model.pretrained={name_or_path!r} has {model.get_input_embeddings().num_embeddings} "
+            f"token embeddings but the tokenizer has {vocab_size} tokens; use the model's own "
+            "tokenizer (data.tokenizer=auto)"
+        )
+    if not tie_embeddings and model.config.tie_word_embeddings:
+        untie_embeddings(model)
+    return model
+
+
+def untie_embeddings(model: PreTrainedModel) -> None:
+    """Give the output layer its own copy of the embedding matrix (Opacus needs it)."""
+    output = model.get_output_embeddings()
+    output.weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    model.config.tie_word_embeddings = False
+
+
+def num_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,54 @@
+"""Where and how a model computes: device choice, autocast, and held-out loss."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from flowerbed.data.blocks import Blocks
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when one is visible, else CPU; `cuda` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is visible here; use device=auto")
+    return torch.device(name)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; plain fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batches(tokens: np.ndarray, batch_size: int, limit: int) -> Iterator[np.ndarray]:
+    """Consecutive batches of blocks, at most `limit` of them (0: all)."""
+    count = math.ceil(len(tokens) / batch_size)
+    for i in range(min(count, limit) if limit else count):
+        yield np.asarray(tokens[i * batch_size : (i + 1) * batch_size])
+
+
+@torch.no_grad()
+def mean_loss(
+    model: torch.nn.Module, blocks: Blocks, batch_size: int, limit: int, device: torch.device
+) -> float:
+    """Token-weighted next-token loss over (the first `limit` batches of) `blocks`."""
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), device=device, dtype=torch.float64), 0
+    for batch in batches(blocks.tokens, batch_size, limit):
+        ids = torch.from_numpy(batch.astype(np.int64)).to(device)
+        with autocast(device):
+            loss = model(input_ids=ids, labels=ids).loss
+        n = ids.numel() - ids.shape[0]  # HF shifts labels: one prediction fewer per block
+        total += loss.double() * n
+        count += n
+    model.train(was_training)
+    return float(total / max(count, 1))

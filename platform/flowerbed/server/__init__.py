@@ -1,0 +1,1 @@
+"""The server side: the Flower ServerApp, its round loop, strategy and checkpoints."""

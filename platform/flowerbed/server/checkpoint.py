@@ -1,0 +1,47 @@
+"""Round checkpoints: the global weights and the round, written atomically, newest kept.
+
+A run interrupted after round r resumes from `checkpoints/round-r` and, with the same
+seed, ends with the same weights as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+PREFIX = "round-"
+
+
+def save_checkpoint(folder: Path, round_: int, model: torch.nn.Module, keep: int) -> Path:
+    """Write `round-<r>/` (weights, then state.json last) and prune older checkpoints."""
+    target = folder / f"{PREFIX}{round_:05d}"
+    staging = folder / f".{target.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_model(model, str(staging / "model.safetensors"))
+    (staging / "state.json").write_text(json.dumps({"round": round_}))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:
+        shutil.rmtree(old)
+    return target
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (one whose state.json exists), or None."""
+    complete = [p for p in sorted(folder.glob(f"{PREFIX}*")) if (p / "state.json").is_file()]
+    return complete[-1] if complete else None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> int:
+    """Load the weights saved at `path` into `model`; return the round they end."""
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint {path} has no model.safetensors; it is incomplete")
+    load_model(model, str(weights))
+    return int(json.loads((path / "state.json").read_text())["round"])

@@ -1,0 +1,214 @@
+"""The federation, one round after another, as the ServerApp runs it.
+
+Per round: send the global weights to the sampled clients, aggregate their replies,
+collect held-out losses, evaluate on the validation split, record, checkpoint. The run
+continues from the newest checkpoint in its directory, so `resume` needs nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Message
+from flwr.serverapp import Grid
+
+from flowerbed.config import FlowerbedConfig, to_plain_dict
+from flowerbed.data.blocks import Blocks
+from flowerbed.model.factory import build_model, num_parameters
+from flowerbed.model.runtime import mean_loss, resolve_device
+from flowerbed.model.transport import from_array_record, record_nbytes, to_array_record
+from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from flowerbed.server.strategy import TorchFedAvg
+from flowerbed.tracking import MetricsLog, RunLayout, write_json_atomic
+from flowerbed.tracking.plots import plot_losses
+from flowerbed.tracking.wandb_run import WandbRun
+
+log = logging.getLogger("flowerbed")
+
+
+class FederationError(RuntimeError):
+    """A round could not complete; the message says which round and why."""
+
+
+@dataclass
+class RoundOutcome:
+    record: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+
+
+class Federation:
+    """Holds the global model and runs rounds against a Flower Grid."""
+
+    def __init__(self, grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.grid, self.cfg, self.layout = grid, cfg, RunLayout(run_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.layout.tokenizer)
+        self.validation = Blocks.load(self.layout.data, "validation")
+        self.device = resolve_device(cfg.device)
+        self.model = build_model(cfg.model, len(self.tokenizer), self.tokenizer.eos_token_id, cfg.seed)
+        self.metrics = MetricsLog(self.layout.metrics)
+        fed = cfg.federation
+        self.strategy = TorchFedAvg(
+            transport_dtype=fed.transport_dtype,
+            fraction_train=fed.fraction_train,
+            fraction_evaluate=fed.fraction_evaluate,
+            min_train_nodes=1,
+            min_evaluate_nodes=1 if fed.fraction_evaluate > 0 else 0,
+            min_available_nodes=fed.num_clients,
+        )
+
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) every round; return the summary also written to summary.json."""
+        cfg = self.cfg
+        start_round, records = self._restore()
+        initial_val = self._initial_val_loss(start_round)
+        tracker = WandbRun(cfg, self.layout.root, resume=start_round > 1)
+        log.info("model: %s parameters on %s; %d clients; rounds %d..%d",
+                 f"{num_parameters(self.model):,}", self.device, cfg.federation.num_clients,
+                 start_round, cfg.federation.rounds)
+        started = time.perf_counter()
+        for round_ in range(start_round, cfg.federation.rounds + 1):
+            outcome = self._round(round_)
+            records.append(outcome.record)
+            self.metrics.append(outcome.record)
+            tracker.log(outcome.record)
+            log.info(_progress_line(outcome.record, cfg.federation.rounds))
+            save_checkpoint(self.layout.checkpoints, round_, self.model, cfg.tracking.keep_checkpoints)
+        summary = self._finish(records, initial_val, time.perf_counter() - started)
+        tracker.finish(summary)
+        return summary
+
+    def _restore(self) -> tuple[int, list[dict[str, Any]]]:
+        checkpoint = latest_checkpoint(self.layout.checkpoints)
+        if checkpoint is None:
+            self.metrics.truncate_after(0)
+            return 1, []
+        done = load_checkpoint(checkpoint, self.model)
+        log.info("resuming after round %d from %s", done, checkpoint)
+        return done + 1, self.metrics.truncate_after(done)
+
+    def _initial_val_loss(self, start_round: int) -> float | None:
+        path = self.layout.root / "initial_val_loss.json"
+        if start_round == 1:
+            loss = self._val_loss()
+            write_json_atomic(path, {"val_loss": loss})
+            log.info("round 0: val %.4f (ppl %.1f)", loss, math.exp(loss))
+            return loss
+        return json.loads(path.read_text())["val_loss"] if path.is_file() else None
+
+    def _val_loss(self) -> float:
+        self.model.to(self.device)
+        loss = mean_loss(self.model, self.validation, self.cfg.train.batch_size,
+                         self.cfg.train.eval_batches, self.device)
+        self.model.cpu()
+        return loss
+
+    def _round_config(self, round_: int) -> ConfigRecord:
+        cfg = self.cfg
+        spec = self.model.config.to_dict()
+        return ConfigRecord({
+            "total-rounds": cfg.federation.rounds,
+            "seed": cfg.seed,
+            "train-config": json.dumps(to_plain_dict(cfg.train)),
+            "model-config": json.dumps(spec, default=str),
+            "transport-dtype": cfg.federation.transport_dtype,
+            "clients-dir": str(self.layout.clients.resolve()),
+            "threads": max(1, int(cfg.federation.client_cpus)),
+            "device": cfg.device,
+        })
+
+    def _round(self, round_: int) -> RoundOutcome:
+        fed = self.cfg.federation
+        started = time.perf_counter()
+        random.seed(f"{self.cfg.seed}-{round_}")  # Flower samples clients with `random`
+        arrays = to_array_record(self.model.state_dict(), fed.transport_dtype)
+        replies = list(self.grid.send_and_receive(
+            self.strategy.configure_train(round_, arrays, self._round_config(round_), self.grid),
+            timeout=fed.round_timeout,
+        ))
+        failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+        ok = len(replies) - len(failures)
+        if ok < fed.min_clients:
+            raise FederationError(
+                f"round {round_}: {ok} client(s) replied successfully, fewer than "
+                f"federation.min_clients={fed.min_clients}; failures: {'; '.join(failures) or 'none'}"
+            )
+        for failure in failures:
+            log.warning("round %d: a client failed and was left out: %s", round_, failure)
+        aggregated, train_metrics = self.strategy.aggregate_train(round_, replies)
+        self.model.load_state_dict(from_array_record(aggregated, "fp32"))
+        heldout = self._federated_heldout(round_)
+        val_loss = self._val_loss()
+        seconds = time.perf_counter() - started
+        record = {
+            "round": round_,
+            "train_loss": float(train_metrics["train_loss"]),
+            "val_loss": val_loss,
+            "val_perplexity": math.exp(min(val_loss, 50.0)),
+            "heldout_loss": heldout,
+            "tokens": int(train_metrics["tokens"]),
+            "tokens_per_s": int(train_metrics["tokens"]) / seconds,
+            "client_train_seconds": float(train_metrics["train_seconds"]),
+            "seconds": seconds,
+            "clients": ok,
+            "failed_clients": len(failures),
+            "bytes_per_client": record_nbytes(arrays),
+        }
+        return RoundOutcome(record, failures)
+
+    def _federated_heldout(self, round_: int) -> float | None:
+        if self.cfg.federation.fraction_evaluate == 0:
+            return None
+        arrays = to_array_record(self.model.state_dict(), self.cfg.federation.transport_dtype)
+        messages: list[Message] = list(self.strategy.configure_evaluate(
+            round_, arrays, self._round_config(round_), self.grid))
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
+        metrics = self.strategy.aggregate_evaluate(round_, replies)
+        return float(metrics["heldout_loss"]) if metrics else None
+
+    def _finish(self, records: list[dict[str, Any]], initial_val: float | None, seconds: float) -> dict[str, Any]:
+        self.model.save_pretrained(self.layout.final_model)
+        self.tokenizer.save_pretrained(self.layout.final_model)
+        if self.cfg.tracking.plots:
+            plot_losses(records, initial_val, self.layout.val_loss_plot)
+        last = records[-1]
+        summary = {
+            "status": "completed",
+            "name": self.cfg.name,
+            "rounds": last["round"],
+            "initial_val_loss": initial_val,
+            "final_val_loss": last["val_loss"],
+            "final_val_perplexity": last["val_perplexity"],
+            "best_val_loss": min(r["val_loss"] for r in records),
+            "final_train_loss": last["train_loss"],
+            "total_tokens": sum(r["tokens"] for r in records),
+            "seconds_this_session": seconds,
+            "parameters": num_parameters(self.model),
+            "final_model": str(self.layout.final_model),
+        }
+        write_json_atomic(self.layout.summary, summary)
+        return summary
+
+
+def _progress_line(record: dict[str, Any], rounds: int) -> str:
+    heldout = f" | held-out {record['heldout_loss']:.4f}" if record["heldout_loss"] is not None else ""
+    failed = f" | {record['failed_clients']} failed" if record["failed_clients"] else ""
+    return (f"round {record['round']}/{rounds} | train {record['train_loss']:.4f} | "
+            f"val {record['val_loss']:.4f} (ppl {record['val_perplexity']:.1f}){heldout} | "
+            f"{record['tokens_per_s']:,.0f} tok/s | {record['seconds']:.1f} s | "
+            f"{record['clients']} clients{failed}")
+
+
+def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str, Any]:
+    """Entry point shared by the simulation and deployment ServerApps."""
+    torch.manual_seed(cfg.seed)
+    return Federation(grid, cfg, run_dir).run()

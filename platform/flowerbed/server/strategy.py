@@ -1,0 +1,58 @@
+"""FedAvg with aggregation in torch: fp32 accumulators, any transport dtype, fixed order.
+
+Flower's own FedAvg averages in numpy in the transport dtype (slow for fp16, wrong for
+bf16 carried as int16 bit patterns). Here every reply is decoded to fp32 and added into
+one accumulator, in partition order, so the result does not depend on arrival order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from flowerbed.model.transport import TransportDtype, from_array_record, to_array_record
+
+
+def weighted_mean(contents: list[RecordDict], keys: tuple[str, ...]) -> dict[str, float]:
+    weights = [float(c["metrics"]["num-examples"]) for c in contents]
+    total = sum(weights)
+    return {k: sum(w * float(c["metrics"][k]) for w, c in zip(weights, contents, strict=True)) / total
+            for k in keys}
+
+
+def heldout_metrics(contents: list[RecordDict], _: str) -> MetricRecord:
+    return MetricRecord(weighted_mean(contents, ("heldout_loss",)))
+
+
+class TorchFedAvg(FedAvg):
+    """FedAvg whose `aggregate_train` decodes `transport_dtype` and returns fp32 arrays."""
+
+    def __init__(self, transport_dtype: TransportDtype, **kwargs) -> None:
+        super().__init__(evaluate_metrics_aggr_fn=heldout_metrics, **kwargs)
+        self.transport_dtype = transport_dtype
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        contents = sorted(
+            (m.content for m in replies if not m.has_error()),
+            key=lambda c: int(c["metrics"]["partition-id"]),
+        )
+        if not contents:
+            return None, None
+        weights = torch.tensor([float(c["metrics"]["num-examples"]) for c in contents],
+                               dtype=torch.float64)
+        weights = (weights / weights.sum()).tolist()
+        average: dict[str, torch.Tensor] = {}
+        for weight, content in zip(weights, contents, strict=True):
+            for name, tensor in from_array_record(content["arrays"], self.transport_dtype).items():
+                if name not in average:
+                    average[name] = torch.zeros_like(tensor, dtype=torch.float32)
+                average[name].add_(tensor.float(), alpha=weight)
+        metrics = weighted_mean(contents, ("train_loss",))
+        metrics["tokens"] = sum(int(c["metrics"]["tokens"]) for c in contents)
+        metrics["train_seconds"] = max(float(c["metrics"]["train_seconds"]) for c in contents)
+        return to_array_record(average, "fp32"), MetricRecord(metrics)

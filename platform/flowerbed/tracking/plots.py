@@ -1,0 +1,32 @@
+"""Plots a person reads after a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_losses(records: list[dict[str, Any]], initial_val_loss: float | None, path: Path) -> None:
+    """Validation (and train / held-out) loss per round, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in records]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    val_rounds = ([0] if initial_val_loss is not None else []) + rounds
+    val = ([initial_val_loss] if initial_val_loss is not None else []) + [r["val_loss"] for r in records]
+    ax.plot(val_rounds, val, marker="o", label="validation (server)")
+    ax.plot(rounds, [r["train_loss"] for r in records], marker=".", label="train (clients)")
+    heldout = [(r["round"], r["heldout_loss"]) for r in records if r.get("heldout_loss") is not None]
+    if heldout:
+        ax.plot(*zip(*heldout, strict=True), marker="x", label="held-out (clients)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("loss (nats per token)")
+    ax.set_title("flowerbed: loss per round")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
