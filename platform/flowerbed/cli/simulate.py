@@ -88,8 +88,19 @@ def _read_summary(layout: RunLayout) -> dict:
 
 
 def _quiet_flower(verbose: bool) -> None:
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+    """One line per round unless asked: Flower's per-message logs and Ray's tips go quiet.
+
+    Client failures still show: the round loop logs each one itself.
+    """
+    if verbose:
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,8 @@ class Federation:
             self.strategy.configure_train(round_, arrays, self._round_config(round_), self.grid),
             timeout=fed.round_timeout,
         ))
-        failures = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+        failures = [f"node {m.metadata.src_node_id}: {short_reason(m.error.reason)}"
+                    for m in replies if m.has_error()]
         ok = len(replies) - len(failures)
         if ok < fed.min_clients:
             raise FederationError(
@@ -197,6 +199,15 @@ class Federation:
         }
         write_json_atomic(self.layout.summary, summary)
         return summary
+
+
+def short_reason(reason: str) -> str:
+    """The client's own exception message out of the traceback Flower wraps around it."""
+    messages = re.findall(r"Message: (.+)", reason)
+    if messages:
+        return messages[-1].strip().rstrip("'>")
+    lines = [line for line in reason.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else reason
 
 
 def _progress_line(record: dict[str, Any], rounds: int) -> str:
