@@ -37,20 +37,25 @@ def _by_domain(domains: np.ndarray, num_clients: int, rng: np.random.Generator) 
 
 
 def _dirichlet(
-    domains: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator
+    domains: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator, tries: int = 50
 ) -> list[np.ndarray]:
-    """Each domain's blocks are shared out in proportions drawn from Dir(alpha)."""
-    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-    for d in np.unique(domains):
-        members = rng.permutation(np.flatnonzero(domains == d))
-        shares = rng.dirichlet(np.full(num_clients, alpha))
-        cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
-        for client, chunk in enumerate(np.split(members, cuts)):
-            parts[client].append(chunk)
-    result = [np.sort(np.concatenate(p)) for p in parts]
-    if min(len(p) for p in result) < 2:
-        raise DataError(
-            f"the Dirichlet split (alpha={alpha}) left a client with fewer than 2 blocks; "
-            "raise data.dirichlet_alpha, give more data or use fewer clients"
-        )
-    return result
+    """Each domain's blocks are shared out in proportions drawn from Dir(alpha).
+
+    Small alphas can leave a client empty; the draw is repeated (as Flower Datasets'
+    DirichletPartitioner does) until every client has at least 2 blocks.
+    """
+    for _ in range(tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for d in np.unique(domains):
+            members = rng.permutation(np.flatnonzero(domains == d))
+            shares = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for client, chunk in enumerate(np.split(members, cuts)):
+                parts[client].append(chunk)
+        result = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in result) >= 2:
+            return result
+    raise DataError(
+        f"{tries} Dirichlet draws (alpha={alpha}) each left a client with fewer than 2 "
+        "blocks; raise data.dirichlet_alpha, give more data or use fewer clients"
+    )

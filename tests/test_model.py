@@ -1,0 +1,63 @@
+"""Model presets, pretrained loading, and weights over Flower's ArrayRecord."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowerbed.config import ModelConfig
+from flowerbed.model import build_model, from_array_record, num_parameters, record_nbytes, to_array_record
+from flowerbed.model.factory import load_pretrained, preset_config, model_from_config
+
+VOCAB, EOS = 257, 256
+
+
+def test_tiny_is_under_a_million_and_small_about_ten_million():
+    assert num_parameters(build_model(ModelConfig(preset="tiny"), VOCAB, EOS, 0)) < 1_000_000
+    small = num_parameters(build_model(ModelConfig(preset="small"), VOCAB, EOS, 0))
+    assert 8_000_000 < small < 12_000_000
+
+
+def test_embeddings_are_untied_by_default_and_the_seed_fixes_the_weights():
+    a = build_model(ModelConfig(preset="tiny"), VOCAB, EOS, seed=3)
+    b = build_model(ModelConfig(preset="tiny"), VOCAB, EOS, seed=3)
+    assert a.get_input_embeddings().weight.data_ptr() != a.get_output_embeddings().weight.data_ptr()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_a_tied_pretrained_model_is_untied_for_opacus(tmp_path: Path):
+    tied = model_from_config(preset_config("tiny", VOCAB, EOS, tie_embeddings=True))
+    tied.save_pretrained(tmp_path)
+    model = load_pretrained(str(tmp_path), VOCAB, tie_embeddings=False)
+    assert model.get_input_embeddings().weight.data_ptr() != model.get_output_embeddings().weight.data_ptr()
+    assert torch.equal(model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+
+
+def test_missing_pretrained_model_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=r"model.pretrained=.*could not be loaded"):
+        build_model(ModelConfig(pretrained=str(tmp_path / "absent")), VOCAB, EOS, 0)
+
+
+@pytest.fixture
+def state() -> dict[str, torch.Tensor]:
+    return build_model(ModelConfig(preset="tiny"), VOCAB, EOS, 0).state_dict()
+
+
+def test_fp32_transport_is_exact(state):
+    back = from_array_record(to_array_record(state, "fp32"), "fp32")
+    assert all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_fp16_transport_halves_the_bytes(state):
+    fp32, fp16 = to_array_record(state, "fp32"), to_array_record(state, "fp16")
+    assert record_nbytes(fp16) / record_nbytes(fp32) == pytest.approx(0.5, abs=0.01)
+    back = from_array_record(fp16, "fp16")
+    assert all(back[k].dtype == torch.float32 and torch.allclose(back[k], state[k], atol=1e-3) for k in state)
+
+
+def test_bf16_weights_travel_bit_exact(state):
+    bf16 = {k: v.to(torch.bfloat16) for k, v in state.items()}
+    back = from_array_record(to_array_record(bf16, "bf16"), "bf16")
+    assert all(torch.equal(back[k], bf16[k].float()) for k in state)

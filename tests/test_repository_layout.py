@@ -1,0 +1,21 @@
+"""The source root `platform/` must never shadow Python's standard-library `platform`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_platform_folder_has_no_init_file():
+    assert not (ROOT / "platform" / "__init__.py").exists()
+
+
+def test_import_platform_is_the_standard_library_even_from_the_repo_root():
+    code = "import platform, torch; print(platform.__file__); print(platform.system())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert "site-packages" not in out[0] and not out[0].startswith(str(ROOT / "platform"))
+    assert out[1] in {"Linux", "Darwin", "Windows"}
