@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,11 @@ from typing import Any
 import pytest
 
 from flowerbed.config import FlowerbedConfig, load_config
+
+# Tests never reach a hub: a stray download attempt fails at once instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
 
 
 def tiny_config(cache_dir: Path, **sections: dict[str, Any]) -> FlowerbedConfig:

@@ -75,8 +75,9 @@ def test_an_interrupted_run_resumes_to_the_same_weights(federated_run, copy_run)
 def test_fine_tuning_starts_from_a_saved_model(federated_run, cache_dir, tmp_path):
     _, pretrained = federated_run
     cfg = tiny_config(cache_dir, model={"pretrained": str(pretrained / "final_model")},
-                      federation={"rounds": 1})
+                      federation={"rounds": 1}, tracking={"wandb": True, "wandb_mode": "offline"})
     summary = simulate(cfg, tmp_path / "finetune")
+    assert list((tmp_path / "finetune" / "wandb").glob("offline-run-*")), "W&B wrote no offline run"
     before = json.loads((pretrained / "summary.json").read_text())
     assert summary["initial_val_loss"] == pytest.approx(before["final_val_loss"], abs=1e-3)
     assert summary["final_val_loss"] < before["initial_val_loss"] - 0.5

@@ -1,0 +1,97 @@
+"""Benchmark: the client's local training step against a plain PyTorch loop.
+
+Same model (same initial weights), same batch size and sequence length, same device,
+same optimizer and gradient clipping, measured side by side in one process. The two
+arms alternate over several repeats and the median of each is reported, so drift of the
+machine affects both alike. Goal: the client reaches >= 0.97 of the plain loop.
+
+    uv run python simulations/bench_client_step.py                       # CPU, small
+    uv run python simulations/bench_client_step.py --preset 125m --seq-len 512 \\
+        --batch-size 16 --device cuda                                    # GPU, bf16 autocast
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from flowerbed.client.trainer import LocalTrainer
+from flowerbed.config import ModelConfig, TrainConfig
+from flowerbed.data.blocks import Blocks
+from flowerbed.model import autocast, build_model, num_parameters, resolve_device
+
+VOCAB = 32000
+
+
+def plain_loop(model: torch.nn.Module, batches: torch.Tensor, device: torch.device, lr: float, clip: float) -> float:
+    """The loop anyone would write: forward, backward, clip, step. Returns seconds."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    model.train()
+    _sync(device)
+    start = time.perf_counter()
+    for ids in batches:
+        with autocast(device):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=10, help="training steps per measurement")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--vocab", type=int, default=VOCAB)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    base = build_model(ModelConfig(preset=args.preset), args.vocab, 0, seed=0)
+    cfg = TrainConfig(local_steps=args.steps, batch_size=args.batch_size, lr=1e-4, warmup_steps=0, min_lr_ratio=1.0)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, args.vocab, size=(args.batch_size * args.steps * 4, args.seq_len)).astype(np.int32)
+    blocks = Blocks(tokens, np.zeros(len(tokens), np.int16), ["random"])
+    batches = torch.from_numpy(tokens[: args.steps * args.batch_size].astype(np.int64)).view(
+        args.steps, args.batch_size, -1).to(device)
+
+    trainer = LocalTrainer(copy.deepcopy(base), cfg, device, total_steps=10**9)
+    plain_model = copy.deepcopy(base).to(device)
+    trainer.train(blocks, 0, rng)  # warm-up: allocator, kernels, autotuning
+    plain_loop(plain_model, batches, device, cfg.lr, cfg.grad_clip)
+
+    client_s, plain_s = [], []
+    for _ in range(args.repeats):
+        client_s.append(trainer.train(blocks, 0, rng).seconds)
+        plain_s.append(plain_loop(plain_model, batches, device, cfg.lr, cfg.grad_clip))
+    step_tokens = args.steps * args.batch_size * args.seq_len
+    client_tps = step_tokens / statistics.median(client_s)
+    plain_tps = step_tokens / statistics.median(plain_s)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; model {args.preset} ({num_parameters(base):,} parameters, vocab {args.vocab}); "
+          f"batch {args.batch_size} x seq {args.seq_len}; {args.steps} steps x {args.repeats} repeats; "
+          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}")
+    print("| loop | tokens/s (median) |")
+    print("|---|---|")
+    print(f"| plain PyTorch | {plain_tps:,.0f} |")
+    print(f"| flowerbed client | {client_tps:,.0f} |")
+    print(f"ratio client / plain: {client_tps / plain_tps:.3f}")
+
+
+if __name__ == "__main__":
+    main()

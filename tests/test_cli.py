@@ -1,0 +1,43 @@
+"""The `flowerbed` command as a user runs it: Hydra overrides, errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def flowerbed(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "flowerbed.cli.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_help_lists_the_commands():
+    out = flowerbed("--help")
+    assert out.returncode == 0 and "simulate" in out.stdout
+
+
+def test_a_wrong_value_stops_with_one_sentence_and_a_nonzero_exit(tmp_path: Path):
+    out = flowerbed("simulate", "federation.num_clients=0", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 1
+    assert "federation.num_clients must be >= 1, got 0" in out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
+def test_an_unknown_option_names_the_choices(tmp_path: Path):
+    out = flowerbed("simulate", "model=huge", f"hydra.run.dir={tmp_path}")
+    assert out.returncode != 0 and "tiny" in out.stderr
+
+
+@pytest.mark.slow
+def test_smoke_experiment_runs_from_the_command_line(tmp_path: Path):
+    out = flowerbed("simulate", "experiment=smoke", f"hydra.run.dir={tmp_path}",
+                    f"data.cache_dir={tmp_path / 'cache'}", "federation.rounds=1")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "round 1/1 | train" in out.stdout + out.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
