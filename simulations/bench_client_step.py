@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 import torch
-
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig
 from flowerbed.data.blocks import Blocks
@@ -28,9 +27,13 @@ from flowerbed.model import autocast, build_model, num_parameters, resolve_devic
 VOCAB = 32000
 
 
-def plain_loop(model: torch.nn.Module, batches: torch.Tensor, device: torch.device, lr: float, clip: float) -> float:
+def plain_loop(
+    model: torch.nn.Module, batches: torch.Tensor, device: torch.device, lr: float, clip: float
+) -> float:
     """The loop anyone would write: forward, backward, clip, step. Returns seconds."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda"
+    )
     model.train()
     _sync(device)
     start = time.perf_counter()
@@ -51,7 +54,9 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -63,12 +68,23 @@ def main() -> None:
 
     device = resolve_device(args.device)
     base = build_model(ModelConfig(preset=args.preset), args.vocab, 0, seed=0)
-    cfg = TrainConfig(local_steps=args.steps, batch_size=args.batch_size, lr=1e-4, warmup_steps=0, min_lr_ratio=1.0)
+    cfg = TrainConfig(
+        local_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=1e-4,
+        warmup_steps=0,
+        min_lr_ratio=1.0,
+    )
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, args.vocab, size=(args.batch_size * args.steps * 4, args.seq_len)).astype(np.int32)
+    tokens = rng.integers(
+        0, args.vocab, size=(args.batch_size * args.steps * 4, args.seq_len)
+    ).astype(np.int32)
     blocks = Blocks(tokens, np.zeros(len(tokens), np.int16), ["random"])
-    batches = torch.from_numpy(tokens[: args.steps * args.batch_size].astype(np.int64)).view(
-        args.steps, args.batch_size, -1).to(device)
+    batches = (
+        torch.from_numpy(tokens[: args.steps * args.batch_size].astype(np.int64))
+        .view(args.steps, args.batch_size, -1)
+        .to(device)
+    )
 
     trainer = LocalTrainer(copy.deepcopy(base), cfg, device, total_steps=10**9)
     plain_model = copy.deepcopy(base).to(device)
@@ -82,10 +98,18 @@ def main() -> None:
     step_tokens = args.steps * args.batch_size * args.seq_len
     client_tps = step_tokens / statistics.median(client_s)
     plain_tps = step_tokens / statistics.median(plain_s)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; model {args.preset} ({num_parameters(base):,} parameters, vocab {args.vocab}); "
-          f"batch {args.batch_size} x seq {args.seq_len}; {args.steps} steps x {args.repeats} repeats; "
-          f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"device: {name}; model {args.preset} ({num_parameters(base):,} parameters, "
+        f"vocab {args.vocab}); "
+        f"batch {args.batch_size} x seq {args.seq_len}; "
+        f"{args.steps} steps x {args.repeats} repeats; "
+        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
+    )
     print("| loop | tokens/s (median) |")
     print("|---|---|")
     print(f"| plain PyTorch | {plain_tps:,.0f} |")

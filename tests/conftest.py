@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from flowerbed.config import FlowerbedConfig, load_config
 
 # Tests never reach a hub: a stray download attempt fails at once instead of hanging.
@@ -22,11 +21,20 @@ def tiny_config(cache_dir: Path, **sections: dict[str, Any]) -> FlowerbedConfig:
     base: dict[str, Any] = {
         "name": "test",
         "model": {"preset": "tiny"},
-        "data": {"corpus": "synthetic", "seq_len": 32, "synthetic_docs_per_domain": 60,
-                 "cache_dir": str(cache_dir)},
+        "data": {
+            "corpus": "synthetic",
+            "seq_len": 32,
+            "synthetic_docs_per_domain": 60,
+            "cache_dir": str(cache_dir),
+        },
         "federation": {"num_clients": 2, "rounds": 3},
-        "train": {"local_steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2,
-                  "eval_batches": 4},
+        "train": {
+            "local_steps": 6,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "warmup_steps": 2,
+            "eval_batches": 4,
+        },
         "tracking": {"plots": True},
     }
     for key, values in sections.items():
@@ -40,7 +48,9 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def federated_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[FlowerbedConfig, Path]:
+def federated_run(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> tuple[FlowerbedConfig, Path]:
     """One finished 3-round federation through Flower's Simulation Engine."""
     from flowerbed.cli.simulate import simulate
 

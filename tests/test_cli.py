@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def flowerbed(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flowerbed.cli.main", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "flowerbed.cli.main", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_help_lists_the_commands():
@@ -36,8 +41,13 @@ def test_an_unknown_option_names_the_choices(tmp_path: Path):
 
 @pytest.mark.slow
 def test_smoke_experiment_runs_from_the_command_line(tmp_path: Path):
-    out = flowerbed("simulate", "experiment=smoke", f"hydra.run.dir={tmp_path}",
-                    f"data.cache_dir={tmp_path / 'cache'}", "federation.rounds=1")
+    out = flowerbed(
+        "simulate",
+        "experiment=smoke",
+        f"hydra.run.dir={tmp_path}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "federation.rounds=1",
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "round 1/1 | train" in out.stdout + out.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"

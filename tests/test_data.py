@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from flowerbed.config import DataConfig
 from flowerbed.data import DataError, byte_tokenizer, load_tokenizer, prepare_splits
 from flowerbed.data.files import file_domains
@@ -34,7 +33,7 @@ def test_byte_tokenizer_round_trips_any_text_and_reloads_offline(tokenizer, tmp_
 
 
 def test_unknown_tokenizer_name_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="tokenizer .*could not be loaded"):
+    with pytest.raises(FileNotFoundError, match=r"tokenizer .*could not be loaded"):
         load_tokenizer(str(tmp_path / "no-such-tokenizer"))
 
 
@@ -42,7 +41,7 @@ def test_stdlib_corpus_has_several_real_domains():
     domains = stdlib_domains(max_bytes_per_domain=200_000)
     names = {d.name for d in domains}
     assert {"text", "net", "concurrency", "tooling", "core"} <= names
-    assert all(0 < d.num_bytes for d in domains)
+    assert all(d.num_bytes > 0 for d in domains)
     assert any("import" in doc for doc in domains[0].documents)
 
 
@@ -103,10 +102,18 @@ def test_dirichlet_with_small_alpha_skews_domains():
 
 
 def test_splits_keep_validation_and_clients_apart(tokenizer, tmp_path: Path):
-    cfg = DataConfig(corpus="synthetic", seq_len=32, synthetic_docs_per_domain=40, cache_dir=str(tmp_path))
+    cfg = DataConfig(
+        corpus="synthetic", seq_len=32, synthetic_docs_per_domain=40, cache_dir=str(tmp_path)
+    )
     splits = prepare_splits(cfg, tokenizer, 3, seed=0)
-    rows = [set(map(bytes, s.tokens)) for s in
-            [splits.validation, *[c.train for c in splits.clients], *[c.heldout for c in splits.clients]]]
+    rows = [
+        set(map(bytes, s.tokens))
+        for s in [
+            splits.validation,
+            *[c.train for c in splits.clients],
+            *[c.heldout for c in splits.clients],
+        ]
+    ]
     assert all(len(r) > 0 for r in rows)
     assert sum(len(r) for r in rows) == len(set().union(*rows))
 
@@ -123,13 +130,18 @@ def test_reads_txt_jsonl_parquet_and_folders(tmp_path: Path):
     import pyarrow.parquet as pq
 
     (tmp_path / "notes.txt").write_text("first note\nsecond line\n")
-    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps({"text": f"row {i}"}) for i in range(3)))
+    (tmp_path / "rows.jsonl").write_text(
+        "\n".join(json.dumps({"text": f"row {i}"}) for i in range(3))
+    )
     pq.write_table(pa.table({"text": ["a parquet row", "another"]}), tmp_path / "table.parquet")
     site = tmp_path / "site"
     (site / "cardiology").mkdir(parents=True)
     (site / "cardiology" / "a.txt").write_text("heart")
     (site / "oncology.jsonl").write_text(json.dumps({"text": "cells"}))
-    domains = read([tmp_path / "notes.txt", tmp_path / "rows.jsonl", tmp_path / "table.parquet", site], tmp_path)
+    domains = read(
+        [tmp_path / "notes.txt", tmp_path / "rows.jsonl", tmp_path / "table.parquet", site],
+        tmp_path,
+    )
     by_name = {d.name: d.documents for d in domains}
     assert by_name["notes"] == ["first note\nsecond line\n"]
     assert by_name["rows"] == ["row 0", "row 1", "row 2"]
@@ -148,7 +160,9 @@ def test_reads_txt_jsonl_parquet_and_folders(tmp_path: Path):
         ("notes.docx", b"PK", "has suffix '.docx'"),
     ],
 )
-def test_bad_files_are_refused_with_the_file_named(tmp_path: Path, name: str, content: bytes, message: str):
+def test_bad_files_are_refused_with_the_file_named(
+    tmp_path: Path, name: str, content: bytes, message: str
+):
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(DataError) as err:
@@ -163,6 +177,8 @@ def test_missing_path_is_named(tmp_path: Path):
 
 def test_a_shard_too_small_for_its_clients_stops_before_training(tokenizer, tmp_path: Path):
     (tmp_path / "tiny.txt").write_text("only a few words here")
-    cfg = DataConfig(corpus="files", paths=[str(tmp_path / "tiny.txt")], seq_len=8, cache_dir=str(tmp_path / "c"))
+    cfg = DataConfig(
+        corpus="files", paths=[str(tmp_path / "tiny.txt")], seq_len=8, cache_dir=str(tmp_path / "c")
+    )
     with pytest.raises(DataError, match="too few for a validation split and 4 clients"):
         prepare_splits(cfg, tokenizer, 4, seed=0)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from flowerbed.cli.simulate import prepare_run, simulate
 from flowerbed.server.loop import FederationError
 from flowerbed.tracking import RunLayout
+from safetensors.torch import load_file
+
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -39,8 +39,16 @@ def test_validation_loss_falls_over_rounds(federated_run):
 def test_every_round_records_the_metrics_a_user_reads(federated_run):
     _, run_dir = federated_run
     for row in records(run_dir):
-        for key in ("train_loss", "val_loss", "val_perplexity", "heldout_loss", "tokens",
-                    "tokens_per_s", "seconds", "clients"):
+        for key in (
+            "train_loss",
+            "val_loss",
+            "val_perplexity",
+            "heldout_loss",
+            "tokens",
+            "tokens_per_s",
+            "seconds",
+            "clients",
+        ):
             assert row[key] is not None, key
         assert row["clients"] == 2 and row["tokens"] == 2 * 6 * 8 * 32
 
@@ -48,13 +56,18 @@ def test_every_round_records_the_metrics_a_user_reads(federated_run):
 def test_run_directory_holds_config_plot_checkpoints_and_a_loadable_model(federated_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg, run_dir = federated_run
+    _, run_dir = federated_run
     assert (run_dir / "config.yaml").is_file() and (run_dir / "val_loss.png").stat().st_size > 0
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-00002", "round-00003"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "round-00002",
+        "round-00003",
+    ]
     model = AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "final_model")
     ids = tokenizer("Ba", return_tensors="pt")["input_ids"]
-    out = model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    out = model.generate(
+        ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id
+    )
     assert out.shape[1] == ids.shape[1] + 5
 
 
@@ -74,8 +87,12 @@ def test_an_interrupted_run_resumes_to_the_same_weights(federated_run, copy_run)
 
 def test_fine_tuning_starts_from_a_saved_model(federated_run, cache_dir, tmp_path):
     _, pretrained = federated_run
-    cfg = tiny_config(cache_dir, model={"pretrained": str(pretrained / "final_model")},
-                      federation={"rounds": 1}, tracking={"wandb": True, "wandb_mode": "offline"})
+    cfg = tiny_config(
+        cache_dir,
+        model={"pretrained": str(pretrained / "final_model")},
+        federation={"rounds": 1},
+        tracking={"wandb": True, "wandb_mode": "offline"},
+    )
     summary = simulate(cfg, tmp_path / "finetune")
     assert list((tmp_path / "finetune" / "wandb").glob("offline-run-*")), "W&B wrote no offline run"
     before = json.loads((pretrained / "summary.json").read_text())
@@ -96,5 +113,7 @@ def test_too_few_successful_clients_stop_the_run_with_the_cause(cache_dir, tmp_p
     cfg = tiny_config(cache_dir, federation={"rounds": 1, "min_clients": 2})
     prepare_run(cfg, RunLayout(tmp_path))
     shutil.rmtree(RunLayout(tmp_path).client_data(1))
-    with pytest.raises(FederationError, match=r"round 1: 1 client\(s\) replied .*client-1/data does not exist"):
+    with pytest.raises(
+        FederationError, match=r"round 1: 1 client\(s\) replied .*client-1/data does not exist"
+    ):
         simulate(cfg, tmp_path, resume=True)

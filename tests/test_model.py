@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from flowerbed.config import ModelConfig
-from flowerbed.model import build_model, from_array_record, num_parameters, record_nbytes, to_array_record
-from flowerbed.model.factory import load_pretrained, preset_config, model_from_config
+from flowerbed.model import (
+    build_model,
+    from_array_record,
+    num_parameters,
+    record_nbytes,
+    to_array_record,
+)
+from flowerbed.model.factory import load_pretrained, model_from_config, preset_config
 
 VOCAB, EOS = 257, 256
 
@@ -24,14 +29,20 @@ def test_embeddings_are_untied_by_default_and_the_seed_fixes_the_weights():
     a = build_model(ModelConfig(preset="tiny"), VOCAB, EOS, seed=3)
     b = build_model(ModelConfig(preset="tiny"), VOCAB, EOS, seed=3)
     assert a.get_input_embeddings().weight.data_ptr() != a.get_output_embeddings().weight.data_ptr()
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_a_tied_pretrained_model_is_untied_for_opacus(tmp_path: Path):
     tied = model_from_config(preset_config("tiny", VOCAB, EOS, tie_embeddings=True))
     tied.save_pretrained(tmp_path)
     model = load_pretrained(str(tmp_path), VOCAB, tie_embeddings=False)
-    assert model.get_input_embeddings().weight.data_ptr() != model.get_output_embeddings().weight.data_ptr()
+    assert (
+        model.get_input_embeddings().weight.data_ptr()
+        != model.get_output_embeddings().weight.data_ptr()
+    )
     assert torch.equal(model.get_input_embeddings().weight, model.get_output_embeddings().weight)
 
 
@@ -54,7 +65,10 @@ def test_fp16_transport_halves_the_bytes(state):
     fp32, fp16 = to_array_record(state, "fp32"), to_array_record(state, "fp16")
     assert record_nbytes(fp16) / record_nbytes(fp32) == pytest.approx(0.5, abs=0.01)
     back = from_array_record(fp16, "fp16")
-    assert all(back[k].dtype == torch.float32 and torch.allclose(back[k], state[k], atol=1e-3) for k in state)
+    assert all(
+        back[k].dtype == torch.float32 and torch.allclose(back[k], state[k], atol=1e-3)
+        for k in state
+    )
 
 
 def test_bf16_weights_travel_bit_exact(state):

@@ -15,7 +15,8 @@ def test_platform_folder_has_no_init_file():
 
 def test_import_platform_is_the_standard_library_even_from_the_repo_root():
     code = "import platform, torch; print(platform.__file__); print(platform.system())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert "site-packages" not in out[0] and not out[0].startswith(str(ROOT / "platform"))
     assert out[1] in {"Linux", "Darwin", "Windows"}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
-
 from flowerbed.client.schedule import lr_at
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig
@@ -20,7 +21,7 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     cfg = TrainConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
     lrs = [lr_at(s, cfg, total_steps=20) for s in range(21)]
     assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
     assert lrs[20] == pytest.approx(0.1)
 
 
@@ -38,7 +39,9 @@ def run_trainer(blocks: Blocks, seed: int) -> tuple[LocalTrainer, float]:
 
 
 def test_local_steps_lower_the_loss(blocks):
-    before = mean_loss(build_model(ModelConfig(preset="tiny"), 257, 256, 0), blocks, 8, 4, torch.device("cpu"))
+    before = mean_loss(
+        build_model(ModelConfig(preset="tiny"), 257, 256, 0), blocks, 8, 4, torch.device("cpu")
+    )
     trainer, _ = run_trainer(blocks, seed=1)
     after = mean_loss(trainer.model, blocks, 8, 4, torch.device("cpu"))
     assert after < before - 0.5
@@ -48,4 +51,7 @@ def test_the_same_seed_gives_the_same_weights(blocks):
     a, loss_a = run_trainer(blocks, seed=5)
     b, loss_b = run_trainer(blocks, seed=5)
     assert loss_a == loss_b
-    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True)
+    )

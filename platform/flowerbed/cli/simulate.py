@@ -54,7 +54,9 @@ def simulate(cfg: FlowerbedConfig, run_dir: Path, resume: bool = False) -> dict:
     layout = RunLayout(run_dir)
     if resume:
         if not layout.config.is_file() or not layout.data.is_dir():
-            raise FileNotFoundError(f"resume={run_dir} is not a flowerbed run directory (no config.yaml or data/)")
+            raise FileNotFoundError(
+                f"resume={run_dir} is not a flowerbed run directory (no config.yaml or data/)"
+            )
     else:
         prepare_run(cfg, layout)
     if layout.summary.is_file():
@@ -67,8 +69,11 @@ def simulate(cfg: FlowerbedConfig, run_dir: Path, resume: bool = False) -> dict:
         num_supernodes=fed.num_clients,
         backend_config={
             "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
-            "init_args": {"log_to_driver": cfg.tracking.verbose, "include_dashboard": False,
-                          "logging_level": "INFO" if cfg.tracking.verbose else "ERROR"},
+            "init_args": {
+                "log_to_driver": cfg.tracking.verbose,
+                "include_dashboard": False,
+                "logging_level": "INFO" if cfg.tracking.verbose else "ERROR",
+            },
         },
         verbose_logging=cfg.tracking.verbose,
     )
@@ -118,6 +123,10 @@ def hydra_simulate(node: DictConfig) -> float:
     except (*USER_ERRORS, SimulationFailed) as err:
         log.error("%s", err)
         sys.exit(1)
-    log.info("done: final val loss %.4f (ppl %.1f); outputs in %s",
-             summary["final_val_loss"], summary["final_val_perplexity"], run_dir)
+    log.info(
+        "done: final val loss %.4f (ppl %.1f); outputs in %s",
+        summary["final_val_loss"],
+        summary["final_val_perplexity"],
+        run_dir,
+    )
     return float(summary["final_val_loss"])

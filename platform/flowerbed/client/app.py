@@ -38,13 +38,15 @@ def train(msg: Message, context: Context) -> Message:
     trainer = LocalTrainer(_model_for(job, msg), job.train, job.device, job.total_steps)
     rng = np.random.default_rng([job.seed, job.round, job.partition_id])
     result = trainer.train(shard.train, job.first_step, rng)
-    metrics = MetricRecord({
-        "num-examples": len(shard.train),
-        "train_loss": result.loss,
-        "tokens": result.tokens,
-        "train_seconds": result.seconds,
-        "partition-id": job.partition_id,
-    })
+    metrics = MetricRecord(
+        {
+            "num-examples": len(shard.train),
+            "train_loss": result.loss,
+            "tokens": result.tokens,
+            "train_seconds": result.seconds,
+            "partition-id": job.partition_id,
+        }
+    )
     arrays = to_array_record(trainer.model.state_dict(), job.transport_dtype)
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
@@ -56,6 +58,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     shard = ClientShard.load(job.data_dir)
     model = _model_for(job, msg).to(job.device)
     loss = mean_loss(model, shard.heldout, job.train.batch_size, job.train.eval_batches, job.device)
-    metrics = MetricRecord({"num-examples": len(shard.heldout), "heldout_loss": loss,
-                            "partition-id": job.partition_id})
+    metrics = MetricRecord(
+        {"num-examples": len(shard.heldout), "heldout_loss": loss, "partition-id": job.partition_id}
+    )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

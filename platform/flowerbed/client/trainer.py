@@ -28,7 +28,9 @@ class TrainResult:
     steps: int
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norms), fused on CUDA."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -38,16 +40,22 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-def sample_batches(num_blocks: int, steps: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+def sample_batches(
+    num_blocks: int, steps: int, batch_size: int, rng: np.random.Generator
+) -> np.ndarray:
     """Block indices for each step: distinct within a batch, drawn afresh for every step."""
     replace = num_blocks < batch_size
-    return np.stack([np.sort(rng.choice(num_blocks, batch_size, replace=replace)) for _ in range(steps)])
+    return np.stack(
+        [np.sort(rng.choice(num_blocks, batch_size, replace=replace)) for _ in range(steps)]
+    )
 
 
 class LocalTrainer:
     """Runs a client's local steps on one model with one optimizer."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device, total_steps: int) -> None:
+    def __init__(
+        self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device, total_steps: int
+    ) -> None:
         self.model = model.to(device)
         self.cfg = cfg
         self.device = device

@@ -86,16 +86,7 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
 
 
 def _scalar(kind: type, value: Any, key: str) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif kind is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
+    accepted = {bool: (bool,), int: (int,), float: (int, float), str: (str, int, float)}[kind]
+    if isinstance(value, accepted) and (kind is bool or not isinstance(value, bool)):
+        return kind(value)
     raise ConfigError(f"{key} must be a {kind.__name__}; got {value!r}")

@@ -48,7 +48,7 @@ class DataConfig:
     text_field: str = "text"
     """Column holding the text in .jsonl and .parquet files."""
     tokenizer: str = "auto"
-    """`byte` (built in), a local path or hub name, or `auto` (the pretrained model's, else byte)."""
+    """`byte` (built in), a path or hub name, or `auto` (the pretrained model's, else byte)."""
     seq_len: int = 128
     """Tokens per training block."""
     max_bytes_per_domain: int = 2_000_000
@@ -105,7 +105,9 @@ class FederationConfig:
     round_timeout: float = 3600.0
 
     def __post_init__(self) -> None:
-        _require(self.num_clients >= 1, f"federation.num_clients must be >= 1, got {self.num_clients}")
+        _require(
+            self.num_clients >= 1, f"federation.num_clients must be >= 1, got {self.num_clients}"
+        )
         _require(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")
         for name in ("fraction_train", "fraction_evaluate"):
             value = getattr(self, name)

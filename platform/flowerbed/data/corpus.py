@@ -27,11 +27,12 @@ def corpus_source(cfg: DataConfig, seed: int) -> tuple[dict, Callable[[], list[D
         return {"synthetic": params}, lambda: synthetic_domains(*params)
     from flowerbed.data.files import file_domains
 
-    key = {"files": [_fingerprint(Path(p).expanduser()) for p in cfg.paths],
-           "text_field": cfg.text_field, "max_bytes": cfg.max_bytes_per_domain}
-    return key, lambda: file_domains(
-        cfg.paths, cfg.text_field, cfg.max_bytes_per_domain, cache_dir
-    )
+    key = {
+        "files": [_fingerprint(Path(p).expanduser()) for p in cfg.paths],
+        "text_field": cfg.text_field,
+        "max_bytes": cfg.max_bytes_per_domain,
+    }
+    return key, lambda: file_domains(cfg.paths, cfg.text_field, cfg.max_bytes_per_domain, cache_dir)
 
 
 def _fingerprint(path: Path) -> list:

@@ -53,9 +53,7 @@ def _group(path: Path) -> dict[str, list[Path]]:
         elif child.suffix in SUFFIXES:
             groups[child.stem] = [child]
     if not groups:
-        raise DataError(
-            f"data folder {path} holds no {', '.join(SUFFIXES)} files"
-        )
+        raise DataError(f"data folder {path} holds no {', '.join(SUFFIXES)} files")
     return groups
 
 

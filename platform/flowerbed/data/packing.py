@@ -7,6 +7,7 @@ tail shorter than a block is dropped. The cache key covers the corpus, the token
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,18 +33,14 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps([vocab, tokenizer.eos_token]).encode()).hexdigest()[:16]
 
 
-def pack_domains(
-    domains: list[Domain], tokenizer: PreTrainedTokenizerBase, seq_len: int
-) -> Blocks:
+def pack_domains(domains: list[Domain], tokenizer: PreTrainedTokenizerBase, seq_len: int) -> Blocks:
     """Tokenize every domain and cut it into blocks; domains too small for a block vanish."""
     dtype = token_dtype(len(tokenizer))
     eos = tokenizer.eos_token_id
     tokens, domain_ids = [], []
     for index, domain in enumerate(domains):
         encoded = tokenizer(domain.documents, add_special_tokens=False)["input_ids"]
-        stream = np.fromiter(
-            (t for ids in encoded for t in (*ids, eos)), dtype=np.int64
-        )
+        stream = np.fromiter((t for ids in encoded for t in (*ids, eos)), dtype=np.int64)
         n = len(stream) // seq_len
         if n == 0:
             log.warning("domain %s has fewer than %d tokens; skipped", domain.name, seq_len)
@@ -65,8 +62,12 @@ def cached_blocks(
 ) -> Blocks:
     """Blocks from the cache when `corpus_key` was packed before, else pack and store them."""
     key = json.dumps(
-        {"corpus": corpus_key, "tokenizer": tokenizer_fingerprint(tokenizer),
-         "seq_len": seq_len, "version": PACKING_VERSION},
+        {
+            "corpus": corpus_key,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "seq_len": seq_len,
+            "version": PACKING_VERSION,
+        },
         sort_keys=True,
     )
     folder = cache_dir / "blocks" / hashlib.sha256(key.encode()).hexdigest()[:20]
@@ -77,8 +78,6 @@ def cached_blocks(
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     blocks.save(staging, "corpus")
     (staging / "key.json").write_text(key)
-    try:
+    with contextlib.suppress(OSError):  # another process cached it first; theirs is as good
         staging.rename(folder)
-    except OSError:  # another process cached the same corpus first; theirs is as good
-        pass
     return Blocks.load(folder, "corpus") if folder.is_dir() else blocks

@@ -12,7 +12,9 @@ def partition(
 ) -> list[np.ndarray]:
     """Indices of the blocks each client gets; every block goes to exactly one client."""
     if scheme == "iid":
-        return [np.sort(part) for part in np.array_split(rng.permutation(len(domains)), num_clients)]
+        return [
+            np.sort(part) for part in np.array_split(rng.permutation(len(domains)), num_clients)
+        ]
     if scheme == "domain":
         return _by_domain(domains, num_clients, rng)
     if scheme == "dirichlet":

@@ -54,8 +54,7 @@ def split_validation(blocks: Blocks, fraction: float) -> tuple[Blocks, Blocks]:
     val, rest = [], []
     for d in np.unique(blocks.domains):
         members = np.flatnonzero(blocks.domains == d)
-        n_val = int(round(len(members) * fraction)) if len(members) >= 2 else 0
-        n_val = max(n_val, 1) if len(members) >= 2 else 0
+        n_val = max(round(len(members) * fraction), 1) if len(members) >= 2 else 0
         val.append(members[len(members) - n_val :])
         rest.append(members[: len(members) - n_val])
     return blocks.subset(np.concatenate(val)), blocks.subset(np.concatenate(rest))
@@ -74,9 +73,12 @@ def make_client_shards(
                 "clients (federation.num_clients) or a shorter data.seq_len"
             )
         index = rng.permutation(index)
-        n_heldout = max(1, int(round(len(index) * cfg.heldout_fraction)))
-        shards.append(ClientShard(blocks.subset(np.sort(index[n_heldout:])),
-                                  blocks.subset(np.sort(index[:n_heldout]))))
+        n_heldout = max(1, round(len(index) * cfg.heldout_fraction))
+        shards.append(
+            ClientShard(
+                blocks.subset(np.sort(index[n_heldout:])), blocks.subset(np.sort(index[:n_heldout]))
+            )
+        )
     return shards
 
 
@@ -96,7 +98,10 @@ def prepare_splits(
     clients = make_client_shards(rest, cfg, num_clients, np.random.default_rng(seed))
     log.info(
         "data: %d blocks of %d tokens in %d domains; %d for validation, %s per client",
-        len(blocks), cfg.seq_len, len(blocks.domain_names), len(validation),
+        len(blocks),
+        cfg.seq_len,
+        len(blocks.domain_names),
+        len(validation),
         "/".join(str(len(c.train)) for c in clients),
     )
     return FederatedSplits(validation, clients)

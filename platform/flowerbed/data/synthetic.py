@@ -22,8 +22,11 @@ def _vocabulary(rng: np.random.Generator, consonants: str) -> list[str]:
     words: set[str] = set()
     while len(words) < WORDS_PER_VOCABULARY:
         syllables = rng.integers(1, 4)
-        words.add("".join(rng.choice(list(consonants)) + rng.choice(list(VOWELS))
-                          for _ in range(syllables)))
+        words.add(
+            "".join(
+                rng.choice(list(consonants)) + rng.choice(list(VOWELS)) for _ in range(syllables)
+            )
+        )
     return sorted(words)
 
 

@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
 
-def preset_config(preset: str, vocab_size: int, eos_token_id: int, tie_embeddings: bool) -> PretrainedConfig:
+def preset_config(
+    preset: str, vocab_size: int, eos_token_id: int, tie_embeddings: bool
+) -> PretrainedConfig:
     """A Llama config for `preset`, sized to the tokenizer's vocabulary."""
     from transformers import LlamaConfig
 

@@ -55,7 +55,9 @@ class Federation:
         self.tokenizer = AutoTokenizer.from_pretrained(self.layout.tokenizer)
         self.validation = Blocks.load(self.layout.data, "validation")
         self.device = resolve_device(cfg.device)
-        self.model = build_model(cfg.model, len(self.tokenizer), self.tokenizer.eos_token_id, cfg.seed)
+        self.model = build_model(
+            cfg.model, len(self.tokenizer), self.tokenizer.eos_token_id, cfg.seed
+        )
         self.metrics = MetricsLog(self.layout.metrics)
         fed = cfg.federation
         self.strategy = TorchFedAvg(
@@ -73,9 +75,14 @@ class Federation:
         start_round, records = self._restore()
         initial_val = self._initial_val_loss(start_round)
         tracker = WandbRun(cfg, self.layout.root, resume=start_round > 1)
-        log.info("model: %s parameters on %s; %d clients; rounds %d..%d",
-                 f"{num_parameters(self.model):,}", self.device, cfg.federation.num_clients,
-                 start_round, cfg.federation.rounds)
+        log.info(
+            "model: %s parameters on %s; %d clients; rounds %d..%d",
+            f"{num_parameters(self.model):,}",
+            self.device,
+            cfg.federation.num_clients,
+            start_round,
+            cfg.federation.rounds,
+        )
         started = time.perf_counter()
         for round_ in range(start_round, cfg.federation.rounds + 1):
             outcome = self._round(round_)
@@ -83,7 +90,9 @@ class Federation:
             self.metrics.append(outcome.record)
             tracker.log(outcome.record)
             log.info(_progress_line(outcome.record, cfg.federation.rounds))
-            save_checkpoint(self.layout.checkpoints, round_, self.model, cfg.tracking.keep_checkpoints)
+            save_checkpoint(
+                self.layout.checkpoints, round_, self.model, cfg.tracking.keep_checkpoints
+            )
         summary = self._finish(records, initial_val, time.perf_counter() - started)
         tracker.finish(summary)
         return summary
@@ -108,41 +117,56 @@ class Federation:
 
     def _val_loss(self) -> float:
         self.model.to(self.device)
-        loss = mean_loss(self.model, self.validation, self.cfg.train.batch_size,
-                         self.cfg.train.eval_batches, self.device)
+        loss = mean_loss(
+            self.model,
+            self.validation,
+            self.cfg.train.batch_size,
+            self.cfg.train.eval_batches,
+            self.device,
+        )
         self.model.cpu()
         return loss
 
     def _round_config(self, round_: int) -> ConfigRecord:
         cfg = self.cfg
         spec = self.model.config.to_dict()
-        return ConfigRecord({
-            "total-rounds": cfg.federation.rounds,
-            "seed": cfg.seed,
-            "train-config": json.dumps(to_plain_dict(cfg.train)),
-            "model-config": json.dumps(spec, default=str),
-            "transport-dtype": cfg.federation.transport_dtype,
-            "clients-dir": str(self.layout.clients.resolve()),
-            "threads": max(1, int(cfg.federation.client_cpus)),
-            "device": cfg.device,
-        })
+        return ConfigRecord(
+            {
+                "total-rounds": cfg.federation.rounds,
+                "seed": cfg.seed,
+                "train-config": json.dumps(to_plain_dict(cfg.train)),
+                "model-config": json.dumps(spec, default=str),
+                "transport-dtype": cfg.federation.transport_dtype,
+                "clients-dir": str(self.layout.clients.resolve()),
+                "threads": max(1, int(cfg.federation.client_cpus)),
+                "device": cfg.device,
+            }
+        )
 
     def _round(self, round_: int) -> RoundOutcome:
         fed = self.cfg.federation
         started = time.perf_counter()
         random.seed(f"{self.cfg.seed}-{round_}")  # Flower samples clients with `random`
         arrays = to_array_record(self.model.state_dict(), fed.transport_dtype)
-        replies = list(self.grid.send_and_receive(
-            self.strategy.configure_train(round_, arrays, self._round_config(round_), self.grid),
-            timeout=fed.round_timeout,
-        ))
-        failures = [f"node {m.metadata.src_node_id}: {short_reason(m.error.reason)}"
-                    for m in replies if m.has_error()]
+        replies = list(
+            self.grid.send_and_receive(
+                self.strategy.configure_train(
+                    round_, arrays, self._round_config(round_), self.grid
+                ),
+                timeout=fed.round_timeout,
+            )
+        )
+        failures = [
+            f"node {m.metadata.src_node_id}: {short_reason(m.error.reason)}"
+            for m in replies
+            if m.has_error()
+        ]
         ok = len(replies) - len(failures)
         if ok < fed.min_clients:
             raise FederationError(
                 f"round {round_}: {ok} client(s) replied successfully, fewer than "
-                f"federation.min_clients={fed.min_clients}; failures: {'; '.join(failures) or 'none'}"
+                f"federation.min_clients={fed.min_clients}; "
+                f"failures: {'; '.join(failures) or 'none'}"
             )
         for failure in failures:
             log.warning("round %d: a client failed and was left out: %s", round_, failure)
@@ -171,13 +195,18 @@ class Federation:
         if self.cfg.federation.fraction_evaluate == 0:
             return None
         arrays = to_array_record(self.model.state_dict(), self.cfg.federation.transport_dtype)
-        messages: list[Message] = list(self.strategy.configure_evaluate(
-            round_, arrays, self._round_config(round_), self.grid))
-        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
+        messages: list[Message] = list(
+            self.strategy.configure_evaluate(round_, arrays, self._round_config(round_), self.grid)
+        )
+        replies = list(
+            self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
+        )
         metrics = self.strategy.aggregate_evaluate(round_, replies)
         return float(metrics["heldout_loss"]) if metrics else None
 
-    def _finish(self, records: list[dict[str, Any]], initial_val: float | None, seconds: float) -> dict[str, Any]:
+    def _finish(
+        self, records: list[dict[str, Any]], initial_val: float | None, seconds: float
+    ) -> dict[str, Any]:
         self.model.save_pretrained(self.layout.final_model)
         self.tokenizer.save_pretrained(self.layout.final_model)
         if self.cfg.tracking.plots:
@@ -211,12 +240,16 @@ def short_reason(reason: str) -> str:
 
 
 def _progress_line(record: dict[str, Any], rounds: int) -> str:
-    heldout = f" | held-out {record['heldout_loss']:.4f}" if record["heldout_loss"] is not None else ""
+    heldout = (
+        f" | held-out {record['heldout_loss']:.4f}" if record["heldout_loss"] is not None else ""
+    )
     failed = f" | {record['failed_clients']} failed" if record["failed_clients"] else ""
-    return (f"round {record['round']}/{rounds} | train {record['train_loss']:.4f} | "
-            f"val {record['val_loss']:.4f} (ppl {record['val_perplexity']:.1f}){heldout} | "
-            f"{record['tokens_per_s']:,.0f} tok/s | {record['seconds']:.1f} s | "
-            f"{record['clients']} clients{failed}")
+    return (
+        f"round {record['round']}/{rounds} | train {record['train_loss']:.4f} | "
+        f"val {record['val_loss']:.4f} (ppl {record['val_perplexity']:.1f}){heldout} | "
+        f"{record['tokens_per_s']:,.0f} tok/s | {record['seconds']:.1f} s | "
+        f"{record['clients']} clients{failed}"
+    )
 
 
 def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str, Any]:

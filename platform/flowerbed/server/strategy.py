@@ -19,8 +19,10 @@ from flowerbed.model.transport import TransportDtype, from_array_record, to_arra
 def weighted_mean(contents: list[RecordDict], keys: tuple[str, ...]) -> dict[str, float]:
     weights = [float(c["metrics"]["num-examples"]) for c in contents]
     total = sum(weights)
-    return {k: sum(w * float(c["metrics"][k]) for w, c in zip(weights, contents, strict=True)) / total
-            for k in keys}
+    return {
+        k: sum(w * float(c["metrics"][k]) for w, c in zip(weights, contents, strict=True)) / total
+        for k in keys
+    }
 
 
 def heldout_metrics(contents: list[RecordDict], _: str) -> MetricRecord:
@@ -43,8 +45,9 @@ class TorchFedAvg(FedAvg):
         )
         if not contents:
             return None, None
-        weights = torch.tensor([float(c["metrics"]["num-examples"]) for c in contents],
-                               dtype=torch.float64)
+        weights = torch.tensor(
+            [float(c["metrics"]["num-examples"]) for c in contents], dtype=torch.float64
+        )
         weights = (weights / weights.sum()).tolist()
         average: dict[str, torch.Tensor] = {}
         for weight, content in zip(weights, contents, strict=True):

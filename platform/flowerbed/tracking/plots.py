@@ -16,10 +16,14 @@ def plot_losses(records: list[dict[str, Any]], initial_val_loss: float | None, p
     rounds = [r["round"] for r in records]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     val_rounds = ([0] if initial_val_loss is not None else []) + rounds
-    val = ([initial_val_loss] if initial_val_loss is not None else []) + [r["val_loss"] for r in records]
+    val = ([initial_val_loss] if initial_val_loss is not None else []) + [
+        r["val_loss"] for r in records
+    ]
     ax.plot(val_rounds, val, marker="o", label="validation (server)")
     ax.plot(rounds, [r["train_loss"] for r in records], marker=".", label="train (clients)")
-    heldout = [(r["round"], r["heldout_loss"]) for r in records if r.get("heldout_loss") is not None]
+    heldout = [
+        (r["round"], r["heldout_loss"]) for r in records if r.get("heldout_loss") is not None
+    ]
     if heldout:
         ax.plot(*zip(*heldout, strict=True), marker="x", label="held-out (clients)")
     ax.set_xlabel("round")

@@ -33,5 +33,7 @@ class WandbRun:
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self._run is not None:
-            self._run.summary.update({k: v for k, v in summary.items() if isinstance(v, int | float)})
+            self._run.summary.update(
+                {k: v for k, v in summary.items() if isinstance(v, int | float)}
+            )
             self._run.finish()
