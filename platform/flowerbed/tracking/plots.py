@@ -12,6 +12,7 @@ def plot_losses(records: list[dict[str, Any]], initial_val_loss: float | None, p
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in records]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -26,6 +27,7 @@ def plot_losses(records: list[dict[str, Any]], initial_val_loss: float | None, p
     ]
     if heldout:
         ax.plot(*zip(*heldout, strict=True), marker="x", label="held-out (clients)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("loss (nats per token)")
     ax.set_title("flowerbed: loss per round")
