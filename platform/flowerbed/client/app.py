@@ -1,12 +1,14 @@
-"""The Flower ClientApp: translate Messages to tensors and back, around the local trainer.
+"""The Flower ClientApp: translate Messages to tensors and back, around the local trainers.
 
 Every Message is handled from scratch (model built, weights loaded, shard memory-mapped):
 in deployment each Message runs in a fresh process, and simulation behaves the same.
+What must outlive a Message (the privacy ledger) lives in the node's state directory.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -20,7 +22,7 @@ from flowerbed.model.transport import from_array_record, to_array_record
 app = ClientApp()
 
 
-def _model_for(job: ClientJob, msg: Message):
+def _model_for(job: ClientJob, msg: Message) -> torch.nn.Module:
     from transformers import AutoConfig
 
     spec = dict(job.model_config)
@@ -30,25 +32,72 @@ def _model_for(job: ClientJob, msg: Message):
     return model
 
 
+def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None, job: ClientJob) -> Message:
+    content = RecordDict({"metrics": MetricRecord({**metrics, "partition-id": job.partition_id})})
+    if model is not None:
+        content["arrays"] = to_array_record(model.state_dict(), job.transport_dtype)
+    return Message(content, reply_to=msg)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """K local steps from the global weights; reply with the new weights and metrics."""
     job = ClientJob.from_message(msg.content["config"], context)
     shard = ClientShard.load(job.data_dir)
-    trainer = LocalTrainer(_model_for(job, msg), job.train, job.device, job.total_steps)
+    model = _model_for(job, msg)
     rng = np.random.default_rng([job.seed, job.round, job.partition_id])
+    if job.privacy.mode == "dp_sgd":
+        return _train_private(msg, job, shard, model, rng)
+    trainer = LocalTrainer(model, job.train, job.device, job.total_steps)
     result = trainer.train(shard.train, job.first_step, rng)
-    metrics = MetricRecord(
-        {
-            "num-examples": len(shard.train),
-            "train_loss": result.loss,
-            "tokens": result.tokens,
-            "train_seconds": result.seconds,
-            "partition-id": job.partition_id,
-        }
+    metrics = {
+        "num-examples": len(shard.train),
+        "train_loss": result.loss,
+        "tokens": result.tokens,
+        "train_seconds": result.seconds,
+    }
+    return _reply(msg, metrics, trainer.model, job)
+
+
+def _train_private(msg: Message, job: ClientJob, shard: ClientShard, model, rng) -> Message:
+    """DP-SGD, with the round written to the ledger before the update leaves."""
+    from flowerbed.client.private_trainer import PrivateTrainer
+    from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
+    from flowerbed.privacy.planning import life_noise_multiplier, sample_rate
+
+    cfg, steps = job.privacy, job.train.local_steps
+    path = job.state_dir / FILENAME
+    ledger = PrivacyLedger.open(path, cfg.delta, cfg.accountant)
+    q = sample_rate(job.train.batch_size, len(shard.train))
+    sigma = life_noise_multiplier(ledger, cfg, q, job.total_steps)
+    budget = cfg.budget
+    if budget is not None and ledger.epsilon_after(sigma, q, steps) > budget:
+        ledger.save(path)
+        return _reply(
+            msg, {"num-examples": 0, "budget-exhausted": 1, "epsilon": ledger.epsilon}, None, job
+        )
+    trainer = PrivateTrainer(
+        model,
+        job.train,
+        cfg,
+        job.device,
+        job.total_steps,
+        sigma,
+        q,
+        len(shard.train),
+        noise_seed=int(rng.integers(2**62)),
     )
-    arrays = to_array_record(trainer.model.state_dict(), job.transport_dtype)
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    result = trainer.train(shard.train, job.first_step, rng)
+    spent = ledger.record(path, job.round, sigma, q, steps)
+    metrics = {
+        "num-examples": len(shard.train),
+        "train_loss": result.loss,
+        "tokens": result.tokens,
+        "train_seconds": result.seconds,
+        "epsilon": spent,
+        "noise_multiplier": sigma,
+    }
+    return _reply(msg, metrics, trainer.model, job)
 
 
 @app.evaluate()
@@ -58,7 +107,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     shard = ClientShard.load(job.data_dir)
     model = _model_for(job, msg).to(job.device)
     loss = mean_loss(model, shard.heldout, job.train.batch_size, job.train.eval_batches, job.device)
-    metrics = MetricRecord(
-        {"num-examples": len(shard.heldout), "heldout_loss": loss, "partition-id": job.partition_id}
-    )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return _reply(msg, {"num-examples": len(shard.heldout), "heldout_loss": loss}, None, job)

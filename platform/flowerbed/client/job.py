@@ -10,7 +10,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 
 from flowerbed.config.loader import build_dataclass
-from flowerbed.config.schema import TrainConfig
+from flowerbed.config.schema import PrivacyConfig, TrainConfig
 from flowerbed.model.runtime import resolve_device
 
 
@@ -23,9 +23,12 @@ class ClientJob:
     partition_id: int
     seed: int
     train: TrainConfig
+    privacy: PrivacyConfig
     model_config: dict
     transport_dtype: str
     data_dir: Path
+    state_dir: Path
+    """Where the client keeps what outlives a Message: its privacy ledger, for one."""
     device: torch.device
 
     @classmethod
@@ -37,10 +40,9 @@ class ClientJob:
         """
         node = context.node_config
         partition_id = int(node.get("partition-id", 0))
-        if "data-dir" in node:
-            data_dir = Path(str(node["data-dir"])).expanduser()
-        else:
-            data_dir = Path(str(config["clients-dir"])) / f"client-{partition_id}" / "data"
+        own = Path(str(config.get("clients-dir", ""))) / f"client-{partition_id}"
+        data_dir = Path(str(node.get("data-dir", own / "data"))).expanduser()
+        state_dir = Path(str(node.get("state-dir", own / "state"))).expanduser()
         threads = int(config.get("threads", 0))
         if threads > 0:
             torch.set_num_threads(threads)
@@ -50,9 +52,13 @@ class ClientJob:
             partition_id=partition_id,
             seed=int(config["seed"]),
             train=build_dataclass(TrainConfig, json.loads(str(config["train-config"])), "train."),
+            privacy=build_dataclass(
+                PrivacyConfig, json.loads(str(config["privacy-config"])), "privacy."
+            ),
             model_config=json.loads(str(config["model-config"])),
             transport_dtype=str(config["transport-dtype"]),
             data_dir=data_dir,
+            state_dir=state_dir,
             device=resolve_device(str(node.get("device", config.get("device", "auto")))),
         )
 

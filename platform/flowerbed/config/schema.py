@@ -157,9 +157,55 @@ class StrategyConfig:
 
 @dataclass
 class PrivacyConfig:
-    """Differential privacy (only `off` exists so far)."""
+    """Differential privacy: `off`, sample-level DP-SGD in every client, or user-level DP."""
 
-    mode: Literal["off"] = "off"
+    mode: Literal["off", "dp_sgd", "user_level"] = "off"
+    max_grad_norm: float = 1.0
+    """dp_sgd: per-sequence clipping norm. user_level: clipping norm of each client's update."""
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    """Noise std / clipping norm. Give this or target_epsilon (dp_sgd), not both."""
+    target_epsilon: float | None = None
+    """dp_sgd: calibrate the noise so the client's whole planned life spends this epsilon."""
+    max_epsilon: float | None = None
+    """Budget cap when noise_multiplier is given (target_epsilon is its own cap)."""
+    accountant: Literal["prv", "rdp"] = "prv"
+    grad_sample_mode: Literal["ghost", "hooks"] = "ghost"
+    """ghost: fast (ghost) clipping, less memory; hooks: per-sample gradients, any layer."""
+    max_physical_batch: int = 0
+    """Split each Poisson batch into chunks of at most this many sequences (0: no split)."""
+
+    def __post_init__(self) -> None:
+        if self.mode == "off":
+            return
+        _require(self.max_grad_norm > 0, "privacy.max_grad_norm must be > 0")
+        _require(0 < self.delta < 1, f"privacy.delta must be in (0, 1), got {self.delta}")
+        _require(self.max_physical_batch >= 0, "privacy.max_physical_batch must be >= 0")
+        given = [k for k in ("noise_multiplier", "target_epsilon") if getattr(self, k) is not None]
+        if self.mode == "dp_sgd":
+            _require(
+                len(given) == 1,
+                "privacy: give privacy.target_epsilon or privacy.noise_multiplier, "
+                + ("not both" if given else "one of them"),
+            )
+        else:
+            _require(
+                self.noise_multiplier is not None and self.target_epsilon is None,
+                "privacy=user_level needs privacy.noise_multiplier (and no target_epsilon; "
+                "use privacy.max_epsilon to cap the budget)",
+            )
+        _require(
+            self.target_epsilon is None or self.max_epsilon is None,
+            "privacy: target_epsilon is the budget already; do not also give max_epsilon",
+        )
+        for key in ("noise_multiplier", "target_epsilon", "max_epsilon"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, f"privacy.{key} must be > 0, got {value}")
+
+    @property
+    def budget(self) -> float | None:
+        """The epsilon a client may spend in its life (None: no cap)."""
+        return self.target_epsilon if self.target_epsilon is not None else self.max_epsilon
 
 
 @dataclass
@@ -205,3 +251,18 @@ class FlowerbedConfig:
     """auto: CUDA with bf16 autocast when a GPU is visible, else CPU."""
     resume: str | None = None
     """A run directory to continue from its newest round checkpoint."""
+
+    def __post_init__(self) -> None:
+        private = self.privacy.mode == "dp_sgd"
+        _require(
+            not (
+                private and self.privacy.grad_sample_mode == "ghost" and self.model.tie_embeddings
+            ),
+            "privacy.grad_sample_mode=ghost cannot train tied embeddings: set "
+            "model.tie_embeddings=false or privacy.grad_sample_mode=hooks",
+        )
+        _require(
+            self.privacy.mode != "user_level" or self.federation.transport_dtype == "fp32",
+            "privacy=user_level clips and noises updates in fp32: "
+            "set federation.transport_dtype=fp32",
+        )

@@ -29,7 +29,7 @@ from flowerbed.model.transport import from_array_record, record_nbytes, to_array
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from flowerbed.server.strategy import TorchFedAvg
 from flowerbed.tracking import MetricsLog, RunLayout, write_json_atomic
-from flowerbed.tracking.plots import plot_losses
+from flowerbed.tracking.plots import plot_epsilon, plot_losses
 from flowerbed.tracking.wandb_run import WandbRun
 
 log = logging.getLogger("flowerbed")
@@ -59,6 +59,9 @@ class Federation:
             cfg.model, len(self.tokenizer), self.tokenizer.eos_token_id, cfg.seed
         )
         self.metrics = MetricsLog(self.layout.metrics)
+        self.stop_reason = "all rounds done"
+        self.client_epsilon: dict[str, float] = {}
+        """Each client's lifetime epsilon, as it last reported it (the federation ledger)."""
         fed = cfg.federation
         self.strategy = TorchFedAvg(
             transport_dtype=fed.transport_dtype,
@@ -86,6 +89,8 @@ class Federation:
         started = time.perf_counter()
         for round_ in range(start_round, cfg.federation.rounds + 1):
             outcome = self._round(round_)
+            if outcome is None:
+                break
             records.append(outcome.record)
             self.metrics.append(outcome.record)
             tracker.log(outcome.record)
@@ -104,7 +109,10 @@ class Federation:
             return 1, []
         done = load_checkpoint(checkpoint, self.model)
         log.info("resuming after round %d from %s", done, checkpoint)
-        return done + 1, self.metrics.truncate_after(done)
+        records = self.metrics.truncate_after(done)
+        if records and records[-1].get("client_epsilon"):
+            self.client_epsilon = dict(records[-1]["client_epsilon"])
+        return done + 1, records
 
     def _initial_val_loss(self, start_round: int) -> float | None:
         path = self.layout.root / "initial_val_loss.json"
@@ -140,10 +148,12 @@ class Federation:
                 "clients-dir": str(self.layout.clients.resolve()),
                 "threads": max(1, int(cfg.federation.client_cpus)),
                 "device": cfg.device,
+                "privacy-config": json.dumps(to_plain_dict(cfg.privacy)),
             }
         )
 
-    def _round(self, round_: int) -> RoundOutcome:
+    def _round(self, round_: int) -> RoundOutcome | None:
+        """Run one round; None when no sampled client may train (every budget is spent)."""
         fed = self.cfg.federation
         started = time.perf_counter()
         random.seed(f"{self.cfg.seed}-{round_}")  # Flower samples clients with `random`
@@ -170,6 +180,15 @@ class Federation:
             )
         for failure in failures:
             log.warning("round %d: a client failed and was left out: %s", round_, failure)
+        exhausted = self._read_privacy(round_, replies)
+        if len(exhausted) == ok:
+            log.warning(
+                "round %d: no sampled client may train any more; the run ends after round %d",
+                round_,
+                round_ - 1,
+            )
+            self.stop_reason = "privacy budget spent"
+            return None
         aggregated, train_metrics = self.strategy.aggregate_train(round_, replies)
         self.model.load_state_dict(from_array_record(aggregated, "fp32"))
         heldout = self._federated_heldout(round_)
@@ -185,11 +204,29 @@ class Federation:
             "tokens_per_s": int(train_metrics["tokens"]) / seconds,
             "client_train_seconds": float(train_metrics["train_seconds"]),
             "seconds": seconds,
-            "clients": ok,
+            "clients": ok - len(exhausted),
+            "budget_exhausted_clients": len(exhausted),
+            "epsilon_max": max(self.client_epsilon.values()) if self.client_epsilon else None,
+            "client_epsilon": dict(self.client_epsilon) or None,
             "failed_clients": len(failures),
             "bytes_per_client": record_nbytes(arrays),
         }
         return RoundOutcome(record, failures)
+
+    def _read_privacy(self, round_: int, replies: list[Message]) -> list[int]:
+        """Update the federation ledger from the replies; return who declined to train."""
+        answered = [m.content["metrics"] for m in replies if not m.has_error()]
+        for metrics in answered:
+            if "epsilon" in metrics:
+                self.client_epsilon[str(int(metrics["partition-id"]))] = float(metrics["epsilon"])
+        exhausted = [int(m["partition-id"]) for m in answered if m.get("budget-exhausted")]
+        if exhausted:
+            log.warning(
+                "round %d: client(s) %s have spent their privacy budget and did not train",
+                round_,
+                exhausted,
+            )
+        return exhausted
 
     def _federated_heldout(self, round_: int) -> float | None:
         if self.cfg.federation.fraction_evaluate == 0:
@@ -211,6 +248,13 @@ class Federation:
         self.tokenizer.save_pretrained(self.layout.final_model)
         if self.cfg.tracking.plots:
             plot_losses(records, initial_val, self.layout.val_loss_plot)
+            if self.client_epsilon:
+                plot_epsilon(records, self.layout.root / "privacy_epsilon.png")
+        if not records:
+            raise FederationError(
+                "no round completed: every client's privacy budget was spent "
+                "before round 1; raise the budget or start new ledgers"
+            )
         last = records[-1]
         summary = {
             "status": "completed",
@@ -225,6 +269,11 @@ class Federation:
             "seconds_this_session": seconds,
             "parameters": num_parameters(self.model),
             "final_model": str(self.layout.final_model),
+            "stop_reason": self.stop_reason,
+            "privacy": self.cfg.privacy.mode,
+            "epsilon_max": max(self.client_epsilon.values()) if self.client_epsilon else None,
+            "client_epsilon": dict(self.client_epsilon) or None,
+            "delta": self.cfg.privacy.delta if self.cfg.privacy.mode != "off" else None,
         }
         write_json_atomic(self.layout.summary, summary)
         return summary
@@ -244,6 +293,8 @@ def _progress_line(record: dict[str, Any], rounds: int) -> str:
         f" | held-out {record['heldout_loss']:.4f}" if record["heldout_loss"] is not None else ""
     )
     failed = f" | {record['failed_clients']} failed" if record["failed_clients"] else ""
+    if record.get("epsilon_max") is not None:
+        failed += f" | ε {record['epsilon_max']:.2f}"
     return (
         f"round {record['round']}/{rounds} | train {record['train_loss']:.4f} | "
         f"val {record['val_loss']:.4f} (ppl {record['val_perplexity']:.1f}){heldout} | "

@@ -40,7 +40,7 @@ class TorchFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         contents = sorted(
-            (m.content for m in replies if not m.has_error()),
+            (m.content for m in replies if not m.has_error() and m.content.array_records),
             key=lambda c: int(c["metrics"]["partition-id"]),
         )
         if not contents:

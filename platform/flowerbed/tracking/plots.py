@@ -36,3 +36,33 @@ def plot_losses(records: list[dict[str, Any]], initial_val_loss: float | None, p
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_epsilon(records: list[dict[str, Any]], path: Path) -> None:
+    """The federation ledger: each client's lifetime epsilon per round, and the worst case."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    clients = sorted({c for r in records for c in (r.get("client_epsilon") or {})}, key=int)
+    for client in clients:
+        points = [
+            (r["round"], r["client_epsilon"][client])
+            for r in records
+            if client in (r.get("client_epsilon") or {})
+        ]
+        ax.plot(*zip(*points, strict=True), marker=".", alpha=0.6, label=f"client {client}")
+    worst = [(r["round"], r["epsilon_max"]) for r in records if r.get("epsilon_max") is not None]
+    ax.plot(*zip(*worst, strict=True), color="black", linewidth=2, label="worst case")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel("lifetime epsilon")
+    ax.set_title("flowerbed: privacy spent per client")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Differential privacy: Opacus DP-SGD for causal LMs, the lifetime ledger, budget planning."""

@@ -1,0 +1,125 @@
+"""Opacus DP-SGD for Hugging Face causal LMs, one logical step at a time.
+
+The privacy unit is one sequence (block). Every step:
+- draws a Poisson sample of the client's blocks at rate q (the rate the ledger records),
+- computes a per-sequence loss (mean over its own tokens), so each sequence's gradient
+  is clipped to `max_grad_norm` (ghost clipping by default, per-sample hooks otherwise),
+- adds Gaussian noise once per logical batch, however many physical chunks it took,
+- takes a noise-only step when the Poisson draw is empty (HF attention cannot run on an
+  empty batch, and skipping would make the step count depend on the data).
+
+Hooks attach to the plain model (Opacus's `wrap_model=False`), so the weights a client
+sends are the model's own state dict, and `close()` removes them again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flowerbed.model.runtime import autocast
+
+
+def poisson_sample(num_records: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Each record joins the batch independently with probability `sample_rate`."""
+    return np.flatnonzero(rng.random(num_records) < sample_rate)
+
+
+def per_sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy averaged within each sequence: shape [batch]."""
+    losses = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.size(-1)),
+        ids[:, 1:].reshape(-1),
+        reduction="none",
+    )
+    return losses.view(ids.shape[0], -1).mean(dim=1)
+
+
+class PrivateStep:
+    """DP-SGD around a model and its optimizer (Opacus 1.6, flat clipping)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise_multiplier: float,
+        max_grad_norm: float,
+        expected_batch_size: float,
+        mode: str,
+        max_physical_batch: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        from opacus.grad_sample.utils import prepare_module
+        from opacus.optimizers import get_optimizer_class
+
+        extra = {"max_grad_norm": max_grad_norm} if mode == "ghost" else {}
+        self.model, self.mode, self.max_physical_batch = model, mode, max_physical_batch
+        self.hooks = prepare_module(
+            model,
+            grad_sample_mode=mode,
+            wrap_model=False,
+            batch_first=True,
+            loss_reduction="mean",
+            **extra,
+        )
+        self.optimizer = get_optimizer_class(
+            clipping="flat", distributed=False, grad_sample_mode=mode
+        )(
+            optimizer,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=expected_batch_size,
+            loss_reduction="mean",
+            generator=generator,
+        )
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor:
+        """One logical DP step on `batch` (a Poisson sample, possibly empty).
+
+        Returns:
+            The summed per-sequence loss of the batch (a device tensor; no host sync).
+        """
+        if batch.shape[0] == 0:
+            self._noise_only_step()
+            return torch.zeros((), device=batch.device)
+        size = self.max_physical_batch or batch.shape[0]
+        chunks = batch.split(size)
+        total = torch.zeros((), device=batch.device)
+        for i, ids in enumerate(chunks):
+            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            positions = torch.arange(ids.shape[1], device=ids.device).repeat(ids.shape[0], 1)
+            with autocast(ids.device):
+                logits = self.model(input_ids=ids, position_ids=positions).logits
+            loss = per_sequence_loss(logits, ids)
+            self._backward(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            total += loss.detach().sum()
+        return total
+
+    def _backward(self, loss_per_sequence: torch.Tensor) -> None:
+        if self.mode == "ghost":
+            from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+            DPTensorFastGradientClipping(
+                self.hooks, self.optimizer, loss_per_sequence, "mean"
+            ).backward()
+        else:
+            loss_per_sequence.mean().backward()
+
+    def _noise_only_step(self) -> None:
+        """An empty Poisson draw: clip nothing, add the noise, step (Opacus counts it)."""
+        self.optimizer.signal_skip_step(do_skip=False)
+        for p in self.optimizer.params:
+            if self.mode == "ghost":
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def close(self) -> None:
+        """Remove Opacus's hooks and per-sample state from the model."""
+        self.hooks.cleanup()

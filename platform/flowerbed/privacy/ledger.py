@@ -1,0 +1,104 @@
+"""The per-client privacy ledger: every round's (noise, sample rate, steps), on local disk.
+
+It is the client's memory of what it has spent, over every round, experience and run of
+its life. A round is written (atomically) before its update leaves the client, so a crash
+can only make the ledger count a round that was never released, never the reverse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from flowerbed.privacy.accounting import epsilon
+
+FILENAME = "privacy_ledger.json"
+
+
+class LedgerError(ValueError):
+    """The ledger on disk does not match the privacy settings; the message says how."""
+
+
+@dataclass
+class LedgerEntry:
+    round: int
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    epsilon: float
+    """Lifetime epsilon after this entry."""
+    time: float = 0.0
+
+
+@dataclass
+class PrivacyLedger:
+    delta: float
+    accountant: str
+    noise_multiplier: float | None = None
+    """The calibrated (or given) noise multiplier, fixed once for the client's life."""
+    planned_steps: int | None = None
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self.entries]
+
+    @property
+    def epsilon(self) -> float:
+        return self.entries[-1].epsilon if self.entries else 0.0
+
+    @property
+    def steps(self) -> int:
+        return sum(e.steps for e in self.entries)
+
+    def epsilon_after(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
+        """What the lifetime epsilon would be after `steps` more steps."""
+        return epsilon(
+            [*self.history, (noise_multiplier, sample_rate, steps)], self.delta, self.accountant
+        )
+
+    def record(
+        self, path: Path, round_: int, noise_multiplier: float, sample_rate: float, steps: int
+    ) -> float:
+        """Append a round and write the ledger atomically; return the lifetime epsilon."""
+        spent = self.epsilon_after(noise_multiplier, sample_rate, steps)
+        self.entries.append(
+            LedgerEntry(round_, noise_multiplier, sample_rate, steps, spent, time.time())
+        )
+        self.save(path)
+        return spent
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w") as f:
+            json.dump({"version": 1, **asdict(self)}, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def open(cls, path: Path, delta: float, accountant: str) -> PrivacyLedger:
+        """Load the ledger at `path`, or start an empty one; delta and accountant must match."""
+        if not path.is_file():
+            return cls(delta=delta, accountant=accountant)
+        try:
+            data = json.loads(path.read_text())
+            entries = [LedgerEntry(**e) for e in data.pop("entries")]
+            data.pop("version", None)
+            ledger = cls(**data, entries=entries)
+        except (json.JSONDecodeError, TypeError, KeyError) as err:
+            raise LedgerError(
+                f"privacy ledger {path} is unreadable ({err}); restore it from a backup, "
+                "never delete it"
+            ) from None
+        if (ledger.delta, ledger.accountant) != (delta, accountant):
+            raise LedgerError(
+                f"privacy ledger {path} was kept with delta={ledger.delta}, accountant="
+                f"{ledger.accountant}; a client's life uses one: set privacy.delta and "
+                "privacy.accountant to those"
+            )
+        return ledger
