@@ -75,3 +75,10 @@ def test_bf16_weights_travel_bit_exact(state):
     bf16 = {k: v.to(torch.bfloat16) for k, v in state.items()}
     back = from_array_record(to_array_record(bf16, "bf16"), "bf16")
     assert all(torch.equal(back[k], bf16[k].float()) for k in state)
+
+
+def test_every_embedding_row_trains_including_end_of_text():
+    model = build_model(ModelConfig(preset="tiny"), VOCAB, EOS, 0)
+    ids = torch.tensor([[1, 2, EOS, 3, EOS, 4]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert model.get_input_embeddings().weight.grad[EOS].abs().sum() > 0

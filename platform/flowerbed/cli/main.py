@@ -10,6 +10,9 @@ commands:
   simulate [hydra overrides]   run a simulated federation (a Hydra app: -m sweeps work)
                                e.g. flowerbed simulate experiment=smoke
                                     flowerbed simulate resume=runs/2026-11-23/10-00-00
+  privacy noise|epsilon|ledger  plan a privacy budget, or read a client's ledger
+                               e.g. flowerbed privacy noise --records 20000 --batch-size 16 \
+                                        --rounds 20 --local-steps 50 --target-epsilon 8
 """
 
 
@@ -24,6 +27,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.argv = ["flowerbed simulate", *rest]
         hydra_simulate()
+        return
+    if command == "privacy":
+        from flowerbed.cli.privacy import main as privacy_main
+
+        privacy_main(rest)
         return
     print(f"flowerbed: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     raise SystemExit(2)

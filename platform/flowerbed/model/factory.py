@@ -31,7 +31,7 @@ def preset_config(
         tie_word_embeddings=tie_embeddings,
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
-        pad_token_id=eos_token_id,
+        pad_token_id=None,  # blocks are packed, never padded; see `clear_padding_index`
         attn_implementation="sdpa",
     )
 
@@ -72,7 +72,18 @@ def load_pretrained(name_or_path: str, vocab_size: int, tie_embeddings: bool) ->
         )
     if not tie_embeddings and model.config.tie_word_embeddings:
         untie_embeddings(model)
+    clear_padding_index(model)
     return model
+
+
+def clear_padding_index(model: PreTrainedModel) -> None:
+    """Let every embedding row train: packed blocks have no padding.
+
+    A `padding_idx` (often the end-of-text id) freezes that row under autograd, while
+    Opacus's per-sample gradients ignore it, so DP clipping would see gradients the
+    update never applies.
+    """
+    model.get_input_embeddings().padding_idx = None
 
 
 def untie_embeddings(model: PreTrainedModel) -> None:

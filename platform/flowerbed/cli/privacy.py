@@ -1,0 +1,96 @@
+"""`flowerbed privacy`: plan a budget with the same code the clients train with.
+
+Examples (a client with 20,000 blocks, batch 16, 20 rounds of 50 local steps):
+
+    flowerbed privacy noise --records 20000 --batch-size 16 --rounds 20 \
+        --local-steps 50 --target-epsilon 8
+    flowerbed privacy epsilon --records 20000 --batch-size 16 --rounds 20 \
+        --local-steps 50 --noise-multiplier 1.0
+    flowerbed privacy ledger runs/<run>/clients/client-0/state/privacy_ledger.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from flowerbed.privacy.planning import plan
+
+
+def _settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--records", type=int, required=True, help="training blocks (sequences) the client holds"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        required=True,
+        help="expected sequences per step (train.batch_size)",
+    )
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--local-steps", type=int, required=True)
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowerbed privacy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    noise = commands.add_parser("noise", help="the noise multiplier that spends a target epsilon")
+    _settings(noise)
+    noise.add_argument("--target-epsilon", type=float, required=True)
+    spend = commands.add_parser("epsilon", help="the epsilon that a noise multiplier spends")
+    _settings(spend)
+    spend.add_argument("--noise-multiplier", type=float, required=True)
+    ledger = commands.add_parser("ledger", help="show a client's privacy ledger")
+    ledger.add_argument("path", type=Path)
+    return parser
+
+
+def main(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "ledger":
+        _show_ledger(args.path)
+        return
+    if min(args.records, args.batch_size, args.rounds, args.local_steps) < 1:
+        raise SystemExit(
+            "flowerbed privacy: --records, --batch-size, --rounds and --local-steps must be >= 1"
+        )
+    result = plan(
+        args.records,
+        args.batch_size,
+        args.rounds,
+        args.local_steps,
+        args.delta,
+        args.accountant,
+        target_epsilon=getattr(args, "target_epsilon", None),
+        noise_multiplier=getattr(args, "noise_multiplier", None),
+    )
+    print(
+        f"sample rate q = {result.sample_rate:.6g} ({args.batch_size} of {args.records} per step)"
+    )
+    print(f"steps         = {result.steps} ({args.rounds} rounds x {args.local_steps} local steps)")
+    print(f"noise σ       = {result.noise_multiplier:.6g}")
+    print(f"epsilon       = {result.epsilon:.4f} at delta = {result.delta:g} ({args.accountant})")
+
+
+def _show_ledger(path: Path) -> None:
+    if not path.is_file():
+        raise SystemExit(f"flowerbed privacy: no ledger at {path}")
+    data = json.loads(path.read_text())
+    print(
+        f"{path}: delta {data['delta']:g}, accountant {data['accountant']}, "
+        f"noise σ {data['noise_multiplier']}, planned steps {data['planned_steps']}"
+    )
+    print("| round | σ | q | steps | lifetime ε |")
+    print("|---|---|---|---|---|")
+    for e in data["entries"]:
+        print(
+            f"| {e['round']} | {e['noise_multiplier']:.4g} | {e['sample_rate']:.4g} | "
+            f"{e['steps']} | {e['epsilon']:.4f} |"
+        )

@@ -1,0 +1,98 @@
+"""Epsilon from flowerbed's accountants against Google's dp-accounting (RDP and PLD)."""
+
+from __future__ import annotations
+
+import dp_accounting
+import pytest
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from flowerbed.config import ConfigError, load_config
+from flowerbed.privacy.accounting import epsilon
+from flowerbed.privacy.ledger import LedgerError, PrivacyLedger
+from flowerbed.privacy.planning import plan
+
+
+def reference(history, delta: float, method: str) -> float:
+    """Epsilon of a DP-SGD history computed by dp-accounting alone."""
+    from opacus.accountants.rdp import RDPAccountant
+
+    event = dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+        for sigma, q, steps in history
+    ])
+    if method == "rdp":
+        accountant = rdp_privacy_accountant.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
+    else:
+        accountant = pld_privacy_accountant.PLDAccountant()
+    accountant.compose(event)
+    return accountant.get_epsilon(delta)
+
+
+CASES = [
+    [(1.5, 0.04, 2250)],  # Opacus's own test case: RDP 7.329, PRV about 6.78
+    [(1.0, 0.01, 1000)],
+    [(0.8, 0.02, 300), (1.2, 0.05, 200)],  # a history whose data and noise changed
+]
+
+
+def test_the_known_case_gives_the_published_values():
+    history = [(1.5, 0.04, 2250)]
+    assert epsilon(history, 1e-5, "rdp") == pytest.approx(7.32911117143, rel=1e-6)
+    assert epsilon(history, 1e-5, "prv") == pytest.approx(6.77, rel=0.01)
+
+
+@pytest.mark.parametrize("history", CASES)
+def test_rdp_matches_dp_accounting(history):
+    assert epsilon(history, 1e-5, "rdp") == pytest.approx(reference(history, 1e-5, "rdp"), rel=0.01)
+
+
+@pytest.mark.parametrize("history", CASES)
+def test_prv_matches_dp_accounting_pld(history):
+    assert epsilon(history, 1e-5, "prv") == pytest.approx(reference(history, 1e-5, "pld"), rel=0.01)
+
+
+def test_planned_noise_spends_the_target_over_the_whole_life():
+    result = plan(1000, 40, rounds=45, local_steps=50, delta=1e-5, target_epsilon=8.0)
+    assert result.steps == 2250 and result.sample_rate == 0.04
+    assert result.noise_multiplier == pytest.approx(1.3477, rel=1e-3)
+    assert 7.9 < result.epsilon <= 8.0
+
+
+def test_the_ledger_is_cumulative_and_reloads(tmp_path):
+    path = tmp_path / "privacy_ledger.json"
+    ledger = PrivacyLedger.open(path, 1e-5, "rdp")
+    first = ledger.record(path, 1, 1.0, 0.05, 100)
+    second = ledger.record(path, 2, 1.0, 0.05, 100)
+    again = PrivacyLedger.open(path, 1e-5, "rdp")
+    assert second > first and again.epsilon == second and again.steps == 200
+    assert second == pytest.approx(epsilon([(1.0, 0.05, 200)], 1e-5, "rdp"))
+
+
+def test_a_ledger_keeps_its_delta(tmp_path):
+    path = tmp_path / "privacy_ledger.json"
+    PrivacyLedger.open(path, 1e-5, "prv").record(path, 1, 1.0, 0.05, 10)
+    with pytest.raises(LedgerError, match="was kept with delta=1e-05"):
+        PrivacyLedger.open(path, 1e-6, "prv")
+
+
+@pytest.mark.parametrize(
+    ("privacy", "message"),
+    [
+        ({"mode": "dp_sgd"}, "give privacy.target_epsilon or privacy.noise_multiplier, one of them"),
+        ({"mode": "dp_sgd", "target_epsilon": 8, "noise_multiplier": 1.0}, "not both"),
+        ({"mode": "dp_sgd", "noise_multiplier": 1.0, "delta": 2}, "privacy.delta must be in (0, 1)"),
+        ({"mode": "user_level"}, "privacy=user_level needs privacy.noise_multiplier"),
+    ],
+)
+def test_privacy_settings_are_checked(privacy, message):
+    with pytest.raises(ConfigError) as err:
+        load_config({"privacy": privacy})
+    assert message in str(err.value)
+
+
+def test_ghost_clipping_refuses_tied_embeddings_at_the_start():
+    with pytest.raises(ConfigError, match="ghost cannot train tied embeddings"):
+        load_config({"model": {"tie_embeddings": True},
+                     "privacy": {"mode": "dp_sgd", "noise_multiplier": 1.0}})
