@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig
 from flowerbed.data.blocks import Blocks

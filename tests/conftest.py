@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from flowerbed.config import FlowerbedConfig, load_config
 
 # Tests never reach a hub: a stray download attempt fails at once instead of hanging.

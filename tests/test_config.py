@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+
 from flowerbed.cli.conf_dir import conf_dir
 from flowerbed.config import ConfigError, load_config
-from hydra import compose, initialize_config_dir
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 

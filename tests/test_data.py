@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from flowerbed.config import DataConfig
 from flowerbed.data import DataError, byte_tokenizer, load_tokenizer, prepare_splits
 from flowerbed.data.files import file_domains

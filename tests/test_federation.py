@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from flowerbed.cli.simulate import prepare_run, simulate
 from flowerbed.server.loop import FederationError
 from flowerbed.tracking import RunLayout
-from safetensors.torch import load_file
-
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.slow

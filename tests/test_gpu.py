@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig
 from flowerbed.data.blocks import Blocks

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from flowerbed.config import ModelConfig
 from flowerbed.model import (
     build_model,

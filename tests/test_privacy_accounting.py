@@ -17,11 +17,14 @@ def reference(history, delta: float, method: str) -> float:
     """Epsilon of a DP-SGD history computed by dp-accounting alone."""
     from opacus.accountants.rdp import RDPAccountant
 
-    event = dp_accounting.ComposedDpEvent([
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
-        for sigma, q, steps in history
-    ])
+    event = dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+            )
+            for sigma, q, steps in history
+        ]
+    )
     if method == "rdp":
         accountant = rdp_privacy_accountant.RdpAccountant(orders=RDPAccountant.DEFAULT_ALPHAS)
     else:
@@ -80,9 +83,15 @@ def test_a_ledger_keeps_its_delta(tmp_path):
 @pytest.mark.parametrize(
     ("privacy", "message"),
     [
-        ({"mode": "dp_sgd"}, "give privacy.target_epsilon or privacy.noise_multiplier, one of them"),
+        (
+            {"mode": "dp_sgd"},
+            "give privacy.target_epsilon or privacy.noise_multiplier, one of them",
+        ),
         ({"mode": "dp_sgd", "target_epsilon": 8, "noise_multiplier": 1.0}, "not both"),
-        ({"mode": "dp_sgd", "noise_multiplier": 1.0, "delta": 2}, "privacy.delta must be in (0, 1)"),
+        (
+            {"mode": "dp_sgd", "noise_multiplier": 1.0, "delta": 2},
+            "privacy.delta must be in (0, 1)",
+        ),
         ({"mode": "user_level"}, "privacy=user_level needs privacy.noise_multiplier"),
     ],
 )
@@ -94,5 +103,9 @@ def test_privacy_settings_are_checked(privacy, message):
 
 def test_ghost_clipping_refuses_tied_embeddings_at_the_start():
     with pytest.raises(ConfigError, match="ghost cannot train tied embeddings"):
-        load_config({"model": {"tie_embeddings": True},
-                     "privacy": {"mode": "dp_sgd", "noise_multiplier": 1.0}})
+        load_config(
+            {
+                "model": {"tie_embeddings": True},
+                "privacy": {"mode": "dp_sgd", "noise_multiplier": 1.0},
+            }
+        )

@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+
 from flowerbed.client.schedule import lr_at
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig

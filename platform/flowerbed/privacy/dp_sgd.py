@@ -14,6 +14,8 @@ sends are the model's own state dict, and `close()` removes them again.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,10 @@ def per_sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         reduction="none",
     )
     return losses.view(ids.shape[0], -1).mean(dim=1)
+
+
+# Token ids never require gradients, so Opacus's full backward hooks always say so: benign.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
 
 
 class PrivateStep:

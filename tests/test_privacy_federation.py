@@ -1,0 +1,148 @@
+"""DP-SGD in real federations: the lifetime ledger, crashes, and the budget policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flowerbed.cli.simulate import prepare_run, simulate
+from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
+from flowerbed.privacy.planning import plan
+from flowerbed.tracking import RunLayout
+from tests.conftest import tiny_config
+from tests.test_privacy_accounting import reference
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+DP = {"mode": "dp_sgd", "target_epsilon": 8.0, "delta": 1e-5}
+TRAIN = {"batch_size": 16, "local_steps": 10, "lr": 1e-2}
+
+
+def ledger_of(run_dir: Path, client: int) -> PrivacyLedger:
+    return PrivacyLedger.open(
+        run_dir / "clients" / f"client-{client}" / "state" / FILENAME, 1e-5, "prv"
+    )
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory, cache_dir):
+    cfg = tiny_config(cache_dir, privacy=DP, train=TRAIN)
+    run_dir = tmp_path_factory.mktemp("dp") / "run"
+    return cfg, run_dir, simulate(cfg, run_dir)
+
+
+def test_a_dp_federation_still_lowers_validation_loss(dp_run):
+    _, _, summary = dp_run
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+
+
+def test_the_target_epsilon_is_spent_over_the_planned_life_not_per_round(dp_run):
+    _, run_dir, summary = dp_run
+    worst = [r["epsilon_max"] for r in records(run_dir)]
+    assert worst == sorted(worst) and worst[0] < worst[-1]
+    assert 7.5 < summary["epsilon_max"] <= 8.0
+    assert set(summary["client_epsilon"]) == {"0", "1"}
+    assert (run_dir / "privacy_epsilon.png").stat().st_size > 0
+
+
+def test_each_ledger_matches_an_independent_accountant(dp_run):
+    _, run_dir, summary = dp_run
+    for client in (0, 1):
+        ledger = ledger_of(run_dir, client)
+        assert [e.round for e in ledger.entries] == [1, 2, 3]
+        assert ledger.steps == 30 and len({e.noise_multiplier for e in ledger.entries}) == 1
+        assert ledger.epsilon == pytest.approx(reference(ledger.history, 1e-5, "pld"), rel=0.01)
+        assert ledger.epsilon == pytest.approx(summary["client_epsilon"][str(client)])
+
+
+CRASHING_CLIENT = """
+import os, sys
+from pathlib import Path
+from flwr.app import Context, Message, MessageType, RecordDict
+import flowerbed.client.app as client_app
+from flowerbed.config import load_config
+from flowerbed.model.transport import to_array_record
+from flowerbed.server.loop import Federation
+from flwr.supercore.task_identity import TaskIdentity
+
+TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # as Flower's runtime does
+
+run_dir, crash = Path(sys.argv[1]), sys.argv[2] == "crash"
+server = Federation(None, load_config(run_dir / "config.yaml"), run_dir)
+config = server._round_config(1)
+config["server-round"] = 1
+arrays = to_array_record(server.model.state_dict(), "fp32")
+content = RecordDict({"arrays": arrays, "config": config})
+message = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
+if crash:  # die after training and after the ledger write, before the reply exists
+    client_app._reply = lambda *args, **kwargs: os._exit(9)
+context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                  state=RecordDict(), run_config={})
+client_app.app(message, context)
+"""
+
+
+def run_client(run_dir: Path, mode: str) -> int:
+    return subprocess.run(
+        [sys.executable, "-c", CRASHING_CLIENT, str(run_dir), mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).returncode
+
+
+def test_a_client_killed_before_replying_never_undercounts(cache_dir, tmp_path):
+    cfg = tiny_config(cache_dir, privacy=DP, train=TRAIN, federation={"rounds": 2})
+    prepare_run(cfg, RunLayout(tmp_path))
+    assert run_client(tmp_path, "crash") == 9
+    after_crash = ledger_of(tmp_path, 0)
+    assert [e.round for e in after_crash.entries] == [1] and after_crash.epsilon > 0
+    assert run_client(tmp_path, "normal") == 0  # restarted; the server sends round 1 again
+    after_restart = ledger_of(tmp_path, 0)
+    assert [e.round for e in after_restart.entries] == [1, 1]
+    assert after_restart.epsilon > after_crash.epsilon
+
+
+def test_a_client_at_its_budget_stops_and_the_federation_goes_on(cache_dir, tmp_path):
+    cfg = tiny_config(
+        cache_dir,
+        train=TRAIN,
+        privacy={"mode": "dp_sgd", "noise_multiplier": 1.0, "max_epsilon": 5.0},
+    )
+    prepare_run(cfg, RunLayout(tmp_path))
+    spent = tmp_path / "clients" / "client-0" / "state" / FILENAME
+    PrivacyLedger.open(spent, 1e-5, "prv").record(spent, 0, 1.0, 0.5, 400)  # far past 5.0
+    summary = simulate(cfg, tmp_path, resume=True)
+    assert summary["status"] == "completed" and summary["rounds"] == 3
+    assert all(r["budget_exhausted_clients"] == 1 and r["clients"] == 1 for r in records(tmp_path))
+    assert len(ledger_of(tmp_path, 0).entries) == 1  # it never trained again
+    assert len(ledger_of(tmp_path, 1).entries) == 3
+    assert summary["client_epsilon"]["1"] <= 5.0
+
+
+def test_when_every_budget_is_spent_the_run_ends_early_and_says_why(cache_dir, tmp_path):
+    base = tiny_config(cache_dir, train=TRAIN, privacy={"mode": "dp_sgd", "noise_multiplier": 1.0})
+    prepare_run(base, RunLayout(tmp_path))
+    records_per_client = min(
+        len(np.load(p)) for p in tmp_path.glob("clients/*/data/train.tokens.npy")
+    )
+    one = plan(records_per_client, 16, 1, 10, 1e-5, noise_multiplier=1.0).epsilon
+    two = plan(records_per_client, 16, 2, 10, 1e-5, noise_multiplier=1.0).epsilon
+    cfg = tiny_config(
+        cache_dir,
+        train=TRAIN,
+        privacy={"mode": "dp_sgd", "noise_multiplier": 1.0, "max_epsilon": (one + two) / 2},
+    )
+    summary = simulate(cfg, tmp_path, resume=True)
+    assert summary["rounds"] == 1 and summary["stop_reason"] == "privacy budget spent"
+    assert summary["epsilon_max"] <= (one + two) / 2
