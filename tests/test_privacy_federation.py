@@ -146,3 +146,16 @@ def test_when_every_budget_is_spent_the_run_ends_early_and_says_why(cache_dir, t
     summary = simulate(cfg, tmp_path, resume=True)
     assert summary["rounds"] == 1 and summary["stop_reason"] == "privacy budget spent"
     assert summary["epsilon_max"] <= (one + two) / 2
+
+
+def test_user_level_dp_uses_flowers_accountant_per_release(cache_dir, tmp_path):
+    cfg = tiny_config(
+        cache_dir,
+        federation={"rounds": 2},
+        privacy={"mode": "user_level", "noise_multiplier": 1.0, "max_grad_norm": 5.0},
+    )
+    summary = simulate(cfg, tmp_path)
+    epsilons = [r["user_level_epsilon"] for r in records(tmp_path)]
+    # Gaussian mechanism, sigma 1, no amplification, delta 1e-5: 4.73 then 7.08 (Flower's RDP).
+    assert epsilons == pytest.approx([4.73, 7.08], abs=0.01)
+    assert summary["user_level_epsilon"] == pytest.approx(7.08, abs=0.01)

@@ -50,8 +50,10 @@ def train(msg: Message, context: Context) -> Message:
         return _train_private(msg, job, shard, model, rng)
     trainer = LocalTrainer(model, job.train, job.device, job.total_steps)
     result = trainer.train(shard.train, job.first_step, rng)
+    # Flower's user-level DP accountant needs equal client weights.
+    uniform = bool(msg.content["config"].get("uniform-weights", False))
     metrics = {
-        "num-examples": len(shard.train),
+        "num-examples": 1 if uniform else len(shard.train),
         "train_loss": result.loss,
         "tokens": result.tokens,
         "train_seconds": result.seconds,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from flwr.app import ConfigRecord, Message
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from flowerbed.config import FlowerbedConfig, to_plain_dict
 from flowerbed.data.blocks import Blocks
@@ -27,7 +28,7 @@ from flowerbed.model.factory import build_model, num_parameters
 from flowerbed.model.runtime import mean_loss, resolve_device
 from flowerbed.model.transport import from_array_record, record_nbytes, to_array_record
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from flowerbed.server.strategy import TorchFedAvg
+from flowerbed.server.strategy import make_strategy
 from flowerbed.tracking import MetricsLog, RunLayout, write_json_atomic
 from flowerbed.tracking.plots import plot_epsilon, plot_losses
 from flowerbed.tracking.wandb_run import WandbRun
@@ -62,15 +63,7 @@ class Federation:
         self.stop_reason = "all rounds done"
         self.client_epsilon: dict[str, float] = {}
         """Each client's lifetime epsilon, as it last reported it (the federation ledger)."""
-        fed = cfg.federation
-        self.strategy = TorchFedAvg(
-            transport_dtype=fed.transport_dtype,
-            fraction_train=fed.fraction_train,
-            fraction_evaluate=fed.fraction_evaluate,
-            min_train_nodes=1,
-            min_evaluate_nodes=1 if fed.fraction_evaluate > 0 else 0,
-            min_available_nodes=fed.num_clients,
-        )
+        self.strategy = make_strategy(cfg)
 
     def run(self) -> dict[str, Any]:
         """Run (or continue) every round; return the summary also written to summary.json."""
@@ -149,6 +142,8 @@ class Federation:
                 "threads": max(1, int(cfg.federation.client_cpus)),
                 "device": cfg.device,
                 "privacy-config": json.dumps(to_plain_dict(cfg.privacy)),
+                # Flower's user-level accountant requires equal client weights.
+                "uniform-weights": cfg.privacy.mode == "user_level",
             }
         )
 
@@ -158,14 +153,21 @@ class Federation:
         started = time.perf_counter()
         random.seed(f"{self.cfg.seed}-{round_}")  # Flower samples clients with `random`
         arrays = to_array_record(self.model.state_dict(), fed.transport_dtype)
-        replies = list(
-            self.grid.send_and_receive(
-                self.strategy.configure_train(
-                    round_, arrays, self._round_config(round_), self.grid
-                ),
-                timeout=fed.round_timeout,
+        try:
+            messages = list(
+                self.strategy.configure_train(round_, arrays, self._round_config(round_), self.grid)
             )
-        )
+        except PrivacyBudgetExhausted as err:
+            log.warning(
+                "round %d: the user-level budget (privacy.max_epsilon) is spent: %s; "
+                "the run ends after round %d",
+                round_,
+                err,
+                round_ - 1,
+            )
+            self.stop_reason = "privacy budget spent"
+            return None
+        replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout))
         failures = [
             f"node {m.metadata.src_node_id}: {short_reason(m.error.reason)}"
             for m in replies
@@ -189,7 +191,13 @@ class Federation:
             )
             self.stop_reason = "privacy budget spent"
             return None
+        trained = [
+            m.content["metrics"] for m in replies if not m.has_error() and m.content.array_records
+        ]
+        tokens = sum(int(m["tokens"]) for m in trained)
         aggregated, train_metrics = self.strategy.aggregate_train(round_, replies)
+        if aggregated is None:
+            raise FederationError(f"round {round_}: the strategy aggregated nothing (see the log)")
         self.model.load_state_dict(from_array_record(aggregated, "fp32"))
         heldout = self._federated_heldout(round_)
         val_loss = self._val_loss()
@@ -200,9 +208,10 @@ class Federation:
             "val_loss": val_loss,
             "val_perplexity": math.exp(min(val_loss, 50.0)),
             "heldout_loss": heldout,
-            "tokens": int(train_metrics["tokens"]),
-            "tokens_per_s": int(train_metrics["tokens"]) / seconds,
-            "client_train_seconds": float(train_metrics["train_seconds"]),
+            "tokens": tokens,
+            "tokens_per_s": tokens / seconds,
+            "client_train_seconds": max(float(m["train_seconds"]) for m in trained),
+            "user_level_epsilon": self._user_level_epsilon(),
             "seconds": seconds,
             "clients": ok - len(exhausted),
             "budget_exhausted_clients": len(exhausted),
@@ -212,6 +221,10 @@ class Federation:
             "bytes_per_client": record_nbytes(arrays),
         }
         return RoundOutcome(record, failures)
+
+    def _user_level_epsilon(self) -> float | None:
+        spent = self.strategy.privacy_spent() if hasattr(self.strategy, "privacy_spent") else None
+        return float(spent.epsilon) if spent is not None else None
 
     def _read_privacy(self, round_: int, replies: list[Message]) -> list[int]:
         """Update the federation ledger from the replies; return who declined to train."""
@@ -273,6 +286,7 @@ class Federation:
             "privacy": self.cfg.privacy.mode,
             "epsilon_max": max(self.client_epsilon.values()) if self.client_epsilon else None,
             "client_epsilon": dict(self.client_epsilon) or None,
+            "user_level_epsilon": last.get("user_level_epsilon"),
             "delta": self.cfg.privacy.delta if self.cfg.privacy.mode != "off" else None,
         }
         write_json_atomic(self.layout.summary, summary)

@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from flowerbed.config import FlowerbedConfig
 from flowerbed.model.transport import TransportDtype, from_array_record, to_array_record
 
 
@@ -56,6 +57,47 @@ class TorchFedAvg(FedAvg):
                     average[name] = torch.zeros_like(tensor, dtype=torch.float32)
                 average[name].add_(tensor.float(), alpha=weight)
         metrics = weighted_mean(contents, ("train_loss",))
-        metrics["tokens"] = sum(int(c["metrics"]["tokens"]) for c in contents)
-        metrics["train_seconds"] = max(float(c["metrics"]["train_seconds"]) for c in contents)
         return to_array_record(average, "fp32"), MetricRecord(metrics)
+
+
+def make_strategy(cfg: FlowerbedConfig) -> FedAvg:
+    """TorchFedAvg, or for user-level DP Flower's server-side fixed-clipping wrapper.
+
+    The wrapper's accountant only accepts Flower's own `FedAvg.aggregate_train` with equal
+    client weights (clients then report weight 1) and fp32 transport (config checks it).
+    """
+    fed, privacy = cfg.federation, cfg.privacy
+    sampling = {
+        "fraction_train": fed.fraction_train,
+        "fraction_evaluate": fed.fraction_evaluate,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if fed.fraction_evaluate > 0 else 0,
+        "min_available_nodes": fed.num_clients,
+    }
+    if privacy.mode != "user_level":
+        return TorchFedAvg(transport_dtype=fed.transport_dtype, **sampling)
+    from flwr.serverapp import (
+        NeighboringRelation,
+        PrivacyConfig,
+        RdpAccountant,
+        SamplingMethod,
+    )
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    sampled = max(int(fed.num_clients * fed.fraction_train), 1)
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=privacy.delta,
+            population_size=fed.num_clients,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            max_epsilon=privacy.max_epsilon,
+        )
+    )
+    return DifferentialPrivacyServerSideFixedClipping(
+        FedAvg(evaluate_metrics_aggr_fn=heldout_metrics, **sampling),
+        noise_multiplier=privacy.noise_multiplier,
+        clipping_norm=privacy.max_grad_norm,
+        num_sampled_clients=sampled,
+        accountant=accountant,
+    )

@@ -1,0 +1,161 @@
+"""Benchmark: the DP-SGD step against the non-DP step, for ghost and hooks clipping.
+
+Same model (same initial weights), batch, sequence length, device and optimizer; the
+arms alternate over several repeats in one process and the median of each is reported.
+Peak memory: `torch.cuda.max_memory_allocated` per arm on a GPU; on CPU each arm also
+runs alone in a child process and its peak resident memory is read with `wait4`.
+Goal (issue 3): DP >= 0.85 of non-DP throughput at <= 1.1x the memory.
+
+    uv run python simulations/bench_dp.py                                    # CPU, small
+    uv run python simulations/bench_dp.py --preset 125m --seq-len 512 --batch-size 16 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from flowerbed.client.trainer import make_optimizer
+from flowerbed.config import ModelConfig, TrainConfig
+from flowerbed.model import autocast, build_model, num_parameters, resolve_device
+from flowerbed.privacy.dp_sgd import PrivateStep
+
+ARMS = ("non-DP", "DP ghost", "DP hooks")
+
+
+class Arm:
+    """One way of taking a training step on its own copy of the model."""
+
+    def __init__(self, name: str, base: torch.nn.Module, device: torch.device, batch: int) -> None:
+        self.name, self.device = name, device
+        self.model = copy.deepcopy(base).to(device)
+        self.optimizer = make_optimizer(self.model, TrainConfig(lr=1e-4), device)
+        self.private = None
+        if name != "non-DP":
+            self.private = PrivateStep(
+                self.model,
+                self.optimizer,
+                noise_multiplier=1.0,
+                max_grad_norm=1.0,
+                expected_batch_size=batch,
+                mode=name.split()[1],
+                max_physical_batch=0,
+            )
+
+    def run(self, batches: torch.Tensor) -> float:
+        """Seconds for one step per batch."""
+        _sync(self.device)
+        start = time.perf_counter()
+        for ids in batches:
+            if self.private is not None:
+                self.private.step(ids)
+                continue
+            with autocast(self.device):
+                loss = self.model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.device]:
+    device = resolve_device(args.device)
+    base = build_model(ModelConfig(preset=args.preset), args.vocab, 0, seed=0)
+    g = torch.Generator().manual_seed(0)
+    batches = torch.randint(0, args.vocab, (args.steps, args.batch_size, args.seq_len), generator=g)
+    return base, batches.to(device), device
+
+
+def child_peak_rss(arm: str, argv: list[str]) -> float:
+    """GiB of peak resident memory of a fresh process that runs only `arm`.
+
+    The child reports its own VmHWM: `ru_maxrss` would carry over the forked parent's peak.
+    """
+    out = subprocess.run(
+        [sys.executable, __file__, *argv, "--only", arm], capture_output=True, text=True, check=True
+    ).stdout
+    return int(out.split("VmHWM:")[1].split()[0]) / 2**20
+
+
+def own_peak_kib() -> int:
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", choices=ARMS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    base, batches, device = setup(args)
+
+    if args.only:  # a child measured for its peak memory
+        Arm(args.only, base, device, args.batch_size).run(batches)
+        print(f"VmHWM: {own_peak_kib()}")
+        return
+
+    arms = [Arm(name, base, device, args.batch_size) for name in ARMS]
+    peak: dict[str, float] = {}
+    for arm in arms:  # warm-up, and the peak memory of each arm on a GPU
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        arm.run(batches)
+        if device.type == "cuda":
+            peak[arm.name] = torch.cuda.max_memory_allocated(device) / 2**30
+    seconds: dict[str, list[float]] = {arm.name: [] for arm in arms}
+    for _ in range(args.repeats):
+        for arm in arms:
+            seconds[arm.name].append(arm.run(batches))
+    if device.type != "cuda":
+        argv = [a for a in sys.argv[1:]]
+        peak = {name: child_peak_rss(name, argv) for name in ARMS}
+
+    tokens = args.steps * args.batch_size * args.seq_len
+    rate = {name: tokens / statistics.median(s) for name, s in seconds.items()}
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    memory = (
+        "peak GiB allocated (CUDA)"
+        if device.type == "cuda"
+        else "peak GiB resident (whole process)"
+    )
+    print(
+        f"device: {where}; model {args.preset} ({num_parameters(base):,} parameters, vocab "
+        f"{args.vocab}); batch {args.batch_size} x seq {args.seq_len}; {args.steps} steps x "
+        f"{args.repeats} repeats; {'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
+    )
+    print(f"| step | tokens/s (median) | vs non-DP | {memory} | vs non-DP |")
+    print("|---|---|---|---|---|")
+    for name in ARMS:
+        print(
+            f"| {name} | {rate[name]:,.0f} | {rate[name] / rate['non-DP']:.2f}x | "
+            f"{peak[name]:.2f} | {peak[name] / peak['non-DP']:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
