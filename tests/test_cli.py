@@ -51,3 +51,13 @@ def test_smoke_experiment_runs_from_the_command_line(tmp_path: Path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "round 1/1 | train" in out.stdout + out.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_privacy_planning_gives_the_noise_for_a_target_and_the_epsilon_for_a_noise():
+    settings = ["--records", "1000", "--batch-size", "40", "--rounds", "45", "--local-steps", "50"]
+    noise = flowerbed("privacy", "noise", *settings, "--target-epsilon", "8")
+    assert noise.returncode == 0 and "noise σ       = 1.34766" in noise.stdout
+    spent = flowerbed(
+        "privacy", "epsilon", *settings, "--noise-multiplier", "1.5", "--accountant", "rdp"
+    )
+    assert spent.returncode == 0 and "epsilon       = 7.3291" in spent.stdout

@@ -16,6 +16,19 @@ def flat(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+def sgd_step(model, noise, batch, mode, physical=0, lr=1.0, clip=CLIP) -> PrivateStep:
+    """DP-SGD over plain SGD, so the update is exactly lr times the private gradient."""
+    return PrivateStep(
+        model,
+        torch.optim.SGD(model.parameters(), lr=lr),
+        noise_multiplier=noise,
+        max_grad_norm=clip,
+        expected_batch_size=batch,
+        mode=mode,
+        max_physical_batch=physical,
+    )
+
+
 def clipped_mean_of_true_gradients(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Per-sequence gradients by plain autograd, one sequence at a time, clipped and averaged."""
     total = torch.zeros_like(flat(model))
@@ -35,15 +48,7 @@ def test_with_no_noise_the_update_is_the_mean_of_clipped_sequence_gradients(mode
     ids = torch.randint(0, 257, (5, 24), generator=torch.Generator().manual_seed(0))
     expected = clipped_mean_of_true_gradients(model, ids)
     before = flat(model)
-    step = PrivateStep(
-        model,
-        torch.optim.SGD(model.parameters(), lr=1.0),
-        noise_multiplier=0.0,
-        max_grad_norm=CLIP,
-        expected_batch_size=5,
-        mode=mode,
-        max_physical_batch=physical,
-    )
+    step = sgd_step(model, noise=0.0, batch=5, mode=mode, physical=physical, lr=1.0, clip=CLIP)
     step.step(ids)
     step.close()
     update = before - flat(model)
@@ -55,15 +60,7 @@ def test_with_no_noise_the_update_is_the_mean_of_clipped_sequence_gradients(mode
 def test_one_sequence_moves_the_weights_by_at_most_the_clip(mode):
     model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=1)
     before = flat(model)
-    step = PrivateStep(
-        model,
-        torch.optim.SGD(model.parameters(), lr=1.0),
-        noise_multiplier=0.0,
-        max_grad_norm=CLIP,
-        expected_batch_size=1,
-        mode=mode,
-        max_physical_batch=0,
-    )
+    step = sgd_step(model, noise=0.0, batch=1, mode=mode, physical=0, lr=1.0, clip=CLIP)
     step.step(torch.randint(0, 257, (1, 24)))
     step.close()
     assert float((before - flat(model)).norm()) == pytest.approx(CLIP, rel=1e-3)
@@ -73,15 +70,7 @@ def test_one_sequence_moves_the_weights_by_at_most_the_clip(mode):
 def test_an_empty_poisson_draw_takes_a_noise_only_step(mode):
     model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=0)
     before = flat(model)
-    step = PrivateStep(
-        model,
-        torch.optim.SGD(model.parameters(), lr=1.0),
-        noise_multiplier=1.0,
-        max_grad_norm=CLIP,
-        expected_batch_size=4,
-        mode=mode,
-        max_physical_batch=0,
-    )
+    step = sgd_step(model, noise=1.0, batch=4, mode=mode, physical=0, lr=1.0, clip=CLIP)
     loss = step.step(torch.zeros((0, 24), dtype=torch.long))
     step.close()
     moved = before - flat(model)
@@ -93,15 +82,7 @@ def test_an_empty_poisson_draw_takes_a_noise_only_step(mode):
 def test_hooks_come_off_so_the_model_can_be_made_private_again():
     model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=0)
     for _ in range(2):
-        step = PrivateStep(
-            model,
-            torch.optim.SGD(model.parameters(), lr=0.1),
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            expected_batch_size=2,
-            mode="ghost",
-            max_physical_batch=0,
-        )
+        step = sgd_step(model, noise=1.0, batch=2, mode="ghost", lr=0.1, clip=1.0)
         step.step(torch.randint(0, 257, (2, 16)))
         step.close()
     assert not any(
