@@ -13,7 +13,6 @@ import math
 import random
 import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +37,6 @@ log = logging.getLogger("flowerbed")
 
 class FederationError(RuntimeError):
     """A round could not complete; the message says which round and why."""
-
-
-@dataclass
-class RoundOutcome:
-    record: dict[str, Any]
-    failures: list[str] = field(default_factory=list)
 
 
 class Federation:
@@ -81,13 +74,13 @@ class Federation:
         )
         started = time.perf_counter()
         for round_ in range(start_round, cfg.federation.rounds + 1):
-            outcome = self._round(round_)
-            if outcome is None:
+            record = self._round(round_)
+            if record is None:
                 break
-            records.append(outcome.record)
-            self.metrics.append(outcome.record)
-            tracker.log(outcome.record)
-            log.info(_progress_line(outcome.record, cfg.federation.rounds))
+            records.append(record)
+            self.metrics.append(record)
+            tracker.log(record)
+            log.info(_progress_line(record, cfg.federation.rounds))
             save_checkpoint(
                 self.layout.checkpoints, round_, self.model, cfg.tracking.keep_checkpoints
             )
@@ -147,7 +140,7 @@ class Federation:
             }
         )
 
-    def _round(self, round_: int) -> RoundOutcome | None:
+    def _round(self, round_: int) -> dict[str, Any] | None:
         """Run one round; None when no sampled client may train (every budget is spent)."""
         fed = self.cfg.federation
         started = time.perf_counter()
@@ -220,7 +213,7 @@ class Federation:
             "failed_clients": len(failures),
             "bytes_per_client": record_nbytes(arrays),
         }
-        return RoundOutcome(record, failures)
+        return record
 
     def _user_level_epsilon(self) -> float | None:
         spent = self.strategy.privacy_spent() if hasattr(self.strategy, "privacy_spent") else None
