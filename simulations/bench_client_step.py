@@ -12,7 +12,6 @@ machine affects both alike. Goal: the client reaches >= 0.97 of the plain loop.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
@@ -20,12 +19,11 @@ import time
 import numpy as np
 import torch
 
+from bench_common import bench_parser, describe, sync
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig
 from flowerbed.data.blocks import Blocks
-from flowerbed.model import autocast, build_model, num_parameters, resolve_device
-
-VOCAB = 32000
+from flowerbed.model import autocast, build_model, resolve_device
 
 
 def plain_loop(
@@ -36,7 +34,7 @@ def plain_loop(
         model.parameters(), lr=lr, betas=(0.9, 0.95), fused=device.type == "cuda"
     )
     model.train()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for ids in batches:
         with autocast(device):
@@ -45,26 +43,12 @@ def plain_loop(
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=10, help="training steps per measurement")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--vocab", type=int, default=VOCAB)
-    parser.add_argument("--device", default="auto")
+    parser = bench_parser(__doc__, steps=10, repeats=5)
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -99,18 +83,7 @@ def main() -> None:
     step_tokens = args.steps * args.batch_size * args.seq_len
     client_tps = step_tokens / statistics.median(client_s)
     plain_tps = step_tokens / statistics.median(plain_s)
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({torch.get_num_threads()} threads)"
-    )
-    print(
-        f"device: {name}; model {args.preset} ({num_parameters(base):,} parameters, "
-        f"vocab {args.vocab}); "
-        f"batch {args.batch_size} x seq {args.seq_len}; "
-        f"{args.steps} steps x {args.repeats} repeats; "
-        f"{'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
-    )
+    print(describe(args, base, device))
     print("| loop | tokens/s (median) |")
     print("|---|---|")
     print(f"| plain PyTorch | {plain_tps:,.0f} |")

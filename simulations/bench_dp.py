@@ -21,9 +21,10 @@ import time
 
 import torch
 
+from bench_common import bench_parser, describe, sync
 from flowerbed.client.trainer import make_optimizer
 from flowerbed.config import ModelConfig, TrainConfig
-from flowerbed.model import autocast, build_model, num_parameters, resolve_device
+from flowerbed.model import autocast, build_model, resolve_device
 from flowerbed.privacy.dp_sgd import PrivateStep
 
 ARMS = ("non-DP", "DP ghost", "DP hooks")
@@ -50,7 +51,7 @@ class Arm:
 
     def run(self, batches: torch.Tensor) -> float:
         """Seconds for one step per batch."""
-        _sync(self.device)
+        sync(self.device)
         start = time.perf_counter()
         for ids in batches:
             if self.private is not None:
@@ -62,13 +63,8 @@ class Arm:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        _sync(self.device)
+        sync(self.device)
         return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.device]:
@@ -96,16 +92,7 @@ def own_peak_kib() -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--preset", default="small")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5, help="steps per measurement")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--device", default="auto")
+    parser = bench_parser(__doc__, steps=5, repeats=3)
     parser.add_argument("--only", choices=ARMS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     base, batches, device = setup(args)
@@ -133,21 +120,12 @@ def main() -> None:
 
     tokens = args.steps * args.batch_size * args.seq_len
     rate = {name: tokens / statistics.median(s) for name, s in seconds.items()}
-    where = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({torch.get_num_threads()} threads)"
-    )
     memory = (
         "peak GiB allocated (CUDA)"
         if device.type == "cuda"
         else "peak GiB resident (whole process)"
     )
-    print(
-        f"device: {where}; model {args.preset} ({num_parameters(base):,} parameters, vocab "
-        f"{args.vocab}); batch {args.batch_size} x seq {args.seq_len}; {args.steps} steps x "
-        f"{args.repeats} repeats; {'bf16 autocast' if device.type == 'cuda' else 'fp32'}"
-    )
+    print(describe(args, base, device))
     print(f"| step | tokens/s (median) | vs non-DP | {memory} | vs non-DP |")
     print("|---|---|---|---|---|")
     for name in ARMS:

@@ -39,10 +39,18 @@ def _reply(msg: Message, metrics: dict, model: torch.nn.Module | None, job: Clie
     return Message(content, reply_to=msg)
 
 
+def _job(msg: Message, context: Context) -> ClientJob:
+    """Decode the Message and give torch this client's share of the cores."""
+    job = ClientJob.from_message(msg.content["config"], context)
+    if job.threads > 0:
+        torch.set_num_threads(job.threads)
+    return job
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """K local steps from the global weights; reply with the new weights and metrics."""
-    job = ClientJob.from_message(msg.content["config"], context)
+    job = _job(msg, context)
     shard = ClientShard.load(job.data_dir)
     model = _model_for(job, msg)
     rng = np.random.default_rng([job.seed, job.round, job.partition_id])
@@ -105,7 +113,7 @@ def _train_private(msg: Message, job: ClientJob, shard: ClientShard, model, rng)
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Loss of the global weights on this client's held-out blocks."""
-    job = ClientJob.from_message(msg.content["config"], context)
+    job = _job(msg, context)
     shard = ClientShard.load(job.data_dir)
     model = _model_for(job, msg).to(job.device)
     loss = mean_loss(model, shard.heldout, job.train.batch_size, job.train.eval_batches, job.device)

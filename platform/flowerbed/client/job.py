@@ -30,6 +30,8 @@ class ClientJob:
     state_dir: Path
     """Where the client keeps what outlives a Message: its privacy ledger, for one."""
     device: torch.device
+    threads: int
+    """CPU threads for torch (the simulated client's core share); 0 leaves torch's default."""
 
     @classmethod
     def from_message(cls, config: ConfigRecord, context: Context) -> ClientJob:
@@ -43,9 +45,6 @@ class ClientJob:
         own = Path(str(config.get("clients-dir", ""))) / f"client-{partition_id}"
         data_dir = Path(str(node.get("data-dir", own / "data"))).expanduser()
         state_dir = Path(str(node.get("state-dir", own / "state"))).expanduser()
-        threads = int(config.get("threads", 0))
-        if threads > 0:
-            torch.set_num_threads(threads)
         return cls(
             round=int(config["server-round"]),
             total_rounds=int(config["total-rounds"]),
@@ -59,6 +58,7 @@ class ClientJob:
             transport_dtype=str(config["transport-dtype"]),
             data_dir=data_dir,
             state_dir=state_dir,
+            threads=int(config.get("threads", 0)),
             device=resolve_device(str(node.get("device", config.get("device", "auto")))),
         )
 
