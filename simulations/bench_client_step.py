@@ -22,7 +22,7 @@ import torch
 from bench_common import bench_parser, describe, sync
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig
-from flowerbed.data.blocks import Blocks
+from flowerbed.continual.pool import TrainingPool
 from flowerbed.model import autocast, build_model, resolve_device
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     tokens = rng.integers(
         0, args.vocab, size=(args.batch_size * args.steps * 4, args.seq_len)
     ).astype(np.int32)
-    blocks = Blocks(tokens, np.zeros(len(tokens), np.int16), ["random"])
+    pool = TrainingPool.over(tokens)
     batches = (
         torch.from_numpy(tokens[: args.steps * args.batch_size].astype(np.int64))
         .view(args.steps, args.batch_size, -1)
@@ -73,12 +73,12 @@ def main() -> None:
 
     trainer = LocalTrainer(copy.deepcopy(base), cfg, device, total_steps=10**9)
     plain_model = copy.deepcopy(base).to(device)
-    trainer.train(blocks, 0, rng)  # warm-up: allocator, kernels, autotuning
+    trainer.train(pool, 0, rng)  # warm-up: allocator, kernels, autotuning
     plain_loop(plain_model, batches, device, cfg.lr, cfg.grad_clip)
 
     client_s, plain_s = [], []
     for _ in range(args.repeats):
-        client_s.append(trainer.train(blocks, 0, rng).seconds)
+        client_s.append(trainer.train(pool, 0, rng).seconds)
         plain_s.append(plain_loop(plain_model, batches, device, cfg.lr, cfg.grad_clip))
     step_tokens = args.steps * args.batch_size * args.seq_len
     client_tps = step_tokens / statistics.median(client_s)

@@ -111,8 +111,8 @@ def test_splits_keep_validation_and_clients_apart(tokenizer, tmp_path: Path):
         set(map(bytes, s.tokens))
         for s in [
             splits.validation,
-            *[c.train for c in splits.clients],
-            *[c.heldout for c in splits.clients],
+            *[c[0].train for c in splits.clients],
+            *[c[0].heldout for c in splits.clients],
         ]
     ]
     assert all(len(r) > 0 for r in rows)

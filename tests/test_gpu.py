@@ -8,7 +8,7 @@ import torch
 
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig
-from flowerbed.data.blocks import Blocks
+from flowerbed.continual.pool import TrainingPool
 from flowerbed.model import build_model, from_array_record, resolve_device, to_array_record
 
 pytestmark = [
@@ -23,9 +23,7 @@ def test_auto_device_picks_cuda_and_trains_under_bf16_autocast():
     model = build_model(ModelConfig(preset="tiny"), 257, 256, 0)
     tokens = np.random.default_rng(0).integers(0, 257, size=(64, 64)).astype(np.uint16)
     trainer = LocalTrainer(model, TrainConfig(local_steps=5), device, total_steps=5)
-    result = trainer.train(
-        Blocks(tokens, np.zeros(64, np.int16), ["x"]), 0, np.random.default_rng(0)
-    )
+    result = trainer.train(TrainingPool.over(tokens), 0, np.random.default_rng(0))
     assert np.isfinite(result.loss)
     assert next(trainer.model.parameters()).dtype == torch.float32  # master weights stay fp32
     state = {k: v.to(torch.bfloat16) for k, v in trainer.model.state_dict().items()}

@@ -11,6 +11,7 @@ import torch
 from flowerbed.client.schedule import lr_at
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import ModelConfig, TrainConfig
+from flowerbed.continual.pool import TrainingPool
 from flowerbed.data import byte_tokenizer
 from flowerbed.data.blocks import Blocks
 from flowerbed.data.packing import pack_domains
@@ -35,7 +36,7 @@ def run_trainer(blocks: Blocks, seed: int) -> tuple[LocalTrainer, float]:
     model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=0)
     cfg = TrainConfig(local_steps=30, batch_size=8, lr=3e-3, warmup_steps=2)
     trainer = LocalTrainer(model, cfg, torch.device("cpu"), total_steps=30)
-    result = trainer.train(blocks, 0, np.random.default_rng(seed))
+    result = trainer.train(TrainingPool.over(blocks.tokens), 0, np.random.default_rng(seed))
     return trainer, result.loss
 
 

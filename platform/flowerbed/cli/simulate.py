@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flowerbed.cli.conf_dir import conf_dir
 from flowerbed.config import ConfigError, FlowerbedConfig, load_config, to_plain_dict
+from flowerbed.continual.stream import experience_dir
 from flowerbed.data import DataError, load_tokenizer, prepare_splits
 from flowerbed.tracking import RunLayout
 
@@ -32,11 +33,20 @@ def prepare_run(cfg: FlowerbedConfig, layout: RunLayout) -> None:
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.config.write_text(OmegaConf.to_yaml(to_plain_dict(cfg)))
     tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.pretrained)
-    splits = prepare_splits(cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed)
+    continual = cfg.continual
+    experiences = continual.experiences if continual.mode != "off" else 1
+    splits = prepare_splits(
+        cfg.data, tokenizer, cfg.federation.num_clients, cfg.seed, experiences, continual.split
+    )
     tokenizer.save_pretrained(layout.tokenizer)
     splits.validation.save(layout.data, "validation")
-    for partition_id, shard in enumerate(splits.clients):
-        shard.save(layout.client_data(partition_id))
+    for partition_id, shards in enumerate(splits.clients):
+        data_dir = layout.client_data(partition_id)
+        if continual.mode == "off":
+            shards[0].save(data_dir)
+        else:
+            for k, shard in enumerate(shards):
+                shard.save(experience_dir(data_dir, k))
 
 
 def simulate(cfg: FlowerbedConfig, run_dir: Path, resume: bool = False) -> dict:

@@ -2,7 +2,8 @@
 
 Every Message is handled from scratch (model built, weights loaded, shard memory-mapped):
 in deployment each Message runs in a fresh process, and simulation behaves the same.
-What must outlive a Message (the privacy ledger) lives in the node's state directory.
+What must outlive a Message (the privacy ledger, the continual state and replay buffer)
+lives in the node's state directory.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flowerbed.client.job import ClientJob
+from flowerbed.client.round_data import RoundData, arrived_experiences, round_data
 from flowerbed.client.trainer import LocalTrainer
-from flowerbed.data.prepare import ClientShard
 from flowerbed.model.factory import model_from_config
 from flowerbed.model.runtime import mean_loss
 from flowerbed.model.transport import from_array_record, to_array_record
@@ -51,17 +52,17 @@ def _job(msg: Message, context: Context) -> ClientJob:
 def train(msg: Message, context: Context) -> Message:
     """K local steps from the global weights; reply with the new weights and metrics."""
     job = _job(msg, context)
-    shard = ClientShard.load(job.data_dir)
+    data = round_data(job)
     model = _model_for(job, msg)
     rng = np.random.default_rng([job.seed, job.round, job.partition_id])
     if job.privacy.mode == "dp_sgd":
-        return _train_private(msg, job, shard, model, rng)
-    trainer = LocalTrainer(model, job.train, job.device, job.total_steps)
-    result = trainer.train(shard.train, job.first_step, rng)
+        return _train_private(msg, job, data, model, rng)
+    trainer = LocalTrainer(model, job.train, job.device, data.schedule_steps)
+    result = trainer.train(data.pool, data.first_step, rng)
     # Flower's user-level DP accountant needs equal client weights.
     uniform = bool(msg.content["config"].get("uniform-weights", False))
     metrics = {
-        "num-examples": 1 if uniform else len(shard.train),
+        "num-examples": 1 if uniform else data.pool.num_records,
         "train_loss": result.loss,
         "tokens": result.tokens,
         "train_seconds": result.seconds,
@@ -69,17 +70,20 @@ def train(msg: Message, context: Context) -> Message:
     return _reply(msg, metrics, trainer.model, job)
 
 
-def _train_private(msg: Message, job: ClientJob, shard: ClientShard, model, rng) -> Message:
-    """DP-SGD, with the round written to the ledger before the update leaves."""
+def _train_private(msg: Message, job: ClientJob, data: RoundData, model, rng) -> Message:
+    """DP-SGD, with the round written to the ledger before the update leaves.
+
+    The ledger records the highest rate any record (new or replayed) is drawn with.
+    """
     from flowerbed.client.private_trainer import PrivateTrainer
     from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
-    from flowerbed.privacy.planning import life_noise_multiplier, sample_rate
+    from flowerbed.privacy.planning import life_noise_multiplier
 
     cfg, steps = job.privacy, job.train.local_steps
     path = job.state_dir / FILENAME
     ledger = PrivacyLedger.open(path, cfg.delta, cfg.accountant)
-    q = sample_rate(job.train.batch_size, len(shard.train))
-    sigma = life_noise_multiplier(ledger, cfg, q, job.total_steps)
+    q = data.pool.accounting_rate(job.train.batch_size)
+    sigma = life_noise_multiplier(ledger, cfg, data.planned_rate, job.planned_steps)
     budget = cfg.budget
     if budget is not None and ledger.epsilon_after(sigma, q, steps) > budget:
         ledger.save(path)
@@ -91,16 +95,15 @@ def _train_private(msg: Message, job: ClientJob, shard: ClientShard, model, rng)
         job.train,
         cfg,
         job.device,
-        job.total_steps,
+        data.schedule_steps,
         sigma,
-        q,
-        len(shard.train),
+        data.pool,
         noise_seed=int(rng.integers(2**62)),
     )
-    result = trainer.train(shard.train, job.first_step, rng)
+    result = trainer.train(data.first_step, rng)
     spent = ledger.record(path, job.round, sigma, q, steps)
     metrics = {
-        "num-examples": len(shard.train),
+        "num-examples": data.pool.num_records,
         "train_loss": result.loss,
         "tokens": result.tokens,
         "train_seconds": result.seconds,
@@ -112,9 +115,19 @@ def _train_private(msg: Message, job: ClientJob, shard: ClientShard, model, rng)
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Loss of the global weights on this client's held-out blocks."""
+    """Loss of the global weights on the held-out blocks of every experience seen so far."""
     job = _job(msg, context)
-    shard = ClientShard.load(job.data_dir)
     model = _model_for(job, msg).to(job.device)
-    loss = mean_loss(model, shard.heldout, job.train.batch_size, job.train.eval_batches, job.device)
-    return _reply(msg, {"num-examples": len(shard.heldout), "heldout_loss": loss}, None, job)
+    losses, sizes = [], []
+    for experience in arrived_experiences(job):
+        heldout = experience.shard().heldout
+        batch, batches = job.train.batch_size, job.train.eval_batches
+        losses.append(mean_loss(model, heldout, batch, batches, job.device))
+        sizes.append(len(heldout))
+    metrics = {
+        "num-examples": sum(sizes),
+        "heldout_loss": float(np.average(losses, weights=sizes)),
+    }
+    if job.continual.mode != "off":
+        metrics |= {"experience_losses": losses, "experience_sizes": sizes}
+    return _reply(msg, metrics, None, job)

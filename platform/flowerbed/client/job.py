@@ -10,7 +10,7 @@ import torch
 from flwr.app import ConfigRecord, Context
 
 from flowerbed.config.loader import build_dataclass
-from flowerbed.config.schema import PrivacyConfig, TrainConfig
+from flowerbed.config.schema import ContinualConfig, PrivacyConfig, TrainConfig
 from flowerbed.model.runtime import resolve_device
 
 
@@ -24,6 +24,9 @@ class ClientJob:
     seed: int
     train: TrainConfig
     privacy: PrivacyConfig
+    continual: ContinualConfig
+    experience_every: int
+    """Rounds between experience arrivals (simulation's schedule); 0: every folder present."""
     model_config: dict
     transport_dtype: str
     data_dir: Path
@@ -54,6 +57,10 @@ class ClientJob:
             privacy=build_dataclass(
                 PrivacyConfig, json.loads(str(config["privacy-config"])), "privacy."
             ),
+            continual=build_dataclass(
+                ContinualConfig, json.loads(str(config["continual-config"])), "continual."
+            ),
+            experience_every=int(config["experience-every"]),
             model_config=json.loads(str(config["model-config"])),
             transport_dtype=str(config["transport-dtype"]),
             data_dir=data_dir,
@@ -63,9 +70,6 @@ class ClientJob:
         )
 
     @property
-    def first_step(self) -> int:
-        return (self.round - 1) * self.train.local_steps
-
-    @property
-    def total_steps(self) -> int:
+    def planned_steps(self) -> int:
+        """Local steps over the client's whole planned life (every round, every experience)."""
         return self.total_rounds * self.train.local_steps

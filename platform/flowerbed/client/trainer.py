@@ -15,7 +15,7 @@ import torch
 
 from flowerbed.client.schedule import lr_at
 from flowerbed.config import TrainConfig
-from flowerbed.data.blocks import Blocks
+from flowerbed.continual.pool import TrainingPool
 from flowerbed.model.runtime import autocast
 
 
@@ -40,16 +40,6 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-def sample_batches(
-    num_blocks: int, steps: int, batch_size: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Block indices for each step: distinct within a batch, drawn afresh for every step."""
-    replace = num_blocks < batch_size
-    return np.stack(
-        [np.sort(rng.choice(num_blocks, batch_size, replace=replace)) for _ in range(steps)]
-    )
-
-
 class LocalTrainer:
     """Runs a client's local steps on one model with one optimizer."""
 
@@ -62,13 +52,10 @@ class LocalTrainer:
         self.total_steps = total_steps
         self.optimizer = make_optimizer(self.model, cfg, device)
 
-    def train(self, blocks: Blocks, first_step: int, rng: np.random.Generator) -> TrainResult:
-        """Take `cfg.local_steps` steps starting at global step `first_step`."""
+    def train(self, pool: TrainingPool, first_step: int, rng: np.random.Generator) -> TrainResult:
+        """Take `cfg.local_steps` steps starting at schedule step `first_step`."""
         steps, model, optimizer = self.cfg.local_steps, self.model, self.optimizer
-        index = sample_batches(len(blocks), steps, self.cfg.batch_size, rng)
-        batches = torch.from_numpy(blocks.tokens[index.ravel()].astype(np.int64)).view(
-            steps, self.cfg.batch_size, -1
-        )
+        batches = torch.from_numpy(pool.fixed_batches(steps, self.cfg.batch_size, rng))
         if self.device.type == "cuda":
             batches = batches.pin_memory()
         model.train()

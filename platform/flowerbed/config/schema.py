@@ -210,9 +210,55 @@ class PrivacyConfig:
 
 @dataclass
 class ContinualConfig:
-    """Continual learning (only `off` exists so far)."""
+    """Continual learning: each client's data arrives as a sequence of experiences.
 
-    mode: Literal["off"] = "off"
+    `naive` trains on the newest experience only, `replay` mixes in records kept in a
+    replay buffer (an Avalanche storage policy) and `cumulative` trains on everything
+    seen so far (the upper-bound baseline).
+    """
+
+    mode: Literal["off", "naive", "replay", "cumulative"] = "off"
+    experiences: int = 3
+    """Simulation: how many experiences each client's share of the corpus is cut into."""
+    split: Literal["domain", "slice"] = "domain"
+    """Simulation: experiences by groups of domains, or by consecutive slices of the text."""
+    arrival_every: int | None = None
+    """Rounds between arrivals in simulation (None: spread evenly over the rounds);
+    0: use every experience folder present in the client's data directory (deployment)."""
+    policy: Literal["reservoir", "experience_balanced"] = "reservoir"
+    """replay: Avalanche's ReservoirSamplingBuffer or ExperienceBalancedBuffer."""
+    buffer_size: int = 256
+    """replay: records (blocks) the buffer keeps, as references into the client's data."""
+    replay_fraction: float = 0.05
+    """replay: the share of each batch drawn from the buffer (expected share under DP)."""
+    rewarm: bool = False
+    """Re-warm and re-decay the learning rate at each new experience (Ibrahim et al. 2024)."""
+
+    def __post_init__(self) -> None:
+        if self.mode == "off":
+            return
+        _require(
+            self.experiences >= 1, f"continual.experiences must be >= 1, got {self.experiences}"
+        )
+        _require(
+            self.arrival_every is None or self.arrival_every >= 0,
+            f"continual.arrival_every must be >= 0 (or null), got {self.arrival_every}",
+        )
+        if self.mode == "replay":
+            _require(
+                self.buffer_size >= 1,
+                f"continual.buffer_size must be >= 1, got {self.buffer_size}",
+            )
+            _require(
+                0.0 < self.replay_fraction < 1.0,
+                f"continual.replay_fraction must be in (0, 1), got {self.replay_fraction}",
+            )
+
+    def arrival_interval(self, rounds: int) -> int:
+        """Rounds between arrivals in simulation: as given, or the rounds spread evenly."""
+        if self.arrival_every is not None:
+            return self.arrival_every
+        return max(rounds // self.experiences, 1)
 
 
 @dataclass
@@ -261,6 +307,22 @@ class FlowerbedConfig:
             "privacy.grad_sample_mode=ghost cannot train tied embeddings: set "
             "model.tie_embeddings=false or privacy.grad_sample_mode=hooks",
         )
+        continual = self.continual
+        _require(
+            continual.mode == "off" or self.federation.fraction_evaluate > 0,
+            "continual learning measures forgetting with the clients' held-out losses: "
+            "set federation.fraction_evaluate > 0",
+        )
+        if continual.mode != "off" and continual.arrival_every != 0:
+            last_arrival = 1 + (continual.experiences - 1) * continual.arrival_interval(
+                self.federation.rounds
+            )
+            _require(
+                last_arrival <= self.federation.rounds,
+                f"continual: experience {continual.experiences} would arrive in round "
+                f"{last_arrival}, after the last round ({self.federation.rounds}): raise "
+                "federation.rounds or lower continual.experiences or continual.arrival_every",
+            )
         _require(
             self.privacy.mode != "user_level" or self.federation.transport_dtype == "fp32",
             "privacy=user_level clips and noises updates in fp32: "

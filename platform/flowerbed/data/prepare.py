@@ -46,7 +46,8 @@ class ClientShard:
 @dataclass
 class FederatedSplits:
     validation: Blocks
-    clients: list[ClientShard]
+    clients: list[list[ClientShard]]
+    """Per client, its experiences in arrival order (one unless continual)."""
 
 
 def split_validation(blocks: Blocks, fraction: float) -> tuple[Blocks, Blocks]:
@@ -60,30 +61,67 @@ def split_validation(blocks: Blocks, fraction: float) -> tuple[Blocks, Blocks]:
     return blocks.subset(np.concatenate(val)), blocks.subset(np.concatenate(rest))
 
 
+def experience_groups(
+    blocks: Blocks, index: np.ndarray, count: int, split: str
+) -> list[np.ndarray]:
+    """Cut one client's blocks into `count` experiences, in arrival order.
+
+    `domain`: the corpus's domains in consecutive groups (experience k is group k), so
+    each experience brings text of a new kind; `slice`: consecutive slices of the client's
+    blocks in corpus order, as if the same sources kept writing.
+    """
+    if count == 1:
+        return [index]
+    if split == "slice":
+        return np.array_split(index, count)
+    groups = np.array_split(np.arange(len(blocks.domain_names)), count)
+    return [index[np.isin(blocks.domains[index], group)] for group in groups]
+
+
 def make_client_shards(
-    blocks: Blocks, cfg: DataConfig, num_clients: int, rng: np.random.Generator
-) -> list[ClientShard]:
-    shards = []
+    blocks: Blocks,
+    cfg: DataConfig,
+    num_clients: int,
+    rng: np.random.Generator,
+    experiences: int = 1,
+    split: str = "domain",
+) -> list[list[ClientShard]]:
+    """Each client's experiences (one unless continual), each with its own held-out blocks."""
+    if split == "domain" and experiences > len(blocks.domain_names):
+        raise DataError(
+            f"continual.experiences={experiences} by domain needs at least as many domains, "
+            f"but the {cfg.corpus} corpus has {len(blocks.domain_names)}: lower "
+            "continual.experiences or set continual.split=slice"
+        )
+    clients = []
     parts = partition(blocks.domains, num_clients, cfg.partition, cfg.dirichlet_alpha, rng)
     for client, index in enumerate(parts):
-        if len(index) < 2:
-            raise DataError(
-                f"client {client} would get {len(index)} block(s) of {blocks.seq_len} tokens "
-                "but needs at least 2 (one to train on, one held out): give more data, fewer "
-                "clients (federation.num_clients) or a shorter data.seq_len"
-            )
-        index = rng.permutation(index)
-        n_heldout = max(1, round(len(index) * cfg.heldout_fraction))
-        shards.append(
-            ClientShard(
-                blocks.subset(np.sort(index[n_heldout:])), blocks.subset(np.sort(index[:n_heldout]))
-            )
-        )
-    return shards
+        shards = []
+        for k, members in enumerate(experience_groups(blocks, index, experiences, split)):
+            if len(members) < 2:
+                where = f"client {client}" + (f", experience {k}," if experiences > 1 else "")
+                raise DataError(
+                    f"{where} would get {len(members)} block(s) of {blocks.seq_len} tokens "
+                    "but needs at least 2 (one to train on, one held out): give more data, "
+                    "fewer clients (federation.num_clients), fewer experiences, a "
+                    "partition that gives every client every domain, or a shorter "
+                    "data.seq_len"
+                )
+            members = rng.permutation(members)
+            n_heldout = max(1, round(len(members) * cfg.heldout_fraction))
+            train, heldout = np.sort(members[n_heldout:]), np.sort(members[:n_heldout])
+            shards.append(ClientShard(blocks.subset(train), blocks.subset(heldout)))
+        clients.append(shards)
+    return clients
 
 
 def prepare_splits(
-    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, num_clients: int, seed: int
+    cfg: DataConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    num_clients: int,
+    seed: int,
+    experiences: int = 1,
+    split: str = "domain",
 ) -> FederatedSplits:
     """Read (or load from cache) the corpus, carve out validation, and shard the rest."""
     key, read = corpus_source(cfg, seed)
@@ -95,13 +133,16 @@ def prepare_splits(
             "more text, fewer clients or a shorter data.seq_len"
         )
     validation, rest = split_validation(blocks, cfg.val_fraction)
-    clients = make_client_shards(rest, cfg, num_clients, np.random.default_rng(seed))
+    clients = make_client_shards(
+        rest, cfg, num_clients, np.random.default_rng(seed), experiences, split
+    )
     log.info(
-        "data: %d blocks of %d tokens in %d domains; %d for validation, %s per client",
+        "data: %d blocks of %d tokens in %d domains; %d for validation, %s per client%s",
         len(blocks),
         cfg.seq_len,
         len(blocks.domain_names),
         len(validation),
-        "/".join(str(len(c.train)) for c in clients),
+        "/".join(str(sum(len(e.train) for e in c)) for c in clients),
+        f" in {experiences} experiences" if experiences > 1 else "",
     )
     return FederatedSplits(validation, clients)

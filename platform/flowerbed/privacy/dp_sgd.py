@@ -16,16 +16,10 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from flowerbed.model.runtime import autocast
-
-
-def poisson_sample(num_records: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Each record joins the batch independently with probability `sample_rate`."""
-    return np.flatnonzero(rng.random(num_records) < sample_rate)
 
 
 def per_sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from flowerbed.config import FlowerbedConfig, to_plain_dict
+from flowerbed.continual.matrix import continual_metrics, loss_matrix, merge_client_losses
 from flowerbed.data.blocks import Blocks
 from flowerbed.model.factory import build_model, num_parameters
 from flowerbed.model.runtime import mean_loss, resolve_device
@@ -29,7 +30,7 @@ from flowerbed.model.transport import from_array_record, record_nbytes, to_array
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from flowerbed.server.strategy import make_strategy
 from flowerbed.tracking import MetricsLog, RunLayout, write_json_atomic
-from flowerbed.tracking.plots import plot_epsilon, plot_losses
+from flowerbed.tracking.plots import plot_epsilon, plot_loss_matrix, plot_losses
 from flowerbed.tracking.wandb_run import WandbRun
 
 log = logging.getLogger("flowerbed")
@@ -77,6 +78,8 @@ class Federation:
             record = self._round(round_)
             if record is None:
                 break
+            if record.get("experience_loss"):
+                record["continual"] = continual_metrics(loss_matrix([*records, record])).as_dict()
             records.append(record)
             self.metrics.append(record)
             tracker.log(record)
@@ -135,10 +138,19 @@ class Federation:
                 "threads": max(1, int(cfg.federation.client_cpus)),
                 "device": cfg.device,
                 "privacy-config": json.dumps(to_plain_dict(cfg.privacy)),
+                "continual-config": json.dumps(to_plain_dict(cfg.continual)),
+                "experience-every": self._experience_every(),
                 # Flower's user-level accountant requires equal client weights.
                 "uniform-weights": cfg.privacy.mode == "user_level",
             }
         )
+
+    def _experience_every(self) -> int:
+        """The arrival schedule clients follow: rounds per experience, or 0 (every folder)."""
+        continual = self.cfg.continual
+        if continual.mode == "off":
+            return 0
+        return continual.arrival_interval(self.cfg.federation.rounds)
 
     def _round(self, round_: int) -> dict[str, Any] | None:
         """Run one round; None when no sampled client may train (every budget is spent)."""
@@ -192,7 +204,7 @@ class Federation:
         if aggregated is None:
             raise FederationError(f"round {round_}: the strategy aggregated nothing (see the log)")
         self.model.load_state_dict(from_array_record(aggregated, "fp32"))
-        heldout = self._federated_heldout(round_)
+        heldout, continual = self._federated_heldout(round_)
         val_loss = self._val_loss()
         seconds = time.perf_counter() - started
         record = {
@@ -212,6 +224,7 @@ class Federation:
             "client_epsilon": dict(self.client_epsilon) or None,
             "failed_clients": len(failures),
             "bytes_per_client": record_nbytes(arrays),
+            **continual,
         }
         return record
 
@@ -234,9 +247,10 @@ class Federation:
             )
         return exhausted
 
-    def _federated_heldout(self, round_: int) -> float | None:
+    def _federated_heldout(self, round_: int) -> tuple[float | None, dict[str, Any]]:
+        """Clients' held-out loss of the new global model; per experience when continual."""
         if self.cfg.federation.fraction_evaluate == 0:
-            return None
+            return None, {}
         arrays = to_array_record(self.model.state_dict(), self.cfg.federation.transport_dtype)
         messages: list[Message] = list(
             self.strategy.configure_evaluate(round_, arrays, self._round_config(round_), self.grid)
@@ -244,8 +258,19 @@ class Federation:
         replies = list(
             self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
         )
-        metrics = self.strategy.aggregate_evaluate(round_, replies)
-        return float(metrics["heldout_loss"]) if metrics else None
+        answered = [m.content["metrics"] for m in replies if not m.has_error()]
+        if not answered:
+            return None, {}
+        weights = [float(m["num-examples"]) for m in answered]
+        heldout = sum(float(m["heldout_loss"]) * w for m, w in zip(answered, weights, strict=True))
+        heldout /= sum(weights)
+        if self.cfg.continual.mode == "off":
+            return heldout, {}
+        experience, losses = merge_client_losses(answered)
+        return heldout, {
+            "experience": experience,
+            "experience_loss": {str(j): loss for j, loss in losses.items()},
+        }
 
     def _finish(
         self, records: list[dict[str, Any]], initial_val: float | None, seconds: float
@@ -256,6 +281,12 @@ class Federation:
             plot_losses(records, initial_val, self.layout.val_loss_plot)
             if self.client_epsilon:
                 plot_epsilon(records, self.layout.root / "privacy_epsilon.png")
+            if records and records[-1].get("continual"):
+                plot_loss_matrix(
+                    records[-1]["continual"]["loss_matrix"],
+                    self.layout.root / "loss_matrix.png",
+                    f"{self.cfg.name}: continual={self.cfg.continual.mode}",
+                )
         if not records:
             raise FederationError(
                 "no round completed: every client's privacy budget was spent "
@@ -281,6 +312,8 @@ class Federation:
             "client_epsilon": dict(self.client_epsilon) or None,
             "user_level_epsilon": last.get("user_level_epsilon"),
             "delta": self.cfg.privacy.delta if self.cfg.privacy.mode != "off" else None,
+            "continual_mode": self.cfg.continual.mode,
+            "continual": last.get("continual"),
         }
         write_json_atomic(self.layout.summary, summary)
         return summary
@@ -300,6 +333,11 @@ def _progress_line(record: dict[str, Any], rounds: int) -> str:
         f" | held-out {record['heldout_loss']:.4f}" if record["heldout_loss"] is not None else ""
     )
     failed = f" | {record['failed_clients']} failed" if record["failed_clients"] else ""
+    if record.get("continual"):
+        seen = record["continual"]
+        failed += f" | exp {record['experience']} seen-avg {seen['average_loss']:.4f}"
+        if seen["forgetting"] is not None:
+            failed += f" forgetting {seen['forgetting']:+.4f}"
     if record.get("epsilon_max") is not None:
         failed += f" | ε {record['epsilon_max']:.2f}"
     return (

@@ -66,3 +66,30 @@ def plot_epsilon(records: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_loss_matrix(matrix: list[list[float | None]], path: Path, title: str = "") -> None:
+    """The continual loss matrix as a heat map: rows trained, columns evaluated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix])
+    size = len(values)
+    fig, ax = plt.subplots(figsize=(1.2 * size + 2.5, 1.0 * size + 1.8), dpi=120)
+    image = ax.imshow(values, cmap="viridis_r")
+    for i in range(size):
+        for j in range(size):
+            if not np.isnan(values[i, j]):
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="white")
+    ax.set_xticks(range(size))
+    ax.set_yticks(range(size))
+    ax.set_xlabel("experience evaluated")
+    ax.set_ylabel("after training experience")
+    ax.set_title(title or "flowerbed: held-out loss matrix")
+    fig.colorbar(image, ax=ax, label="loss (nats per token)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Continual learning: experience streams, replay buffers, and forgetting metrics."""
