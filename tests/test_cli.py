@@ -40,17 +40,19 @@ def test_an_unknown_option_names_the_choices(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_smoke_experiment_runs_from_the_command_line(tmp_path: Path):
+def test_smoke_experiment_runs_the_continual_path_from_the_command_line(tmp_path: Path):
     out = flowerbed(
         "simulate",
         "experiment=smoke",
         f"hydra.run.dir={tmp_path}",
         f"data.cache_dir={tmp_path / 'cache'}",
-        "federation.rounds=1",
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "round 1/1 | train" in out.stdout + out.stderr
-    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    assert "round 2/2 | train" in out.stdout + out.stderr
+    assert "exp 1 seen-avg" in out.stdout + out.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["continual_mode"] == "replay"
+    assert len(summary["continual"]["loss_matrix"]) == 2
 
 
 def test_privacy_planning_gives_the_noise_for_a_target_and_the_epsilon_for_a_noise():
