@@ -83,7 +83,7 @@ def _train_private(msg: Message, job: ClientJob, data: RoundData, model, rng) ->
     path = job.state_dir / FILENAME
     ledger = PrivacyLedger.open(path, cfg.delta, cfg.accountant)
     q = data.pool.accounting_rate(job.train.batch_size)
-    sigma = life_noise_multiplier(ledger, cfg, data.planned_rate, job.planned_steps)
+    sigma = life_noise_multiplier(ledger, cfg, data.planned)
     budget = cfg.budget
     if budget is not None and ledger.epsilon_after(sigma, q, steps) > budget:
         ledger.save(path)

@@ -68,8 +68,3 @@ class ClientJob:
             threads=int(config.get("threads", 0)),
             device=resolve_device(str(node.get("device", config.get("device", "auto")))),
         )
-
-    @property
-    def planned_steps(self) -> int:
-        """Local steps over the client's whole planned life (every round, every experience)."""
-        return self.total_rounds * self.train.local_steps

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from flowerbed.client.job import ClientJob
-from flowerbed.continual.pool import TokenRows, TrainingPool
+from flowerbed.continual.pool import TokenRows, TrainingPool, mix_rates
 from flowerbed.continual.replay import buffer_refs, update_buffer
 from flowerbed.continual.state import FILENAME, ContinualState
 from flowerbed.continual.stream import Experience, arrived, scan_experiences
@@ -28,8 +28,8 @@ class RoundData:
     """Where this round starts on the learning-rate schedule."""
     schedule_steps: int
     """Length of the schedule: the whole run, or the current experience when re-warming."""
-    planned_rate: float
-    """The highest sample rate the client expects over its life (for DP calibration)."""
+    planned: list[tuple[float, int]]
+    """(sample rate, steps) for every round of the client's planned life (DP calibration)."""
 
 
 def arrived_experiences(job: ClientJob) -> list[Experience]:
@@ -41,11 +41,12 @@ def round_data(job: ClientJob) -> RoundData:
     everything = scan_experiences(job.data_dir)
     experiences = arrived(everything, job.round, job.experience_every)
     trains = [e.shard().train.tokens for e in experiences]
-    cfg, steps, batch = job.continual, job.train.local_steps, job.train.batch_size
+    cfg, steps = job.continual, job.train.local_steps
     whole_run = (job.round - 1) * steps, job.total_rounds * steps
+    planned = _planned_life(job, [len(e.shard().train) for e in everything], len(trains) - 1)
     if cfg.mode == "off":
         pool = TrainingPool(TokenRows.whole(trains, list(range(len(trains)))))
-        return RoundData(experiences, pool, *whole_run, pool.accounting_rate(batch))
+        return RoundData(experiences, pool, *whole_run, planned)
     path = job.state_dir / FILENAME
     state = ContinualState.load(path)
     for name in state.note_arrivals([e.name for e in experiences], job.round):
@@ -68,18 +69,38 @@ def round_data(job: ClientJob) -> RoundData:
         schedule = (job.round - start) * steps, span * steps
     else:
         schedule = whole_run
-    return RoundData(experiences, pool, *schedule, _planned_rate(pool, job))
+    return RoundData(experiences, pool, *schedule, planned)
 
 
-def _planned_rate(pool: TrainingPool, job: ClientJob) -> float:
-    """This round's sample rate, or the replay rate once the buffer is full if higher.
+def _planned_life(job: ClientJob, sizes: list[int], current: int) -> list[tuple[float, int]]:
+    """(sample rate, steps) per round of the client's life, from its experiences' sizes.
 
-    Later experiences of other sizes can still raise it; the ledger records the true
-    rate of every round and the budget check stops a client before it overspends.
+    In simulation every experience folder exists from the start and the schedule says
+    which is trained when; in deployment only the present ones are known, so the plan
+    assumes the current experience's rate for the rest of the run. The ledger records the
+    true rates, and the budget check stops a client before it overspends.
     """
-    batch, cfg = job.train.batch_size, job.continual
-    rate = pool.accounting_rate(batch)
-    if cfg.mode == "replay":
-        filled = min(cfg.buffer_size, len(pool.new))
-        rate = max(rate, min(1.0, cfg.replay_fraction * batch / filled))
-    return rate
+    cfg, batch = job.continual, job.train.batch_size
+
+    def rate(e: int) -> float:
+        if cfg.mode in ("off", "cumulative"):
+            return min(1.0, batch / sum(sizes[: e + 1] if cfg.mode == "cumulative" else sizes))
+        replayed = (
+            _buffer_fill(cfg.policy, cfg.buffer_size, sizes[:e]) if cfg.mode == "replay" else 0
+        )
+        return max(mix_rates(sizes[e], replayed, cfg.replay_fraction, batch))
+
+    every = job.experience_every
+    rounds = range(1, job.total_rounds + 1)
+    which = [min(len(sizes) - 1, (r - 1) // every) if every else current for r in rounds]
+    return [(rate(e), job.train.local_steps) for e in which]
+
+
+def _buffer_fill(policy: str, buffer_size: int, past: list[int]) -> int:
+    """Records a full buffer holds after `past` experiences (Avalanche's group split)."""
+    if not past:
+        return 0
+    if policy == "reservoir":
+        return min(buffer_size, sum(past))
+    share, extra = divmod(buffer_size, len(past))
+    return sum(min(share + (g < extra), n) for g, n in enumerate(past))

@@ -91,13 +91,8 @@ class TrainingPool:
 
     def poisson_rates(self, batch_size: int) -> tuple[float, float]:
         """Per-record inclusion rates (new, replay) giving `batch_size` rows expected."""
-        if not self.replaying:
-            return min(1.0, batch_size / len(self.new)), 0.0
-        share = self.replay_fraction * batch_size
-        return (
-            min(1.0, (batch_size - share) / len(self.new)),
-            min(1.0, share / len(self.replay)),
-        )
+        replayed = len(self.replay) if self.replaying else 0
+        return mix_rates(len(self.new), replayed, self.replay_fraction, batch_size)
 
     def accounting_rate(self, batch_size: int) -> float:
         """The rate the privacy ledger records: the highest any record is drawn with.
@@ -118,6 +113,16 @@ class TrainingPool:
         if self.replaying:
             rows.append(self.replay.take(poisson_sample(len(self.replay), q_replay, rng)))
         return np.concatenate(rows)
+
+
+def mix_rates(
+    num_new: int, num_replay: int, replay_fraction: float, batch_size: int
+) -> tuple[float, float]:
+    """Poisson rates (new, replay) for `batch_size` expected rows, `replay_fraction` replayed."""
+    if num_replay == 0 or replay_fraction == 0:
+        return min(1.0, batch_size / num_new), 0.0
+    share = replay_fraction * batch_size
+    return min(1.0, (batch_size - share) / num_new), min(1.0, share / num_replay)
 
 
 def _distinct(population: int, count: int, rng: np.random.Generator) -> np.ndarray:

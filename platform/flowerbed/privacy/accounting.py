@@ -12,11 +12,29 @@ from collections.abc import Sequence
 History = Sequence[tuple[float, float, int]]
 
 
+def merged(history: History) -> list[tuple[float, float, int]]:
+    """Consecutive entries with the same noise and rate as one (the same composition).
+
+    A ledger gets an entry per round, but the rate changes only with new experiences:
+    merging keeps the accountant's cost (about 0.25 s per PRV entry) from growing with
+    the client's life.
+    """
+    out: list[tuple[float, float, int]] = []
+    for sigma, q, n in history:
+        if n <= 0:
+            continue
+        if out and out[-1][:2] == (float(sigma), float(q)):
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + int(n))
+        else:
+            out.append((float(sigma), float(q), int(n)))
+    return out
+
+
 def _accountant(name: str, history: History):
     from opacus.accountants import PRVAccountant, RDPAccountant
 
     accountant = {"prv": PRVAccountant, "rdp": RDPAccountant}[name]()
-    accountant.history = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    accountant.history = merged(history)
     return accountant
 
 
@@ -42,3 +60,38 @@ def noise_for_epsilon(
             accountant=accountant,
         )
     )
+
+
+def noise_for_schedule(
+    target_epsilon: float,
+    delta: float,
+    schedule: Sequence[tuple[float, int]],
+    accountant: str = "prv",
+    tolerance: float = 0.01,
+) -> float:
+    """The noise multiplier keeping a whole schedule of (sample_rate, steps) within the target.
+
+    One rate is Opacus's own calibration; several (a client whose rate changes as new
+    experiences arrive) are bisected the same way, to within `tolerance` below the target.
+    """
+    rates = {q for q, n in schedule if n > 0}
+    if len(rates) == 1:
+        return noise_for_epsilon(
+            target_epsilon, delta, rates.pop(), sum(n for _, n in schedule), accountant
+        )
+
+    def spent(sigma: float) -> float:
+        return epsilon([(sigma, q, n) for q, n in schedule], delta, accountant)
+
+    low, high = 0.0, 10.0
+    while spent(high) > target_epsilon:
+        low, high = high, 2 * high
+    while True:
+        sigma = (low + high) / 2
+        eps = spent(sigma)
+        if eps > target_epsilon:
+            low = sigma
+        elif eps < target_epsilon - tolerance:
+            high = sigma
+        else:
+            return sigma

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowerbed.config.schema import PrivacyConfig
-from flowerbed.privacy.accounting import epsilon, noise_for_epsilon
+from flowerbed.privacy.accounting import epsilon, noise_for_epsilon, noise_for_schedule
 from flowerbed.privacy.ledger import PrivacyLedger
 
 
@@ -48,16 +48,17 @@ def plan(
 
 
 def life_noise_multiplier(
-    ledger: PrivacyLedger, cfg: PrivacyConfig, q: float, planned_steps: int
+    ledger: PrivacyLedger, cfg: PrivacyConfig, planned: list[tuple[float, int]]
 ) -> float:
     """The client's noise multiplier: fixed the first time, then read from its ledger.
 
-    With `target_epsilon` it is calibrated once for the whole planned life (every round's
-    local steps), never per round: per-round calibration would spend the target each round.
+    With `target_epsilon` it is calibrated once for the whole planned life, `planned`
+    being (sample rate, steps) for every round of every experience, never per round:
+    per-round calibration would spend the target each round.
     """
     if ledger.noise_multiplier is None:
-        ledger.noise_multiplier = cfg.noise_multiplier or noise_for_epsilon(
-            cfg.target_epsilon, cfg.delta, q, planned_steps, cfg.accountant
+        ledger.noise_multiplier = cfg.noise_multiplier or noise_for_schedule(
+            cfg.target_epsilon, cfg.delta, planned, cfg.accountant
         )
-        ledger.planned_steps = planned_steps
+        ledger.planned_steps = sum(steps for _, steps in planned)
     return ledger.noise_multiplier
