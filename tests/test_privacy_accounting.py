@@ -109,3 +109,18 @@ def test_ghost_clipping_refuses_tied_embeddings_at_the_start():
                 "privacy": {"mode": "dp_sgd", "noise_multiplier": 1.0},
             }
         )
+
+
+def test_noise_for_a_schedule_of_rates_spends_the_target_and_merging_changes_nothing():
+    from flowerbed.privacy.accounting import merged, noise_for_schedule
+
+    schedule = [(0.02, 50), (0.02, 50), (0.05, 100), (0.03, 100)]
+    sigma = noise_for_schedule(8.0, 1e-5, schedule, "rdp")
+    history = [(sigma, q, n) for q, n in schedule]
+    assert 7.99 <= epsilon(history, 1e-5, "rdp") <= 8.0
+    assert len(merged(history)) == 3
+    from opacus.accountants import PRVAccountant
+
+    unmerged = PRVAccountant()
+    unmerged.history = history  # four entries, as a ledger has them
+    assert epsilon(history, 1e-5) == pytest.approx(unmerged.get_epsilon(1e-5), rel=1e-6)
