@@ -71,14 +71,14 @@ from flwr.app import Context, Message, MessageType, RecordDict
 import flowerbed.client.app as client_app
 from flowerbed.config import load_config
 from flowerbed.model.transport import to_array_record
-from flowerbed.server.loop import Federation
+from flowerbed.server.loop import Federation, round_config
 from flwr.supercore.task_identity import TaskIdentity
 
 TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # as Flower's runtime does
 
 run_dir, crash = Path(sys.argv[1]), sys.argv[2] == "crash"
 server = Federation(None, load_config(run_dir / "config.yaml"), run_dir)
-config = server._round_config(1)
+config = round_config(server.cfg, server.model, server.layout.clients)
 config["server-round"] = 1
 arrays = to_array_record(server.model.state_dict(), "fp32")
 content = RecordDict({"arrays": arrays, "config": config})

@@ -124,44 +124,15 @@ class Federation:
         self.model.cpu()
         return loss
 
-    def _round_config(self, round_: int) -> ConfigRecord:
-        cfg = self.cfg
-        spec = self.model.config.to_dict()
-        return ConfigRecord(
-            {
-                "total-rounds": cfg.federation.rounds,
-                "seed": cfg.seed,
-                "train-config": json.dumps(to_plain_dict(cfg.train)),
-                "model-config": json.dumps(spec, default=str),
-                "transport-dtype": cfg.federation.transport_dtype,
-                "clients-dir": str(self.layout.clients.resolve()),
-                "threads": max(1, int(cfg.federation.client_cpus)),
-                "device": cfg.device,
-                "privacy-config": json.dumps(to_plain_dict(cfg.privacy)),
-                "continual-config": json.dumps(to_plain_dict(cfg.continual)),
-                "experience-every": self._experience_every(),
-                # Flower's user-level accountant requires equal client weights.
-                "uniform-weights": cfg.privacy.mode == "user_level",
-            }
-        )
-
-    def _experience_every(self) -> int:
-        """The arrival schedule clients follow: rounds per experience, or 0 (every folder)."""
-        continual = self.cfg.continual
-        if continual.mode == "off":
-            return 0
-        return continual.arrival_interval(self.cfg.federation.rounds)
-
     def _round(self, round_: int) -> dict[str, Any] | None:
         """Run one round; None when no sampled client may train (every budget is spent)."""
         fed = self.cfg.federation
         started = time.perf_counter()
         random.seed(f"{self.cfg.seed}-{round_}")  # Flower samples clients with `random`
         arrays = to_array_record(self.model.state_dict(), fed.transport_dtype)
+        config = round_config(self.cfg, self.model, self.layout.clients)
         try:
-            messages = list(
-                self.strategy.configure_train(round_, arrays, self._round_config(round_), self.grid)
-            )
+            messages = list(self.strategy.configure_train(round_, arrays, config, self.grid))
         except PrivacyBudgetExhausted as err:
             log.warning(
                 "round %d: the user-level budget (privacy.max_epsilon) is spent: %s; "
@@ -252,9 +223,8 @@ class Federation:
         if self.cfg.federation.fraction_evaluate == 0:
             return None, {}
         arrays = to_array_record(self.model.state_dict(), self.cfg.federation.transport_dtype)
-        messages: list[Message] = list(
-            self.strategy.configure_evaluate(round_, arrays, self._round_config(round_), self.grid)
-        )
+        config = round_config(self.cfg, self.model, self.layout.clients)
+        messages = list(self.strategy.configure_evaluate(round_, arrays, config, self.grid))
         replies = list(
             self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
         )
@@ -317,6 +287,30 @@ class Federation:
         }
         write_json_atomic(self.layout.summary, summary)
         return summary
+
+
+def round_config(cfg: FlowerbedConfig, model: torch.nn.Module, clients_dir: Path) -> ConfigRecord:
+    """What every client needs besides the weights: architecture, settings, schedule."""
+    continual = cfg.continual
+    every = 0 if continual.mode == "off" else continual.arrival_interval(cfg.federation.rounds)
+    return ConfigRecord(
+        {
+            "total-rounds": cfg.federation.rounds,
+            "seed": cfg.seed,
+            "train-config": json.dumps(to_plain_dict(cfg.train)),
+            "model-config": json.dumps(model.config.to_dict(), default=str),
+            "transport-dtype": cfg.federation.transport_dtype,
+            "clients-dir": str(clients_dir.resolve()),
+            "threads": max(1, int(cfg.federation.client_cpus)),
+            "device": cfg.device,
+            "privacy-config": json.dumps(to_plain_dict(cfg.privacy)),
+            "continual-config": json.dumps(to_plain_dict(continual)),
+            # rounds between experience arrivals; 0: every folder present
+            "experience-every": every,
+            # Flower's user-level accountant requires equal client weights.
+            "uniform-weights": cfg.privacy.mode == "user_level",
+        }
+    )
 
 
 def short_reason(reason: str) -> str:
