@@ -20,3 +20,14 @@ def test_import_platform_is_the_standard_library_even_from_the_repo_root():
     ).stdout.splitlines()
     assert "site-packages" not in out[0] and not out[0].startswith(str(ROOT / "platform"))
     assert out[1] in {"Linux", "Darwin", "Windows"}
+
+
+def test_the_apps_do_not_import_avalanche_or_opacus_until_they_need_them():
+    code = (
+        "import sys, flowerbed.client.app, flowerbed.server.app, flowerbed.client.round_data; "
+        "print(sorted(m for m in ('avalanche', 'opacus') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

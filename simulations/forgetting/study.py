@@ -57,7 +57,7 @@ def run_arm(corpus: str, privacy: str, overrides: list[str], work: Path) -> dict
 def table(rows: list[dict]) -> str:
     lines = [
         "| corpus | DP | arm | avg loss (seen) | forgetting | BWT | forgetting vs naive "
-        "| tokens | train s vs naive | val loss | ε max |",
+        "| tokens trained | client train s | val loss | ε max |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -67,7 +67,7 @@ def table(rows: list[dict]) -> str:
             if (r["corpus"], r["privacy"], r["arm"]) == (row["corpus"], row["privacy"], "naive")
         )
         cut = (
-            f"{1 - row['forgetting'] / naive['forgetting']:+.0%} cut"
+            f"{1 - row['forgetting'] / naive['forgetting']:.0%} less"
             if naive["forgetting"] > 0
             else "n/a (naive did not forget)"
         )
@@ -75,10 +75,16 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {row['corpus']} | {row['privacy']} | {row['arm']} | {row['average_loss']:.3f} "
             f"| {row['forgetting']:+.3f} | {row['backward_transfer']:+.3f} | {cut} "
-            f"| {row['tokens']:,} | {row['train_seconds'] / naive['train_seconds']:.2f}x "
+            f"| {row['tokens']:,} | {row['train_seconds']:.1f} "
             f"| {row['final_val_loss']:.3f} | {eps} |"
         )
     return "\n".join(lines)
+
+
+def render(results: Path) -> None:
+    """Write results.md again from results.json (after a change to the table's format)."""
+    rows = json.loads(results.read_text())
+    (results.parent / "results.md").write_text(table(rows) + "\n")
 
 
 def main() -> None:
@@ -87,7 +93,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/forgetting-study"))
     parser.add_argument("--corpora", nargs="+", default=["synthetic", "stdlib"])
     parser.add_argument("--privacy", nargs="+", default=["off", "dp"], choices=list(PRIVACY))
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite results.md from results.json"
+    )
     args = parser.parse_args()
+    if args.render:
+        render(args.out / "results.json")
+        return
     logging.basicConfig(format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("flowerbed").setLevel(logging.INFO)
     heatmaps = args.out / "heatmaps"
