@@ -10,6 +10,9 @@ commands:
   simulate [hydra overrides]   run a simulated federation (a Hydra app: -m sweeps work)
                                e.g. flowerbed simulate experiment=smoke
                                     flowerbed simulate resume=runs/2026-11-23/10-00-00
+  deploy credentials|supernode-key|prepare|shard|run
+                               a federation across institutions (Deployment Engine)
+                               e.g. flowerbed deploy run runs/study --connection flowerbed
   privacy noise|epsilon|ledger  plan a privacy budget, or read a client's ledger
                                e.g. flowerbed privacy noise --records 20000 --batch-size 16 \
                                         --rounds 20 --local-steps 50 --target-epsilon 8
@@ -27,6 +30,11 @@ def main(argv: list[str] | None = None) -> None:
 
         sys.argv = ["flowerbed simulate", *rest]
         hydra_simulate()
+        return
+    if command == "deploy":
+        from flowerbed.cli.deploy import main as deploy_main
+
+        deploy_main(rest)
         return
     if command == "privacy":
         from flowerbed.cli.privacy import main as privacy_main

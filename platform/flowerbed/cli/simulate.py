@@ -28,8 +28,9 @@ class SimulationFailed(RuntimeError):
     """The federation stopped before its last round; the message says why."""
 
 
-def prepare_run(cfg: FlowerbedConfig, layout: RunLayout) -> None:
-    """Write the resolved config, tokenizer, validation split and every client's shard."""
+def prepare_run(cfg: FlowerbedConfig, layout: RunLayout, client_shards: bool = True) -> None:
+    """Write the resolved config, tokenizer, validation split and (unless told not to, as
+    for a deployment's coordinator, who holds no institution's data) every client's shard."""
     layout.root.mkdir(parents=True, exist_ok=True)
     layout.config.write_text(OmegaConf.to_yaml(to_plain_dict(cfg)))
     tokenizer = load_tokenizer(cfg.data.tokenizer, cfg.model.pretrained)
@@ -40,6 +41,8 @@ def prepare_run(cfg: FlowerbedConfig, layout: RunLayout) -> None:
     )
     tokenizer.save_pretrained(layout.tokenizer)
     splits.validation.save(layout.data, "validation")
+    if not client_shards:
+        return
     for partition_id, shards in enumerate(splits.clients):
         data_dir = layout.client_data(partition_id)
         if continual.mode == "off":

@@ -146,3 +146,20 @@ def prepare_splits(
         f" in {experiences} experiences" if experiences > 1 else "",
     )
     return FederatedSplits(validation, clients)
+
+
+def institution_shard(
+    cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0
+) -> ClientShard:
+    """An institution's own files (`cfg.paths`) as one shard: training and held-out blocks.
+
+    The same checks as in simulation apply (empty, binary, non-UTF-8 files are named).
+    """
+    key, read = corpus_source(cfg, seed)
+    blocks = cached_blocks(Path(cfg.cache_dir).expanduser(), key, tokenizer, cfg.seq_len, read)
+    if len(blocks) < 2:
+        raise DataError(
+            f"{', '.join(cfg.paths)} give(s) {len(blocks)} block(s) of {cfg.seq_len} tokens; "
+            "a shard needs at least 2 (one to train on, one held out): give more text"
+        )
+    return make_client_shards(blocks, cfg, 1, np.random.default_rng(seed))[0][0]

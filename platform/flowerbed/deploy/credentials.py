@@ -101,9 +101,7 @@ def coordinator_credentials(folder: Path, hosts: list[str], institutions: list[s
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_cert = _certificate("flowerbed CA", ca_key.public_key(), None, ca_key)
     server_key = ec.generate_private_key(ec.SECP384R1())
-    server_cert = _certificate(
-        hosts[0], server_key.public_key(), ca_cert.subject, ca_key, hosts
-    )
+    server_cert = _certificate(hosts[0], server_key.public_key(), ca_cert.subject, ca_key, hosts)
     _write(folder / "ca.key", _pem_key(ca_key), private=True)
     _write(folder / "ca.crt", ca_cert.public_bytes(serialization.Encoding.PEM))
     _write(folder / "superlink.key", _pem_key(server_key), private=True)

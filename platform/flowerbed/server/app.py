@@ -7,6 +7,7 @@ around an already loaded config with `make_server_app`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from flwr.app import Context
@@ -24,7 +25,18 @@ def main(grid: Grid, context: Context) -> None:
     if not config_path:
         raise ValueError("run config `config-path` is empty: pass the run directory's config.yaml")
     path = Path(config_path)
+    _log_rounds(path.parent / "server.log")
     run_federation(grid, load_config(path), path.parent)
+
+
+def _log_rounds(log_file: Path) -> None:
+    """One line per round to the stream `flwr run --stream` shows, and to the run dir."""
+    logger = logging.getLogger("flowerbed")
+    logger.setLevel(logging.INFO)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    for handler in (logging.StreamHandler(), logging.FileHandler(log_file)):
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
 
 
 def make_server_app(cfg: FlowerbedConfig, run_dir: Path) -> ServerApp:

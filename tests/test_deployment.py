@@ -1,0 +1,115 @@
+"""The federation on Flower's Deployment Engine, with real processes on loopback.
+
+A coordinator (SuperLink with TLS, SuperNode authentication and a state database) and
+two institutions (SuperNodes with their own data and state directories) run the
+commands README's walk-through gives.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.loopback import BIN, ROOT, Loopback
+
+pytestmark = pytest.mark.slow
+
+
+def overrides(cache_dir: Path, *extra: str) -> list[str]:
+    return [
+        "experiment=smoke_dp",
+        f"data.cache_dir={cache_dir}",
+        "data.seq_len=32",
+        "data.synthetic_docs_per_domain=60",
+        "train.local_steps=4",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, cache_dir):
+    root = tmp_path_factory.mktemp("deployment")
+    loopback = Loopback(root)
+    made = loopback.flowerbed(
+        "deploy", "credentials", str(loopback.certs), "--host", "127.0.0.1",
+        "--institution", "site-0", "--institution", "site-1",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    run_dir = root / "run"
+    prepared = loopback.flowerbed(
+        "deploy", "prepare", str(run_dir), "--shards", *overrides(cache_dir, "federation.rounds=2")
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    loopback.start_superlink()
+    for site in ("site-0", "site-1"):
+        key = loopback.certs / "supernodes" / f"{site}.pub"
+        registered = loopback.command(str(BIN / "flwr"), "supernode", "register", str(key))
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+    for i in (0, 1):
+        loopback.start_supernode(
+            f"site-{i}",
+            loopback.certs / "supernodes" / f"site-{i}",
+            f"partition-id={i} data-dir='{run_dir}/clients/client-{i}/data' "
+            f"state-dir='{root}/site-{i}-state'",
+        )
+    loopback.wait_for(lambda: loopback.online_nodes() == 2, "two SuperNodes online")
+    yield loopback, run_dir
+    loopback.close()
+
+
+def test_two_institutions_train_with_tls_authentication_and_dp(deployment):
+    loopback, run_dir = deployment
+    run = loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 2
+    assert summary["final_val_loss"] < summary["initial_val_loss"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["clients"], r["failed_clients"]) for r in rows] == [(1, 2, 0), (2, 2, 0)]
+    for i in (0, 1):
+        ledger = json.loads((loopback.root / f"site-{i}-state/privacy_ledger.json").read_text())
+        assert [e["round"] for e in ledger["entries"]] == [1, 2]
+        assert ledger["entries"][-1]["epsilon"] == pytest.approx(summary["client_epsilon"][str(i)])
+        assert ledger["entries"][-1]["epsilon"] <= 8.0
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
+
+
+def test_an_unregistered_supernode_is_refused(deployment):
+    loopback, _ = deployment
+    made = loopback.flowerbed("deploy", "supernode-key", str(loopback.root / "keys"), "stranger")
+    assert made.returncode == 0, made.stderr
+    stranger = loopback.start_supernode(
+        "stranger", loopback.root / "keys" / "stranger", "partition-id=7"
+    )
+    assert stranger.wait(timeout=120) != 0
+    assert "Failed to activate SuperNode" in loopback.log("stranger")
+    assert loopback.online_nodes() == 2
+
+
+def test_the_server_side_crashes_and_the_run_resumes_from_its_checkpoint(deployment, cache_dir):
+    loopback, first_run = deployment
+    run_dir = first_run.parent / "crashing"
+    settings = overrides(cache_dir, "federation.rounds=3", "privacy=off")
+    prepared = loopback.flowerbed("deploy", "prepare", str(run_dir), *settings)
+    assert prepared.returncode == 0, prepared.stderr
+    submit = [sys.executable, "-m", "flowerbed.cli.main", "deploy", "run", str(run_dir)]
+    submit += ["--connection", "loopback"]
+    first = subprocess.Popen(submit, cwd=ROOT, env=loopback.env, stdout=subprocess.DEVNULL)
+    loopback.wait_for(
+        lambda: (run_dir / "checkpoints" / "round-00001").is_dir(), "round 1's checkpoint", 600
+    )
+    subprocess.run(["pkill", "-9", "-f", "flwr-serverapp"], check=False)
+    assert first.wait(timeout=300) == 1  # the run did not complete, and says so
+    again = loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 3
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert "resuming after round" in (run_dir / "server.log").read_text()
