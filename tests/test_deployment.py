@@ -41,7 +41,7 @@ def deployment(tmp_path_factory, cache_dir):
     assert made.returncode == 0, made.stderr
     run_dir = root / "run"
     prepared = loopback.flowerbed(
-        "deploy", "prepare", str(run_dir), "--shards", *overrides(cache_dir, "federation.rounds=2")
+        "deploy", "prepare", "--shards", str(run_dir), *overrides(cache_dir, "federation.rounds=2")
     )
     assert prepared.returncode == 0, prepared.stderr
     loopback.start_superlink()
