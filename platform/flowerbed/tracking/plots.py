@@ -80,10 +80,12 @@ def plot_loss_matrix(matrix: list[list[float | None]], path: Path, title: str = 
     size = len(values)
     fig, ax = plt.subplots(figsize=(1.2 * size + 2.5, 1.0 * size + 1.8), dpi=120)
     image = ax.imshow(values, cmap="viridis_r")
+    middle = np.nanmean(values)
     for i in range(size):
         for j in range(size):
             if not np.isnan(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="white")
+                color = "black" if values[i, j] < middle else "white"  # readable on light cells
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color=color)
     ax.set_xticks(range(size))
     ax.set_yticks(range(size))
     ax.set_xlabel("experience evaluated")
