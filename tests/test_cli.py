@@ -63,3 +63,20 @@ def test_privacy_planning_gives_the_noise_for_a_target_and_the_epsilon_for_a_noi
         "privacy", "epsilon", *settings, "--noise-multiplier", "1.5", "--accountant", "rdp"
     )
     assert spent.returncode == 0 and "epsilon       = 7.3291" in spent.stdout
+
+
+def test_an_institution_turns_its_files_into_experiences_and_bad_files_are_named(tmp_path):
+    from flowerbed.data import byte_tokenizer
+
+    byte_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    (tmp_path / "notes.txt").write_text("Discharge summary: the patient recovered well. " * 200)
+    (tmp_path / "empty.txt").write_text("")
+    shard = ["deploy", "shard", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tokenizer")]
+    shard += ["--seq-len", "64", "--cache-dir", str(tmp_path / "cache")]
+    for expected in ("exp-000", "exp-001"):
+        out = flowerbed(*shard, str(tmp_path / "notes.txt"))
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "data" / expected / "heldout.json").is_file()
+    bad = flowerbed(*shard, str(tmp_path / "empty.txt"))
+    assert bad.returncode == 1 and "empty.txt" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "data" / "exp-002").exists()  # nothing half-written

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument("--tokenizer", required=True, help="the run's tokenizer folder")
     shard.add_argument("--seq-len", type=int, required=True)
     shard.add_argument("--text-field", default="text")
+    shard.add_argument("--cache-dir", default="~/.cache/flowerbed", help="packed-block cache")
 
     run = commands.add_parser("run", help="submit the run; exit 1 unless it completes")
     run.add_argument("run_dir", type=Path)
@@ -120,7 +121,11 @@ def _shard(args: argparse.Namespace) -> None:
     from flowerbed.data.prepare import institution_shard
 
     cfg = DataConfig(
-        corpus="files", paths=list(args.paths), text_field=args.text_field, seq_len=args.seq_len
+        corpus="files",
+        paths=list(args.paths),
+        text_field=args.text_field,
+        seq_len=args.seq_len,
+        cache_dir=args.cache_dir,
     )
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     shard = institution_shard(cfg, tokenizer)
