@@ -120,3 +120,38 @@ def test_the_server_side_crashes_and_the_run_resumes_from_its_checkpoint(deploym
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
     assert "resuming after round" in (run_dir / "server.log").read_text()
+
+
+def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, cache_dir):
+    loopback, first_run = deployment
+    run_dir = first_run.parent / "node-killed"
+    ledger_path = loopback.root / "site-1-state" / "privacy_ledger.json"
+    # The ledgers hold the first run's spending: this run may spend more (its own budget),
+    # at the noise each ledger fixed for life.
+    settings = overrides(
+        cache_dir, "federation.rounds=3", "federation.min_clients=1", "privacy.target_epsilon=100"
+    )
+    prepared = loopback.flowerbed("deploy", "prepare", str(run_dir), *settings)
+    assert prepared.returncode == 0, prepared.stderr
+    submit = [sys.executable, "-m", "flowerbed.cli.main", "deploy", "run", str(run_dir)]
+    run = subprocess.Popen(
+        [*submit, "--connection", "loopback"], cwd=ROOT, env=loopback.env, stdout=subprocess.DEVNULL
+    )
+    metrics = run_dir / "metrics.jsonl"
+    loopback.wait_for(lambda: metrics.is_file() and metrics.read_text().strip(), "round 1", 600)
+    loopback.stop("site-1")  # the institution's machine dies, ClientApp and all
+    after_kill = json.loads(ledger_path.read_text())
+    assert run.wait(timeout=900) == 0  # min_clients=1: the federation goes on without it
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert rows[0]["clients"] == 2 and any(r["failed_clients"] == 1 for r in rows[1:])
+    loopback.start_supernode(
+        "site-1",
+        loopback.certs / "supernodes" / "site-1",
+        f"partition-id=1 data-dir='{first_run}/clients/client-1/data' "
+        f"state-dir='{loopback.root}/site-1-state'",
+    )
+    loopback.wait_for(lambda: loopback.online_nodes() == 2, "the institution back online")
+    ledger = json.loads(ledger_path.read_text())
+    assert ledger["entries"][: len(after_kill["entries"])] == after_kill["entries"]
+    assert [e["round"] for e in ledger["entries"]][:3] == [1, 2, 1]  # both runs' rounds
