@@ -20,14 +20,16 @@ pytestmark = pytest.mark.slow
 
 
 def continual_config(cache_dir: Path, mode: str, **sections) -> FlowerbedConfig:
-    return tiny_config(
-        cache_dir,
-        data={"synthetic_domains": 3, "synthetic_shift": 1.0},
-        federation={"rounds": 6},
-        train={"local_steps": 20},
-        continual={"mode": mode, "experiences": 3, "replay_fraction": 0.25, "buffer_size": 64},
-        **sections,
-    )
+    """Three domains, two rounds each; `sections` override what they name."""
+    base = {
+        "data": {"synthetic_domains": 3, "synthetic_shift": 1.0},
+        "federation": {"rounds": 6},
+        "train": {"local_steps": 20},
+        "continual": {"mode": mode, "experiences": 3, "replay_fraction": 0.25, "buffer_size": 64},
+    }
+    for key, values in sections.items():
+        base[key] = {**base.get(key, {}), **values}
+    return tiny_config(cache_dir, **base)
 
 
 def summary_of(run_dir: Path) -> dict:
@@ -83,7 +85,7 @@ def test_dp_with_replay_counts_every_step_over_new_data_and_buffer(tmp_path, cac
         privacy={"mode": "dp_sgd", "target_epsilon": 8.0},
         federation={"rounds": 4},
         train={"local_steps": 8},
-        continual={"mode": "replay", "experiences": 2, "replay_fraction": 0.25, "buffer_size": 8},
+        continual={"experiences": 2, "buffer_size": 8},
     )
     simulate(cfg, tmp_path / "run")
     summary = summary_of(tmp_path / "run")
