@@ -153,5 +153,5 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
     )
     loopback.wait_for(lambda: loopback.online_nodes() == 2, "the institution back online")
     ledger = json.loads(ledger_path.read_text())
-    assert ledger["entries"][: len(after_kill["entries"])] == after_kill["entries"]
-    assert [e["round"] for e in ledger["entries"]][:3] == [1, 2, 1]  # both runs' rounds
+    assert ledger["entries"] == after_kill["entries"]  # intact, and readable again
+    assert ledger["entries"][-1]["round"] == 1  # this run's last round before the kill

@@ -95,7 +95,8 @@ class FederationConfig:
     fraction_evaluate: float = 1.0
     """Share of clients that evaluate the global model on their held-out split each round."""
     min_clients: int = 1
-    """A round with fewer successful replies than this stops the run."""
+    """A round starts once this many nodes are connected, and a round with fewer
+    successful replies than this stops the run."""
     transport_dtype: TransportDtype = "fp32"
     """Weights on the wire: fp32, fp16 (half the bytes), or bf16 carried bit-exact."""
     client_cpus: float = 1.0

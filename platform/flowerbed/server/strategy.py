@@ -72,7 +72,9 @@ def make_strategy(cfg: FlowerbedConfig) -> FedAvg:
         "fraction_evaluate": fed.fraction_evaluate,
         "min_train_nodes": 1,
         "min_evaluate_nodes": 1 if fed.fraction_evaluate > 0 else 0,
-        "min_available_nodes": fed.num_clients,
+        # A round starts once this many nodes are connected: with all num_clients, a
+        # deployment would wait forever for an institution whose machine died.
+        "min_available_nodes": fed.min_clients,
     }
     if privacy.mode != "user_level":
         return TorchFedAvg(transport_dtype=fed.transport_dtype, **sampling)
