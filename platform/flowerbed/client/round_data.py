@@ -40,10 +40,11 @@ def arrived_experiences(job: ClientJob) -> list[Experience]:
 def round_data(job: ClientJob) -> RoundData:
     everything = scan_experiences(job.data_dir)
     experiences = arrived(everything, job.round, job.experience_every)
-    trains = [e.shard().train.tokens for e in experiences]
+    every_train = [e.shard().train.tokens for e in everything]  # memory-mapped, cheap
+    trains = every_train[: len(experiences)]
     cfg, steps = job.continual, job.train.local_steps
     whole_run = (job.round - 1) * steps, job.total_rounds * steps
-    planned = _planned_life(job, [len(e.shard().train) for e in everything], len(trains) - 1)
+    planned = _planned_life(job, [len(t) for t in every_train], len(trains) - 1)
     if cfg.mode == "off":
         pool = TrainingPool(TokenRows.whole(trains, list(range(len(trains)))))
         return RoundData(experiences, pool, *whole_run, planned)
