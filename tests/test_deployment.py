@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.loopback import BIN, ROOT, Loopback
+from flowerbed.deploy.loopback import BIN, ROOT, Loopback
 
 pytestmark = pytest.mark.slow
 

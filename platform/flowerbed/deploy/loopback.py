@@ -2,7 +2,8 @@
 
 The commands are the ones README's "Deployment" walk-through gives: `flowerbed deploy`,
 `flower-superlink` with TLS, SuperNode authentication and a state database,
-`flwr supernode register` and `flower-supernode`.
+`flwr supernode register` and `flower-supernode`. The deployment tests and the transport
+benchmark use it; run from a flowerbed checkout (its root is the Flower app).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # the checkout: platform/flowerbed/deploy/
 BIN = Path(sys.executable).parent
 
 

@@ -1,0 +1,107 @@
+"""Bytes and seconds per round on the Deployment Engine, over loopback with TLS.
+
+A coordinator (SuperLink with TLS, SuperNode authentication, a database) and two
+institutions (SuperNodes) on this machine run 2 rounds of 1 local step for each model
+preset and transport dtype, side by side in one run; the table reports the bytes one
+client receives per round (it sends as many back) and the seconds of round 2 (round 1
+also starts the ServerApp side).
+
+    uv run python simulations/bench_deployment.py --presets small 125m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from flowerbed.deploy.loopback import BIN, Loopback
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["small", "125m"])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        loopback = Loopback(Path(tmp))
+        try:
+            rows = measure(loopback, args.presets, args.dtypes)
+        finally:
+            loopback.close()
+    print("| preset | parameters | transport | MB per client per direction | round 2 s |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['preset']} | {row['parameters']:,} | {row['dtype']} "
+            f"| {row['bytes'] / 1e6:.1f} | {row['seconds']:.1f} |"
+        )
+
+
+def measure(loopback: Loopback, presets: list[str], dtypes: list[str]) -> list[dict]:
+    root = loopback.root
+    made = loopback.flowerbed(
+        "deploy", "credentials", str(loopback.certs), "--host", "127.0.0.1",
+        "--institution", "site-0", "--institution", "site-1",
+    )  # fmt: skip
+    _check(made, "credentials")
+    shards = root / "shards"
+    _check(loopback.flowerbed("deploy", "prepare", "--shards", str(shards), *_settings()), "shards")
+    loopback.start_superlink()
+    for i in (0, 1):
+        key = loopback.certs / "supernodes" / f"site-{i}"
+        _check(loopback.command(str(BIN / "flwr"), "supernode", "register", f"{key}.pub"), "reg")
+        loopback.start_supernode(
+            f"site-{i}",
+            key,
+            f"partition-id={i} data-dir='{shards}/clients/client-{i}/data' "
+            f"state-dir='{root}/site-{i}-state' device='cpu'",
+        )
+    loopback.wait_for(lambda: loopback.online_nodes() == 2, "two SuperNodes online")
+    rows = []
+    for preset in presets:
+        for dtype in dtypes:
+            run_dir = root / f"{preset}-{dtype}"
+            settings = _settings(f"federation.transport_dtype={dtype}", preset=preset)
+            _check(loopback.flowerbed("deploy", "prepare", str(run_dir), *settings), "prepare")
+            ran = loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback")
+            _check(ran, "run")
+            records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            summary = json.loads((run_dir / "summary.json").read_text())
+            rows.append(
+                {
+                    "preset": preset,
+                    "dtype": dtype,
+                    "parameters": summary["parameters"],
+                    "bytes": records[-1]["bytes_per_client"],
+                    "seconds": records[-1]["seconds"],
+                }
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
+def _settings(*extra: str, preset: str = "tiny") -> list[str]:
+    return [
+        f"model={preset}",
+        "data=synthetic",
+        "privacy=off",
+        "continual=off",
+        "federation.num_clients=2",
+        "federation.rounds=2",
+        "federation.fraction_evaluate=0",
+        "train.local_steps=1",
+        "train.batch_size=2",
+        "train.eval_batches=1",
+        *extra,
+    ]
+
+
+def _check(out, what: str) -> None:
+    if out.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+
+
+if __name__ == "__main__":
+    main()
