@@ -118,10 +118,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Loss of the global weights on the held-out blocks of every experience seen so far."""
     job = _job(msg, context)
     model = _model_for(job, msg).to(job.device)
+    batch, batches = job.train.batch_size, job.train.eval_batches
     losses, sizes = [], []
     for experience in arrived_experiences(job):
         heldout = experience.shard().heldout
-        batch, batches = job.train.batch_size, job.train.eval_batches
         losses.append(mean_loss(model, heldout, batch, batches, job.device))
         sizes.append(len(heldout))
     metrics = {
