@@ -1,25 +1,32 @@
-"""Typed configuration: the schema every run is validated against, and its loader."""
+"""Typed configuration: the schema every run is validated against, and how it is composed."""
 
+from flowerbed.config.compose import compose_config
 from flowerbed.config.loader import ConfigError, load_config, to_plain_dict
-from flowerbed.config.schema import (
+from flowerbed.config.modes import ContinualConfig, PrivacyConfig
+from flowerbed.config.schema import FlowerbedConfig
+from flowerbed.config.sections import (
     DataConfig,
     FederationConfig,
-    FlowerbedConfig,
     ModelConfig,
     StrategyConfig,
     TrackingConfig,
     TrainConfig,
+    TransportDtype,
 )
 
 __all__ = [
     "ConfigError",
+    "ContinualConfig",
     "DataConfig",
     "FederationConfig",
     "FlowerbedConfig",
     "ModelConfig",
+    "PrivacyConfig",
     "StrategyConfig",
     "TrackingConfig",
     "TrainConfig",
+    "TransportDtype",
+    "compose_config",
     "load_config",
     "to_plain_dict",
 ]

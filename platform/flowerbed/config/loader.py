@@ -12,7 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from flowerbed.config.schema import FlowerbedConfig, SchemaError
+from flowerbed.config.schema import FlowerbedConfig
+from flowerbed.config.sections import SchemaError
 
 T = TypeVar("T")
 
@@ -31,6 +32,12 @@ def load_config(source: Any) -> FlowerbedConfig:
             raise ConfigError(f"config file {path} does not exist")
         source = OmegaConf.load(path)
     if isinstance(source, DictConfig):
+        missing = sorted(OmegaConf.missing_keys(source))
+        if missing:
+            raise ConfigError(
+                f"{missing[0]} has no value (its config option marks it ???): "
+                f"give it on the command line, e.g. {missing[0]}=..."
+            )
         source = OmegaConf.to_container(source, resolve=True)
     if not isinstance(source, dict):
         raise ConfigError(f"a config must be a mapping, got {type(source).__name__}")
@@ -57,6 +64,12 @@ def build_dataclass(cls: type[T], data: Any, prefix: str = "") -> T:
         raise ConfigError(
             f"unknown key {prefix}{unknown[0]}; allowed keys under "
             f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}"
+        )
+    absent = sorted(names - set(data))
+    if absent:
+        raise ConfigError(
+            f"missing key {prefix}{absent[0]}: every key has its default in conf/config.yaml; "
+            "compose configs from there (flowerbed.config.compose_config)"
         )
     values = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in data}
     return cls(**values)

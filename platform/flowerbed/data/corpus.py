@@ -18,8 +18,8 @@ def corpus_source(cfg: DataConfig, seed: int) -> tuple[dict, Callable[[], list[D
         from flowerbed.data.stdlib import stdlib_domains
 
         root = sysconfig.get_paths()["stdlib"]
-        key = {"stdlib": root, "python": sys.version, "max_bytes": cfg.max_bytes_per_domain}
-        return key, lambda: stdlib_domains(cfg.max_bytes_per_domain)
+        key = {"stdlib": root, "python": sys.version, "max_chars": cfg.max_chars_per_domain}
+        return key, lambda: stdlib_domains(cfg.max_chars_per_domain)
     if cfg.corpus == "synthetic":
         from flowerbed.data.synthetic import synthetic_domains
 
@@ -30,9 +30,9 @@ def corpus_source(cfg: DataConfig, seed: int) -> tuple[dict, Callable[[], list[D
     key = {
         "files": [_fingerprint(Path(p).expanduser()) for p in cfg.paths],
         "text_field": cfg.text_field,
-        "max_bytes": cfg.max_bytes_per_domain,
+        "max_chars": cfg.max_chars_per_domain,
     }
-    return key, lambda: file_domains(cfg.paths, cfg.text_field, cfg.max_bytes_per_domain, cache_dir)
+    return key, lambda: file_domains(cfg.paths, cfg.text_field, cfg.max_chars_per_domain, cache_dir)
 
 
 def _fingerprint(path: Path) -> list:

@@ -17,9 +17,13 @@ SNIFF_BYTES = 1 << 16
 
 
 def file_domains(
-    paths: list[str], text_field: str, max_bytes_per_domain: int, cache_dir: Path
+    paths: list[str], text_field: str, max_chars_per_domain: int, cache_dir: Path
 ) -> list[Domain]:
-    """Read every listed file or folder into domains, checking each file first."""
+    """Read every listed file or folder into domains, checking each file first.
+
+    A domain stops at `max_chars_per_domain` characters, inside a file too: the document
+    that crosses the cap is cut there, and later documents and files are not read.
+    """
     grouped: dict[str, list[Path]] = {}
     for raw in paths:
         path = Path(raw).expanduser()
@@ -29,16 +33,24 @@ def file_domains(
             grouped.setdefault(name, []).extend(files)
     domains = []
     for name, files in grouped.items():
-        documents: list[str] = []
-        size = 0
-        for file in files:
-            if size >= max_bytes_per_domain:
-                break
-            texts = read_texts(file, text_field, cache_dir)
-            documents.extend(texts)
-            size += sum(len(t) for t in texts)
+        documents = _capped(files, text_field, max_chars_per_domain, cache_dir)
         domains.append(Domain(name, documents, ", ".join(str(f) for f in files)))
     return domains
+
+
+def _capped(files: list[Path], text_field: str, cap: int, cache_dir: Path) -> list[str]:
+    """The domain's documents, in file order, up to `cap` characters in all."""
+    documents: list[str] = []
+    room = cap
+    for file in files:
+        if room <= 0:
+            break
+        for text in read_texts(file, text_field, cache_dir):
+            documents.append(text[:room])
+            room -= len(documents[-1])
+            if room <= 0:
+                break
+    return documents
 
 
 def _group(path: Path) -> dict[str, list[Path]]:

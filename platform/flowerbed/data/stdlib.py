@@ -94,8 +94,13 @@ def area_of(relative: Path) -> str:
     return OTHER
 
 
-def stdlib_domains(max_bytes_per_domain: int, root: Path | None = None) -> list[Domain]:
-    """Read the stdlib's .py files (sorted, so every machine with the same Python agrees)."""
+def stdlib_domains(max_chars_per_domain: int, root: Path | None = None) -> list[Domain]:
+    """Read the stdlib's .py files (sorted, so every machine with the same Python agrees).
+
+    Whole files are read until a domain holds `max_chars_per_domain` characters: the last
+    file may pass the cap (source files are small), and the corpus stays the same on every
+    machine with the same Python.
+    """
     root = root or Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise DataError(f"the standard library folder {root} does not exist")
@@ -106,7 +111,7 @@ def stdlib_domains(max_bytes_per_domain: int, root: Path | None = None) -> list[
         if any(part.startswith(EXCLUDED) for part in relative.parts[:-1]):
             continue
         area = area_of(relative)
-        if sizes[area] >= max_bytes_per_domain:
+        if sizes[area] >= max_chars_per_domain:
             continue
         try:
             text = path.read_text(encoding="utf-8")
