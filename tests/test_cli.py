@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,23 +57,37 @@ def test_smoke_experiment_runs_the_continual_path_from_the_command_line(tmp_path
 
 
 def test_privacy_planning_gives_the_noise_for_a_target_and_the_epsilon_for_a_noise():
+    from tests.test_privacy_accounting import reference
+
     settings = ["--records", "1000", "--batch-size", "40", "--rounds", "45", "--local-steps", "50"]
     noise = flowerbed("privacy", "noise", *settings, "--target-epsilon", "8")
-    assert noise.returncode == 0 and "noise σ       = 1.34766" in noise.stdout
+    assert noise.returncode == 0, noise.stderr
+    sigma = float(re.search(r"noise σ += ([0-9.]+)", noise.stdout).group(1))
+    # By Google's dp-accounting (PLD): the printed noise spends the target, and a little
+    # less noise would not do (q = 40/1000 over 45 x 50 steps).
+    assert 7.9 < reference([(sigma, 0.04, 2250)], 1e-5, "pld") <= 8.0 * 1.01
+    assert reference([(0.97 * sigma, 0.04, 2250)], 1e-5, "pld") > 8.0
     spent = flowerbed(
         "privacy", "epsilon", *settings, "--noise-multiplier", "1.5", "--accountant", "rdp"
     )
-    assert spent.returncode == 0 and "epsilon       = 7.3291" in spent.stdout
+    assert spent.returncode == 0, spent.stderr
+    printed = float(re.search(r"epsilon += ([0-9.]+)", spent.stdout).group(1))
+    assert printed == pytest.approx(reference([(1.5, 0.04, 2250)], 1e-5, "rdp"), rel=1e-3)
 
 
 def test_an_institution_turns_its_files_into_experiences_and_bad_files_are_named(tmp_path):
+    from flowerbed.config import compose_config, to_plain_dict
     from flowerbed.data import byte_tokenizer
+    from flowerbed.tracking import RunLayout
 
-    byte_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    kit = RunLayout(tmp_path / "kit")  # what the coordinator sends: config.yaml and tokenizer
+    byte_tokenizer().save_pretrained(kit.tokenizer)
+    config = to_plain_dict(compose_config("data=files", "data.paths=[x]", "data.seq_len=64"))
+    kit.config.write_text(json.dumps(config))  # JSON is YAML
     (tmp_path / "notes.txt").write_text("Discharge summary: the patient recovered well. " * 200)
     (tmp_path / "empty.txt").write_text("")
-    shard = ["deploy", "shard", str(tmp_path / "data"), "--tokenizer", str(tmp_path / "tokenizer")]
-    shard += ["--seq-len", "64", "--cache-dir", str(tmp_path / "cache")]
+    shard = ["deploy", "shard", str(tmp_path / "data"), "--config", str(kit.config)]
+    shard += ["--cache-dir", str(tmp_path / "cache")]
     for expected in ("exp-000", "exp-001"):
         out = flowerbed(*shard, str(tmp_path / "notes.txt"))
         assert out.returncode == 0, out.stderr
@@ -80,3 +95,26 @@ def test_an_institution_turns_its_files_into_experiences_and_bad_files_are_named
     bad = flowerbed(*shard, str(tmp_path / "empty.txt"))
     assert bad.returncode == 1 and "empty.txt" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "data" / "exp-002").exists()  # nothing half-written
+    config["data"]["seq_len"] = 32  # a config.yaml from another federation
+    kit.config.write_text(json.dumps(config))
+    other = flowerbed(*shard, str(tmp_path / "notes.txt"))
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "seq_len 64" in other.stderr and "32" in other.stderr
+    assert not (tmp_path / "data" / "exp-002").exists()
+
+
+def test_resume_with_overrides_refuses_and_names_what_it_would_ignore(tmp_path: Path):
+    out = flowerbed("simulate", f"resume={tmp_path}", "train.lr=0.1", "federation.rounds=9")
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    assert "would ignore train.lr=0.1, federation.rounds=9" in out.stdout + out.stderr
+
+
+def test_a_cuda_run_without_a_gpu_is_refused_before_anything_starts(tmp_path: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = flowerbed("simulate", "experiment=smoke", "device=cuda", f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    assert "device=cuda but no CUDA device is visible here" in out.stdout + out.stderr
+    assert not (tmp_path / "config.yaml").exists()  # refused before the run directory

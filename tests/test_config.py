@@ -1,21 +1,30 @@
-"""Every experiment composes and validates; wrong values are named in one sentence."""
+"""Every experiment and option composes and validates; the YAML tree is the one source of
+defaults; wrong values are named in one sentence."""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+import yaml
 
-from flowerbed.cli.conf_dir import conf_dir
-from flowerbed.config import ConfigError, load_config
+from flowerbed.config import (
+    ConfigError,
+    FlowerbedConfig,
+    compose_config,
+    load_config,
+    to_plain_dict,
+)
+from flowerbed.config.conf_dir import conf_dir
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
-
-
-def compose_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "experiment")
+REQUIRED = {
+    ("model", "pretrained"): ["model.pretrained=/some/dir"],
+    ("data", "files"): ["data.paths=[/some/file.txt]"],
+}
 
 
 def test_there_are_named_experiments():
@@ -24,26 +33,68 @@ def test_there_are_named_experiments():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment: str):
-    cfg = load_config(compose_config(f"experiment={experiment}"))
-    assert cfg.name == experiment
+    assert compose_config(f"experiment={experiment}").name == experiment
 
 
 def test_default_config_is_the_readme_run():
-    cfg = load_config(compose_config())
+    cfg = compose_config()
     assert (cfg.model.preset, cfg.data.corpus, cfg.federation.num_clients) == ("small", "stdlib", 4)
+    assert (cfg.privacy.mode, cfg.privacy.target_epsilon, cfg.continual.mode) == (
+        "dp_sgd",
+        8.0,
+        "replay",
+    )
 
 
-@pytest.mark.parametrize(
-    "group", ["model", "data", "federation", "strategy", "privacy", "continual", "tracking"]
-)
-def test_every_group_option_composes(group: str):
-    for option in sorted(p.stem for p in (conf_dir() / group).glob("*.yaml")):
-        overrides = [f"{group}={option}"]
-        if (group, option) == ("model", "pretrained"):
-            overrides.append("model.pretrained=/some/dir")
-        if (group, option) == ("data", "files"):
-            overrides.append("data.paths=[/some/file.txt]")
-        load_config(compose_config(*overrides))
+def _schema_keys(cls: type, prefix: str = "") -> set[str]:
+    keys = set()
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            keys |= _schema_keys(hints[field.name], f"{prefix}{field.name}.")
+        else:
+            keys.add(f"{prefix}{field.name}")
+    return keys
+
+
+def _yaml_keys(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            keys |= _yaml_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_the_schema_has_no_defaults_and_config_yaml_gives_every_key_once():
+    """One source of defaults: the dataclasses name types and rules, conf/config.yaml values."""
+    for cls in {FlowerbedConfig, *typing.get_type_hints(FlowerbedConfig).values()}:
+        if dataclasses.is_dataclass(cls):
+            for field in dataclasses.fields(cls):
+                no_default = field.default is dataclasses.MISSING
+                assert no_default and field.default_factory is dataclasses.MISSING, field.name
+    assert _yaml_keys(_base()) == _schema_keys(FlowerbedConfig)
+
+
+def _base() -> dict:
+    base = yaml.safe_load((conf_dir() / "config.yaml").read_text())
+    base.pop("defaults"), base.pop("hydra")
+    return base
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_group_option_is_the_defaults_plus_what_it_names(group: str):
+    """Read with plain YAML, not through flowerbed: config.yaml's section, then the option."""
+    for path in sorted((conf_dir() / group).glob("*.yaml")):
+        option = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items()}
+        given = REQUIRED.get((group, path.stem), [])
+        composed = to_plain_dict(compose_config(f"{group}={path.stem}", *given))[group]
+        expected = {**_base()[group], **option}
+        for extra in given:
+            key, value = extra.split("=")
+            expected[key.split(".")[1]] = yaml.safe_load(value)
+        assert composed == expected, f"{group}={path.stem}"
 
 
 @pytest.mark.parametrize(
@@ -62,17 +113,20 @@ def test_every_group_option_composes(group: str):
         ("+federation.colour=red", "unknown key federation.colour"),
         ("federation.min_clients=9", "federation.min_clients must be in [1, num_clients=4], got 9"),
         ("data.val_fraction=0.9", "data.val_fraction must be in (0, 0.5), got 0.9"),
+        ("~train.lr", "missing key train.lr"),
     ],
 )
 def test_wrong_values_are_named(override: str, message: str):
     with pytest.raises(ConfigError) as err:
-        load_config(compose_config(override))
+        compose_config(override)
     assert message in str(err.value)
 
 
-def test_files_corpus_needs_paths():
+def test_files_corpus_needs_paths_and_a_pretrained_model_needs_its_path():
     with pytest.raises(ConfigError, match=r"data\.paths must list at least one"):
-        load_config({"data": {"corpus": "files"}})
+        compose_config("data=files")
+    with pytest.raises(ConfigError, match=r"model=pretrained needs model\.pretrained="):
+        compose_config("model=pretrained")
 
 
 def test_missing_config_file_is_named(tmp_path: Path):

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowerbed.config import ConfigError, DataConfig, load_config
-from flowerbed.config.schema import ContinualConfig, SchemaError
+from flowerbed.config import ConfigError, compose_config
 from flowerbed.continual.matrix import continual_metrics, loss_matrix, merge_client_losses
 from flowerbed.continual.pool import TokenRows, TrainingPool
 from flowerbed.continual.state import ContinualState, ContinualStateError
@@ -17,6 +16,7 @@ from flowerbed.continual.stream import arrived, experience_dir, scan_experiences
 from flowerbed.data import DataError
 from flowerbed.data.blocks import Blocks
 from flowerbed.data.prepare import ClientShard, experience_groups, make_client_shards
+from tests.conftest import section
 
 
 def blocks_of(n: int, seq_len: int = 4, value: int = 0, domains: int = 1) -> Blocks:
@@ -125,7 +125,7 @@ def test_experiences_by_domain_group_and_by_slice():
 
 
 def test_more_experiences_than_domains_is_a_clear_error():
-    cfg = DataConfig(corpus="synthetic")
+    cfg = section("data", "data=synthetic")
     with pytest.raises(DataError, match=r"continual\.experiences=5 by domain"):
         make_client_shards(blocks_of(40, domains=4), cfg, 2, np.random.default_rng(0), 5)
 
@@ -134,31 +134,30 @@ def test_more_experiences_than_domains_is_a_clear_error():
 
 
 @pytest.mark.parametrize(
-    ("sections", "message"),
+    ("overrides", "message"),
     [
-        ({"continual": {"mode": "replay", "replay_fraction": 1.5}}, "replay_fraction"),
-        ({"continual": {"mode": "replay", "buffer_size": 0}}, "buffer_size"),
+        (["continual=replay", "continual.replay_fraction=1.5"], "replay_fraction"),
+        (["continual=replay", "continual.buffer_size=0"], "buffer_size"),
         (
-            {"continual": {"mode": "naive", "experiences": 3, "arrival_every": 2}},
+            ["continual=naive", "continual.experiences=3", "continual.arrival_every=2"],
             "experience 3 would arrive in round 5",
         ),
-        (
-            {"continual": {"mode": "naive"}, "federation": {"fraction_evaluate": 0.0}},
-            "fraction_evaluate",
-        ),
+        (["continual=naive", "federation.fraction_evaluate=0"], "fraction_evaluate"),
     ],
 )
-def test_continual_settings_are_checked(sections, message):
-    federation = {"rounds": 4, **sections.get("federation", {})}
+def test_continual_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config({"federation": federation, "continual": sections["continual"]})
+        compose_config("federation.rounds=4", *overrides)
 
 
 def test_the_arrival_interval_spreads_experiences_over_the_rounds():
-    assert ContinualConfig(mode="naive", experiences=3).arrival_interval(9) == 3
-    assert ContinualConfig(mode="naive", experiences=3, arrival_every=1).arrival_interval(9) == 1
-    with pytest.raises(SchemaError):
-        ContinualConfig(mode="naive", experiences=0)
+    naive = section("continual", "continual=naive", "continual.experiences=3")
+    assert naive.arrival_interval(9) == 3
+    every = section("continual", "continual=naive", "continual.arrival_every=1")
+    assert every.arrival_interval(9) == 1
+    assert section("continual", "continual=off").arrival_interval(9) == 0  # every folder
+    with pytest.raises(ConfigError, match=r"continual\.experiences must be >= 1"):
+        compose_config("continual=naive", "continual.experiences=0")
 
 
 # --- metrics ---------------------------------------------------------------------------
@@ -166,10 +165,10 @@ def test_the_arrival_interval_spreads_experiences_over_the_rounds():
 
 def test_loss_matrix_forgetting_and_backward_transfer_on_a_hand_made_matrix():
     rounds = [
-        {"experience": 0, "experience_loss": {"0": 3.0}},
-        {"experience": 0, "experience_loss": {"0": 2.0}},  # the row of experience 0
-        {"experience": 1, "experience_loss": {"0": 2.5, "1": 1.5}},
-        {"experience": 2, "experience_loss": {"0": 3.0, "1": 2.5, "2": 1.0}},
+        (0, {"0": 3.0}),
+        (0, {"0": 2.0}),  # the row of experience 0
+        (1, {"0": 2.5, "1": 1.5}),
+        (2, {"0": 3.0, "1": 2.5, "2": 1.0}),
     ]
     matrix = loss_matrix(rounds)
     assert np.isnan(matrix[0, 1]) and np.isnan(matrix[1, 2])
@@ -185,15 +184,10 @@ def test_loss_matrix_forgetting_and_backward_transfer_on_a_hand_made_matrix():
 
 
 def test_one_experience_has_no_forgetting_yet():
-    metrics = continual_metrics(loss_matrix([{"experience": 0, "experience_loss": {"0": 2.0}}]))
+    metrics = continual_metrics(loss_matrix([(0, {"0": 2.0})]))
     assert metrics.forgetting is None and metrics.backward_transfer is None
 
 
 def test_client_losses_merge_by_held_out_size_even_when_clients_have_seen_more():
-    newest, losses = merge_client_losses(
-        [
-            {"experience_losses": [2.0, 4.0], "experience_sizes": [10, 10]},
-            {"experience_losses": [1.0], "experience_sizes": [30]},
-        ]
-    )
+    newest, losses = merge_client_losses([([2.0, 4.0], [10, 10]), ([1.0], [30])])
     assert newest == 1 and losses == {0: pytest.approx(1.25), 1: pytest.approx(4.0)}

@@ -5,19 +5,26 @@ These import Avalanche (about 20 s, once for the module).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from flowerbed.config.schema import ContinualConfig
+from flowerbed.config import ContinualConfig, compose_config
 from flowerbed.continual.replay import buffer_refs, update_buffer
+from tests.conftest import section
 
 SEED = [0, 1]
 
 
 def config(policy: str, size: int = 30) -> ContinualConfig:
-    return ContinualConfig(mode="replay", policy=policy, buffer_size=size)
+    return section(
+        "continual",
+        "continual=replay",
+        f"continual.policy={policy}",
+        f"continual.buffer_size={size}",
+    )
 
 
 def per_experience(buffer: dict) -> list[int]:
@@ -74,31 +81,38 @@ def test_a_buffer_from_other_settings_or_ahead_of_the_data_is_rebuilt():
 # --- a client's round, from its folders and its state --------------------------------
 
 
-def client_job(tmp_path, mode: str, rewarm: bool = False, every: int = 2):
-    import torch
+def client_job(mode: str, rewarm: bool = False, every: int = 2):
+    from flowerbed.protocol import TrainInstructions
 
-    from flowerbed.client.job import ClientJob
-    from flowerbed.config import TrainConfig
-    from flowerbed.config.schema import PrivacyConfig
-
-    return ClientJob(
+    cfg = compose_config(
+        "train.local_steps=4",
+        "train.batch_size=8",
+        "train.warmup_steps=2",
+        "privacy=off",
+        f"continual={mode}",
+        "continual.buffer_size=20",
+        "continual.replay_fraction=0.25",
+        "continual.experiences=3",
+        f"continual.rewarm={str(rewarm).lower()}",
+    )
+    return TrainInstructions(
         round=1,
         total_rounds=6,
-        partition_id=0,
         seed=0,
-        train=TrainConfig(local_steps=4, batch_size=8, warmup_steps=2),
-        privacy=PrivacyConfig(),
-        continual=ContinualConfig(
-            mode=mode, buffer_size=20, replay_fraction=0.25, experiences=3, rewarm=rewarm
-        ),
-        experience_every=every,
-        model_config={},
+        architecture="{}",
         transport_dtype="fp32",
-        data_dir=tmp_path / "data",
-        state_dir=tmp_path / "state",
-        device=torch.device("cpu"),
-        threads=0,
+        arrival_every=every,
+        uniform_weights=False,
+        train=cfg.train,
+        privacy=cfg.privacy,
+        continual=cfg.continual,
     )
+
+
+def node(tmp_path):
+    from flowerbed.client.node import Node
+
+    return Node(0, tmp_path / "data", tmp_path / "state", "cpu", 0)
 
 
 def write_client_data(tmp_path, sizes=(100, 50, 80)) -> None:
@@ -112,46 +126,42 @@ def write_client_data(tmp_path, sizes=(100, 50, 80)) -> None:
 
 
 def test_a_replay_client_follows_the_schedule_and_keeps_its_buffer(tmp_path):
-    from flowerbed.client.round_data import round_data
+    from flowerbed.client.round_plan import plan_round
 
     write_client_data(tmp_path)
-    job = client_job(tmp_path, "replay")
+    job = client_job("replay")
     seen = []
     for round_ in range(1, 7):
-        job.round = round_
-        data = round_data(job)
-        replayed = len(data.pool.replay) if data.pool.replaying else 0
-        seen.append((len(data.experiences), len(data.pool.new), replayed))
+        plan = plan_round(dataclasses.replace(job, round=round_), node(tmp_path))
+        replayed = len(plan.pool.replay) if plan.pool.replaying else 0
+        seen.append((len(plan.experiences), len(plan.pool.new), replayed))
     assert seen == [(1, 100, 0), (1, 100, 0), (2, 50, 20), (2, 50, 20), (3, 80, 20), (3, 80, 20)]
     state = json.loads((tmp_path / "state/continual_state.json").read_text())
     assert state["arrival_rounds"] == [1, 3, 5] and state["buffer"]["absorbed"] == 2
     # the DP plan, 4 steps a round: 8/100; then the 6 new of 50 rows; then the 2 of 20 replayed
-    assert data.planned == [(0.08, 4)] * 2 + [(0.12, 4)] * 2 + [(0.1, 4)] * 2
+    assert plan.planned == [(0.08, 4)] * 2 + [(0.12, 4)] * 2 + [(0.1, 4)] * 2
 
 
 def test_naive_and_cumulative_train_on_the_newest_or_on_everything(tmp_path):
-    from flowerbed.client.round_data import round_data
+    from flowerbed.client.round_plan import plan_round
 
-    write_client_data(tmp_path)
     for mode, expected in (("naive", 80), ("cumulative", 230)):
-        job = client_job(tmp_path / mode, mode)
         write_client_data(tmp_path / mode)
-        job.round = 5
-        data = round_data(job)
-        assert len(data.pool.new) == expected and not data.pool.replaying
-        assert data.planned[-1] == (pytest.approx(8 / expected), 4)
+        plan = plan_round(dataclasses.replace(client_job(mode), round=5), node(tmp_path / mode))
+        assert len(plan.pool.new) == expected and not plan.pool.replaying
+        assert plan.planned[-1] == (pytest.approx(8 / expected), 4)
 
 
 def test_rewarming_restarts_the_schedule_at_each_experience(tmp_path):
-    from flowerbed.client.round_data import round_data
+    from flowerbed.client.round_plan import plan_round
 
     write_client_data(tmp_path)
-    job = client_job(tmp_path, "naive", rewarm=True)
+    job = client_job("naive", rewarm=True)
     spans = []
     for round_ in range(1, 7):
-        job.round = round_
-        data = round_data(job)
-        spans.append((data.first_step, data.schedule_steps))
+        schedule = plan_round(dataclasses.replace(job, round=round_), node(tmp_path)).schedule
+        spans.append((schedule.first_step, schedule.total_steps))
     assert spans == [(0, 8), (4, 8), (0, 8), (4, 8), (0, 8), (4, 8)]
-    job.continual.rewarm = False
-    assert (round_data(job).first_step, round_data(job).schedule_steps) == (20, 24)
+    no_rewarm = client_job("naive", rewarm=False)
+    schedule = plan_round(dataclasses.replace(no_rewarm, round=6), node(tmp_path)).schedule
+    assert (schedule.first_step, schedule.total_steps) == (20, 24)

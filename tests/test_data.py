@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowerbed.config import DataConfig
 from flowerbed.data import DataError, byte_tokenizer, load_tokenizer, prepare_splits
 from flowerbed.data.files import file_domains
 from flowerbed.data.packing import cached_blocks, pack_domains
 from flowerbed.data.partition import partition
 from flowerbed.data.stdlib import stdlib_domains
 from flowerbed.data.synthetic import synthetic_domains
+from tests.conftest import section
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_unknown_tokenizer_name_is_a_clear_error(tmp_path: Path):
 
 
 def test_stdlib_corpus_has_several_real_domains():
-    domains = stdlib_domains(max_bytes_per_domain=200_000)
+    domains = stdlib_domains(max_chars_per_domain=200_000)
     names = {d.name for d in domains}
     assert {"text", "net", "concurrency", "tooling", "core"} <= names
     assert all(d.num_bytes > 0 for d in domains)
@@ -103,8 +103,12 @@ def test_dirichlet_with_small_alpha_skews_domains():
 
 
 def test_splits_keep_validation_and_clients_apart(tokenizer, tmp_path: Path):
-    cfg = DataConfig(
-        corpus="synthetic", seq_len=32, synthetic_docs_per_domain=40, cache_dir=str(tmp_path)
+    cfg = section(
+        "data",
+        "data=synthetic",
+        "data.seq_len=32",
+        "data.synthetic_docs_per_domain=40",
+        f"data.cache_dir={tmp_path}",
     )
     splits = prepare_splits(cfg, tokenizer, 3, seed=0)
     rows = [
@@ -178,8 +182,12 @@ def test_missing_path_is_named(tmp_path: Path):
 
 def test_a_shard_too_small_for_its_clients_stops_before_training(tokenizer, tmp_path: Path):
     (tmp_path / "tiny.txt").write_text("only a few words here")
-    cfg = DataConfig(
-        corpus="files", paths=[str(tmp_path / "tiny.txt")], seq_len=8, cache_dir=str(tmp_path / "c")
+    cfg = section(
+        "data",
+        "data=files",
+        f"data.paths=[{tmp_path / 'tiny.txt'}]",
+        "data.seq_len=8",
+        f"data.cache_dir={tmp_path / 'c'}",
     )
     with pytest.raises(DataError, match="too few for a validation split and 4 clients"):
         prepare_splits(cfg, tokenizer, 4, seed=0)

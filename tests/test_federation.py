@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flowerbed.cli.simulate import prepare_run, simulate
-from flowerbed.server.loop import FederationError
+from flowerbed.run.prepare import prepare_run
+from flowerbed.run.simulation import continue_simulation, simulate
+from flowerbed.server.engine import FederationError
 from flowerbed.tracking import RunLayout
 from tests.conftest import tiny_config
 
@@ -78,7 +79,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(federated_run, copy_run)
     shutil.rmtree(crashed / "checkpoints" / "round-00003")
     shutil.rmtree(crashed / "final_model")
     (crashed / "summary.json").unlink()
-    simulate(cfg, crashed, resume=True)
+    continue_simulation(cfg, crashed)
     assert [r["round"] for r in records(crashed)] == [1, 2, 3]
     resumed, original = final_weights(crashed), final_weights(complete)
     for name, tensor in original.items():
@@ -104,7 +105,7 @@ def test_a_failing_client_is_left_out_and_reported(cache_dir, tmp_path):
     cfg = tiny_config(cache_dir, federation={"rounds": 1, "min_clients": 1})
     prepare_run(cfg, RunLayout(tmp_path))
     shutil.rmtree(RunLayout(tmp_path).client_data(1))
-    summary = simulate(cfg, tmp_path, resume=True)
+    summary = continue_simulation(cfg, tmp_path)
     assert summary["status"] == "completed"
     assert records(tmp_path)[0]["failed_clients"] == 1 and records(tmp_path)[0]["clients"] == 1
 
@@ -116,4 +117,4 @@ def test_too_few_successful_clients_stop_the_run_with_the_cause(cache_dir, tmp_p
     with pytest.raises(
         FederationError, match=r"round 1: 1 client\(s\) replied .*client-1/data does not exist"
     ):
-        simulate(cfg, tmp_path, resume=True)
+        continue_simulation(cfg, tmp_path)

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowerbed.config import ModelConfig
 from flowerbed.model import (
     build_model,
     from_array_record,
@@ -16,19 +15,21 @@ from flowerbed.model import (
     to_array_record,
 )
 from flowerbed.model.factory import load_pretrained, model_from_config, preset_config
+from tests.conftest import section
 
 VOCAB, EOS = 257, 256
+TINY = section("model", "model=tiny")
 
 
 def test_tiny_is_under_a_million_and_small_about_ten_million():
-    assert num_parameters(build_model(ModelConfig(preset="tiny"), VOCAB, EOS, 0)) < 1_000_000
-    small = num_parameters(build_model(ModelConfig(preset="small"), VOCAB, EOS, 0))
+    assert num_parameters(build_model(TINY, VOCAB, EOS, 0)) < 1_000_000
+    small = num_parameters(build_model(section("model", "model=small"), VOCAB, EOS, 0))
     assert 8_000_000 < small < 12_000_000
 
 
 def test_embeddings_are_untied_by_default_and_the_seed_fixes_the_weights():
-    a = build_model(ModelConfig(preset="tiny"), VOCAB, EOS, seed=3)
-    b = build_model(ModelConfig(preset="tiny"), VOCAB, EOS, seed=3)
+    a = build_model(TINY, VOCAB, EOS, seed=3)
+    b = build_model(TINY, VOCAB, EOS, seed=3)
     assert a.get_input_embeddings().weight.data_ptr() != a.get_output_embeddings().weight.data_ptr()
     assert all(
         torch.equal(x, y)
@@ -49,12 +50,17 @@ def test_a_tied_pretrained_model_is_untied_for_opacus(tmp_path: Path):
 
 def test_missing_pretrained_model_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"model.pretrained=.*could not be loaded"):
-        build_model(ModelConfig(pretrained=str(tmp_path / "absent")), VOCAB, EOS, 0)
+        build_model(
+            section("model", "model=pretrained", f"model.pretrained={tmp_path / 'absent'}"),
+            VOCAB,
+            EOS,
+            0,
+        )
 
 
 @pytest.fixture
 def state() -> dict[str, torch.Tensor]:
-    return build_model(ModelConfig(preset="tiny"), VOCAB, EOS, 0).state_dict()
+    return build_model(TINY, VOCAB, EOS, 0).state_dict()
 
 
 def test_fp32_transport_is_exact(state):
@@ -79,7 +85,7 @@ def test_bf16_weights_travel_bit_exact(state):
 
 
 def test_every_embedding_row_trains_including_end_of_text():
-    model = build_model(ModelConfig(preset="tiny"), VOCAB, EOS, 0)
+    model = build_model(TINY, VOCAB, EOS, 0)
     ids = torch.tensor([[1, 2, EOS, 3, EOS, 4]])
     model(input_ids=ids, labels=ids).loss.backward()
     assert model.get_input_embeddings().weight.grad[EOS].abs().sum() > 0

@@ -7,7 +7,7 @@ import pytest
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from flowerbed.config import ConfigError, load_config
+from flowerbed.config import ConfigError, compose_config
 from flowerbed.privacy.accounting import epsilon
 from flowerbed.privacy.ledger import LedgerError, PrivacyLedger
 from flowerbed.privacy.planning import plan
@@ -81,34 +81,29 @@ def test_a_ledger_keeps_its_delta(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("privacy", "message"),
+    ("overrides", "message"),
     [
         (
-            {"mode": "dp_sgd"},
+            ["privacy=dp_sgd", "privacy.target_epsilon=null"],
             "give privacy.target_epsilon or privacy.noise_multiplier, one of them",
         ),
-        ({"mode": "dp_sgd", "target_epsilon": 8, "noise_multiplier": 1.0}, "not both"),
+        (["privacy=dp_sgd", "privacy.noise_multiplier=1.0"], "not both"),
+        (["privacy=dp_sgd", "privacy.delta=2"], "privacy.delta must be in (0, 1)"),
         (
-            {"mode": "dp_sgd", "noise_multiplier": 1.0, "delta": 2},
-            "privacy.delta must be in (0, 1)",
+            ["privacy=user_level", "privacy.noise_multiplier=null"],
+            "privacy=user_level needs privacy.noise_multiplier",
         ),
-        ({"mode": "user_level"}, "privacy=user_level needs privacy.noise_multiplier"),
     ],
 )
-def test_privacy_settings_are_checked(privacy, message):
+def test_privacy_settings_are_checked(overrides, message):
     with pytest.raises(ConfigError) as err:
-        load_config({"privacy": privacy})
+        compose_config(*overrides)
     assert message in str(err.value)
 
 
 def test_ghost_clipping_refuses_tied_embeddings_at_the_start():
     with pytest.raises(ConfigError, match="ghost cannot train tied embeddings"):
-        load_config(
-            {
-                "model": {"tie_embeddings": True},
-                "privacy": {"mode": "dp_sgd", "noise_multiplier": 1.0},
-            }
-        )
+        compose_config("model.tie_embeddings=true", "privacy=dp_sgd")
 
 
 def test_noise_for_a_schedule_of_rates_spends_the_target_and_merging_changes_nothing():

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flowerbed.config import ModelConfig
 from flowerbed.model import build_model
 from flowerbed.privacy.dp_sgd import PrivateStep, per_sequence_loss
+from tests.conftest import section
 
 CLIP = 0.05
+TINY = section("model", "model=tiny")
 
 
 def flat(model: torch.nn.Module) -> torch.Tensor:
@@ -44,7 +45,7 @@ def clipped_mean_of_true_gradients(model: torch.nn.Module, ids: torch.Tensor) ->
 @pytest.mark.parametrize("mode", ["ghost", "hooks"])
 @pytest.mark.parametrize("physical", [0, 2])
 def test_with_no_noise_the_update_is_the_mean_of_clipped_sequence_gradients(mode, physical):
-    model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=0)
+    model = build_model(TINY, 257, 256, seed=0)
     ids = torch.randint(0, 257, (5, 24), generator=torch.Generator().manual_seed(0))
     expected = clipped_mean_of_true_gradients(model, ids)
     before = flat(model)
@@ -58,7 +59,7 @@ def test_with_no_noise_the_update_is_the_mean_of_clipped_sequence_gradients(mode
 
 @pytest.mark.parametrize("mode", ["ghost", "hooks"])
 def test_one_sequence_moves_the_weights_by_at_most_the_clip(mode):
-    model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=1)
+    model = build_model(TINY, 257, 256, seed=1)
     before = flat(model)
     step = sgd_step(model, noise=0.0, batch=1, mode=mode, physical=0, lr=1.0, clip=CLIP)
     step.step(torch.randint(0, 257, (1, 24)))
@@ -68,7 +69,7 @@ def test_one_sequence_moves_the_weights_by_at_most_the_clip(mode):
 
 @pytest.mark.parametrize("mode", ["ghost", "hooks"])
 def test_an_empty_poisson_draw_takes_a_noise_only_step(mode):
-    model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=0)
+    model = build_model(TINY, 257, 256, seed=0)
     before = flat(model)
     step = sgd_step(model, noise=1.0, batch=4, mode=mode, physical=0, lr=1.0, clip=CLIP)
     loss = step.step(torch.zeros((0, 24), dtype=torch.long))
@@ -80,7 +81,7 @@ def test_an_empty_poisson_draw_takes_a_noise_only_step(mode):
 
 
 def test_hooks_come_off_so_the_model_can_be_made_private_again():
-    model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=0)
+    model = build_model(TINY, 257, 256, seed=0)
     for _ in range(2):
         step = sgd_step(model, noise=1.0, batch=2, mode="ghost", lr=0.1, clip=1.0)
         step.step(torch.randint(0, 257, (2, 16)))

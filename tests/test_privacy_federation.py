@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowerbed.cli.simulate import prepare_run, simulate
 from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
 from flowerbed.privacy.planning import plan
+from flowerbed.run.prepare import prepare_run
+from flowerbed.run.simulation import continue_simulation, simulate
 from flowerbed.tracking import RunLayout
 from tests.conftest import tiny_config
 from tests.test_privacy_accounting import reference
@@ -68,25 +69,30 @@ CRASHING_CLIENT = """
 import os, sys
 from pathlib import Path
 from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from transformers import AutoTokenizer
 import flowerbed.client.app as client_app
 from flowerbed.config import load_config
+from flowerbed.model.factory import build_model
 from flowerbed.model.transport import to_array_record
-from flowerbed.server.loop import Federation, round_config
-from flwr.supercore.task_identity import TaskIdentity
+from flowerbed.protocol import ARRAYS, CONFIG
+from flowerbed.server.instructions import train_instructions
+from flowerbed.tracking import RunLayout
 
 TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # as Flower's runtime does
 
 run_dir, crash = Path(sys.argv[1]), sys.argv[2] == "crash"
-server = Federation(None, load_config(run_dir / "config.yaml"), run_dir)
-config = round_config(server.cfg, server.model, server.layout.clients)
-config["server-round"] = 1
-arrays = to_array_record(server.model.state_dict(), "fp32")
-content = RecordDict({"arrays": arrays, "config": config})
+layout, cfg = RunLayout(run_dir), load_config(run_dir / "config.yaml")
+tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
+model = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
+config = train_instructions(cfg, model, 1).to_record()
+content = RecordDict({ARRAYS: to_array_record(model.state_dict(), "fp32"), CONFIG: config})
 message = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
 if crash:  # die after training and after the ledger write, before the reply exists
     client_app._reply = lambda *args, **kwargs: os._exit(9)
-context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
-                  state=RecordDict(), run_config={})
+node_config = {"partition-id": 0, "data-dir": str(layout.client_data(0)),
+               "state-dir": str(layout.client_state(0))}  # as a SuperNode's --node-config
+context = Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
 client_app.app(message, context)
 """
 
@@ -122,7 +128,7 @@ def test_a_client_at_its_budget_stops_and_the_federation_goes_on(cache_dir, tmp_
     prepare_run(cfg, RunLayout(tmp_path))
     spent = tmp_path / "clients" / "client-0" / "state" / FILENAME
     PrivacyLedger.open(spent, 1e-5, "prv").record(spent, 0, 1.0, 0.5, 400)  # far past 5.0
-    summary = simulate(cfg, tmp_path, resume=True)
+    summary = continue_simulation(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["rounds"] == 3
     assert all(r["budget_exhausted_clients"] == 1 and r["clients"] == 1 for r in records(tmp_path))
     assert len(ledger_of(tmp_path, 0).entries) == 1  # it never trained again
@@ -143,7 +149,7 @@ def test_when_every_budget_is_spent_the_run_ends_early_and_says_why(cache_dir, t
         train=TRAIN,
         privacy={"mode": "dp_sgd", "noise_multiplier": 1.0, "max_epsilon": (one + two) / 2},
     )
-    summary = simulate(cfg, tmp_path, resume=True)
+    summary = continue_simulation(cfg, tmp_path)
     assert summary["rounds"] == 1 and summary["stop_reason"] == "privacy budget spent"
     assert summary["epsilon_max"] <= (one + two) / 2
 
@@ -156,6 +162,19 @@ def test_user_level_dp_uses_flowers_accountant_per_release(cache_dir, tmp_path):
     )
     summary = simulate(cfg, tmp_path)
     epsilons = [r["user_level_epsilon"] for r in records(tmp_path)]
-    # Gaussian mechanism, sigma 1, no amplification, delta 1e-5: 4.73 then 7.08 (Flower's RDP).
-    assert epsilons == pytest.approx([4.73, 7.08], abs=0.01)
-    assert summary["user_level_epsilon"] == pytest.approx(7.08, abs=0.01)
+    # One Gaussian release per round at sigma 1, no amplification by sampling, delta 1e-5,
+    # composed by Google's dp-accounting (RDP), not by Flower's accountant under test.
+    expected = [gaussian_releases_epsilon(1.0, k, 1e-5) for k in (1, 2)]
+    assert epsilons == pytest.approx(expected, rel=0.005)
+    assert summary["user_level_epsilon"] == pytest.approx(expected[-1], rel=0.005)
+
+
+def gaussian_releases_epsilon(sigma: float, releases: int, delta: float) -> float:
+    import dp_accounting
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(
+        dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), releases)
+    )
+    return accountant.get_epsilon(delta)

@@ -24,7 +24,7 @@ def test_import_platform_is_the_standard_library_even_from_the_repo_root():
 
 def test_the_apps_do_not_import_avalanche_or_opacus_until_they_need_them():
     code = (
-        "import sys, flowerbed.client.app, flowerbed.server.app, flowerbed.client.round_data; "
+        "import sys, flowerbed.client.app, flowerbed.server.app, flowerbed.client.round_plan; "
         "print(sorted(m for m in ('avalanche', 'opacus') if m in sys.modules))"
     )
     out = subprocess.run(

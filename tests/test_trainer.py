@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 import torch
 
-from flowerbed.client.schedule import lr_at
+from flowerbed.client.schedule import Schedule, lr_at
 from flowerbed.client.trainer import LocalTrainer
-from flowerbed.config import ModelConfig, TrainConfig
 from flowerbed.continual.pool import TrainingPool
 from flowerbed.data import byte_tokenizer
 from flowerbed.data.blocks import Blocks
 from flowerbed.data.packing import pack_domains
 from flowerbed.data.synthetic import synthetic_domains
 from flowerbed.model import build_model, mean_loss
+from tests.conftest import section
+
+TINY = section("model", "model=tiny")
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():
-    cfg = TrainConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
+    cfg = section("train", "train.lr=1.0", "train.warmup_steps=4", "train.min_lr_ratio=0.1")
     lrs = [lr_at(s, cfg, total_steps=20) for s in range(21)]
     assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
     assert all(a >= b for a, b in itertools.pairwise(lrs[3:]))
@@ -33,17 +35,22 @@ def blocks() -> Blocks:
 
 
 def run_trainer(blocks: Blocks, seed: int) -> tuple[LocalTrainer, float]:
-    model = build_model(ModelConfig(preset="tiny"), 257, 256, seed=0)
-    cfg = TrainConfig(local_steps=30, batch_size=8, lr=3e-3, warmup_steps=2)
-    trainer = LocalTrainer(model, cfg, torch.device("cpu"), total_steps=30)
-    result = trainer.train(TrainingPool.over(blocks.tokens), 0, np.random.default_rng(seed))
+    model = build_model(TINY, 257, 256, seed=0)
+    cfg = section(
+        "train",
+        "train.local_steps=30",
+        "train.batch_size=8",
+        "train.lr=3e-3",
+        "train.warmup_steps=2",
+    )
+    trainer = LocalTrainer(model, cfg, torch.device("cpu"))
+    pool = TrainingPool.over(blocks.tokens)
+    result = trainer.train(pool, Schedule(0, 30), np.random.default_rng(seed))
     return trainer, result.loss
 
 
 def test_local_steps_lower_the_loss(blocks):
-    before = mean_loss(
-        build_model(ModelConfig(preset="tiny"), 257, 256, 0), blocks, 8, 4, torch.device("cpu")
-    )
+    before = mean_loss(build_model(TINY, 257, 256, 0), blocks, 8, 4, torch.device("cpu"))
     trainer, _ = run_trainer(blocks, seed=1)
     after = mean_loss(trainer.model, blocks, 8, 4, torch.device("cpu"))
     assert after < before - 0.5

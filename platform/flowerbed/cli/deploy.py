@@ -4,9 +4,9 @@ Coordinator:
     flowerbed deploy credentials certs --host coordinator.example.org --institution site-a
     flowerbed deploy prepare runs/study [hydra overrides]     # config, tokenizer, validation
     flowerbed deploy run runs/study --connection flowerbed    # submit; exits 1 unless done
-Institution:
+Institution (with the run's config.yaml and data/tokenizer/ from the coordinator):
     flowerbed deploy supernode-key keys site-a                # send keys/site-a.pub only
-    flowerbed deploy shard /data/site-a --tokenizer tokenizer --seq-len 128 /records/2026-11
+    flowerbed deploy shard /data/site-a /records/2026-11 --config kit/config.yaml
 
 README ("Deployment") and clients/README.md walk through it command by command.
 """
@@ -20,11 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flowerbed.cli.conf_dir import conf_dir
-from flowerbed.config import ConfigError, DataConfig, load_config
+from flowerbed.atomic import write_json_atomic
+from flowerbed.config import ConfigError, compose_config, load_config
 from flowerbed.data import DataError
 from flowerbed.tracking import RunLayout
-from flowerbed.tracking.metrics import write_json_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,9 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
     shard = commands.add_parser("shard", help="an institution's files as a new experience")
     shard.add_argument("data_dir", type=Path, help="the SuperNode's data-dir")
     shard.add_argument("paths", nargs="+", help="files or folders (.txt, .jsonl, .parquet)")
-    shard.add_argument("--tokenizer", required=True, help="the run's tokenizer folder")
-    shard.add_argument("--seq-len", type=int, required=True)
-    shard.add_argument("--text-field", default="text")
+    shard.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the run's config.yaml: its sequence length, text field and per-domain cap",
+    )
+    shard.add_argument(
+        "--tokenizer", type=Path, help="the run's tokenizer (default: data/tokenizer beside it)"
+    )
     shard.add_argument("--cache-dir", default="~/.cache/flowerbed", help="packed-block cache")
 
     run = commands.add_parser("run", help="submit the run; exit 1 unless it completes")
@@ -99,47 +104,29 @@ def _supernode_key(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from hydra import compose, initialize_config_dir
+    from flowerbed.run.prepare import prepare_coordinator, write_client_shards
 
-    from flowerbed.cli.simulate import prepare_run
-
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = load_config(compose("config", overrides=args.overrides))
+    cfg = compose_config(*args.overrides)
     layout = RunLayout(args.run_dir)
     if layout.config.is_file():
         raise FileExistsError(f"{layout.config} exists: resubmit it with `flowerbed deploy run`")
-    prepare_run(cfg, layout, client_shards=args.shards)
+    splits = prepare_coordinator(cfg, layout)
+    if args.shards:
+        write_client_shards(cfg, layout, splits)
     print(f"wrote {layout.config}, {layout.tokenizer} and the validation split")
     if args.shards:
         print(f"  and {cfg.federation.num_clients} client shards under {layout.clients}")
 
 
 def _shard(args: argparse.Namespace) -> None:
-    from transformers import AutoTokenizer
+    from flowerbed.deploy.shard import add_experience
 
-    from flowerbed.continual.stream import experience_dir, scan_experiences
-    from flowerbed.data.prepare import institution_shard
-
-    cfg = DataConfig(
-        corpus="files",
-        paths=list(args.paths),
-        text_field=args.text_field,
-        seq_len=args.seq_len,
-        cache_dir=args.cache_dir,
-    )
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    shard = institution_shard(cfg, tokenizer)
-    existing = scan_experiences(args.data_dir) if args.data_dir.is_dir() else []
-    if any(e.folder == args.data_dir for e in existing):
-        raise FileExistsError(
-            f"{args.data_dir} holds one shard directly; experiences go in sub-folders: "
-            "use an empty data directory"
-        )
-    folder = experience_dir(args.data_dir, len(existing))
-    shard.save(folder)
+    cfg = load_config(args.config)
+    tokenizer = args.tokenizer or RunLayout(args.config.parent).tokenizer
+    folder, shard = add_experience(args.data_dir, args.paths, cfg.data, tokenizer, args.cache_dir)
     print(
         f"wrote {folder}: {len(shard.train)} training and {len(shard.heldout)} held-out blocks "
-        f"of {args.seq_len} tokens; the SuperNode picks it up at the next round"
+        f"of {cfg.data.seq_len} tokens; the SuperNode picks it up at the next round"
     )
 
 

@@ -1,7 +1,7 @@
 """The local trainer under DP-SGD: Poisson batches, per-sequence clipping, noise (Opacus).
 
-Same contract as `LocalTrainer`; the noise multiplier comes from the client's privacy
-ledger, which records it with the pool's sample rate once the round is done.
+Same interface as `LocalTrainer`; the noise multiplier comes from the client's privacy
+guard, which records it with the pool's sample rate once the round is done.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import time
 import numpy as np
 import torch
 
-from flowerbed.client.schedule import lr_at
-from flowerbed.client.trainer import TrainResult, make_optimizer
-from flowerbed.config import TrainConfig
-from flowerbed.config.schema import PrivacyConfig
+from flowerbed.client.schedule import Schedule
+from flowerbed.client.trainer import LossMeter, TrainResult, make_optimizer, set_lr
+from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.continual.pool import TrainingPool
 from flowerbed.privacy.dp_sgd import PrivateStep
 
@@ -28,42 +27,38 @@ class PrivateTrainer:
         cfg: TrainConfig,
         privacy: PrivacyConfig,
         device: torch.device,
-        total_steps: int,
         noise_multiplier: float,
-        pool: TrainingPool,
         noise_seed: int,
     ) -> None:
         self.model = model.to(device)
-        self.cfg, self.device, self.total_steps = cfg, device, total_steps
-        self.pool = pool
+        self.cfg, self.privacy, self.device = cfg, privacy, device
+        self.noise_multiplier, self.noise_seed = noise_multiplier, noise_seed
         self.optimizer = make_optimizer(self.model, cfg, device)
-        generator = torch.Generator(device=device)
-        generator.manual_seed(noise_seed)
-        self.private = PrivateStep(
+
+    def train(
+        self, pool: TrainingPool, schedule: Schedule, rng: np.random.Generator
+    ) -> TrainResult:
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.noise_seed)
+        private = PrivateStep(
             self.model,
             self.optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm,
-            expected_batch_size=pool.expected_batch(cfg.batch_size),
-            mode=privacy.grad_sample_mode,
-            max_physical_batch=privacy.max_physical_batch,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.privacy.max_grad_norm,
+            expected_batch_size=pool.expected_batch(self.cfg.batch_size),
+            mode=self.privacy.grad_sample_mode,
+            max_physical_batch=self.privacy.max_physical_batch,
             generator=generator,
         )
-
-    def train(self, first_step: int, rng: np.random.Generator) -> TrainResult:
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        sequences = 0
+        meter = LossMeter(self.device)
         start = time.perf_counter()
         try:
             for k in range(self.cfg.local_steps):
-                for group in self.private.optimizer.param_groups:
-                    group["lr"] = lr_at(first_step + k, self.cfg, self.total_steps)
-                ids = torch.from_numpy(self.pool.poisson_batch(self.cfg.batch_size, rng))
-                loss_sum += self.private.step(ids.to(self.device, non_blocking=True))
-                sequences += len(ids)
+                set_lr(private.optimizer, schedule.lr(k, self.cfg))
+                ids = torch.from_numpy(pool.poisson_batch(self.cfg.batch_size, rng))
+                meter.add(private.step(ids.to(self.device, non_blocking=True)), len(ids))
         finally:
-            self.private.close()
-        mean = float(loss_sum) / max(sequences, 1)
-        tokens = sequences * self.pool.new.seq_len
-        return TrainResult(mean, tokens, time.perf_counter() - start, self.cfg.local_steps)
+            private.close()
+        tokens = meter.sequences * pool.new.seq_len
+        return TrainResult(meter.mean(), tokens, time.perf_counter() - start, self.cfg.local_steps)

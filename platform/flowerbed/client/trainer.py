@@ -1,7 +1,11 @@
-"""The local trainer: K AdamW steps on a client's blocks, framework-agnostic.
+"""The local trainers: K optimizer steps on a client's pool, knowing nothing of Flower.
 
-It knows nothing of Flower; `client.app` feeds it weights and sends back what it returns.
-The step loop avoids host syncs (the loss is summed on the device) so that it runs as
+Both trainers share one interface, `train(pool, schedule, rng) -> TrainResult`, and one
+loss definition: the mean over the sequences trained of each sequence's next-token loss
+(a plain batch's Hugging Face loss is that mean already, its sequences being of equal
+length). `make_trainer` picks the trainer from the round's privacy permit.
+
+The plain loop avoids host syncs (the loss is summed on the device) so that it runs as
 fast as a plain PyTorch loop (see simulations/bench_client_step.py).
 """
 
@@ -9,23 +13,48 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from flowerbed.client.schedule import lr_at
-from flowerbed.config import TrainConfig
+from flowerbed.client.schedule import Schedule
+from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.continual.pool import TrainingPool
 from flowerbed.model.runtime import autocast
+from flowerbed.privacy.guard import RoundPermit
 
 
 @dataclass
 class TrainResult:
     loss: float
-    """Mean training loss over the local steps."""
+    """Mean over the sequences trained of each one's next-token loss."""
     tokens: int
     seconds: float
     steps: int
+
+
+class Trainer(Protocol):
+    model: torch.nn.Module
+
+    def train(
+        self, pool: TrainingPool, schedule: Schedule, rng: np.random.Generator
+    ) -> TrainResult: ...
+
+
+class LossMeter:
+    """Sums per-sequence losses on the device; one host sync when the round ends."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), device=device)
+        self.sequences = 0
+
+    def add(self, summed_loss: torch.Tensor, sequences: int) -> None:
+        self.total += summed_loss.detach()
+        self.sequences += sequences
+
+    def mean(self) -> float:
+        return float(self.total) / max(self.sequences, 1)
 
 
 def make_optimizer(
@@ -40,30 +69,32 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 
-class LocalTrainer:
-    """Runs a client's local steps on one model with one optimizer."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
-    def __init__(
-        self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device, total_steps: int
-    ) -> None:
+
+class LocalTrainer:
+    """Plain training: fixed-size batches, the whole batch gradient clipped to `grad_clip`."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> None:
         self.model = model.to(device)
-        self.cfg = cfg
-        self.device = device
-        self.total_steps = total_steps
+        self.cfg, self.device = cfg, device
         self.optimizer = make_optimizer(self.model, cfg, device)
 
-    def train(self, pool: TrainingPool, first_step: int, rng: np.random.Generator) -> TrainResult:
-        """Take `cfg.local_steps` steps starting at schedule step `first_step`."""
+    def train(
+        self, pool: TrainingPool, schedule: Schedule, rng: np.random.Generator
+    ) -> TrainResult:
+        """Take `cfg.local_steps` steps from `schedule.first_step`."""
         steps, model, optimizer = self.cfg.local_steps, self.model, self.optimizer
         batches = torch.from_numpy(pool.fixed_batches(steps, self.cfg.batch_size, rng))
         if self.device.type == "cuda":
             batches = batches.pin_memory()
         model.train()
-        loss_sum = torch.zeros((), device=self.device)
+        meter = LossMeter(self.device)
         start = time.perf_counter()
         for k in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(first_step + k, self.cfg, self.total_steps)
+            set_lr(optimizer, schedule.lr(k, self.cfg))
             ids = batches[k].to(self.device, non_blocking=True)
             with autocast(self.device):
                 loss = model(input_ids=ids, labels=ids).loss
@@ -72,7 +103,27 @@ class LocalTrainer:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-        mean = float(loss_sum) / steps  # the one host sync of the round
+            meter.add(loss * ids.shape[0], ids.shape[0])
         seconds = time.perf_counter() - start
-        return TrainResult(mean, steps * batches.shape[1] * batches.shape[2], seconds, steps)
+        return TrainResult(meter.mean(), batches.numel(), seconds, steps)
+
+
+def make_trainer(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    privacy: PrivacyConfig,
+    device: torch.device,
+    permit: RoundPermit,
+    rng: np.random.Generator,
+) -> Trainer:
+    """DP-SGD when the permit carries a noise multiplier, else plain training.
+
+    The private trainer's noise seed is the rng's first draw, before any batch.
+    """
+    if permit.noise_multiplier is None:
+        return LocalTrainer(model, cfg, device)
+    from flowerbed.client.private_trainer import PrivateTrainer
+
+    return PrivateTrainer(
+        model, cfg, privacy, device, permit.noise_multiplier, int(rng.integers(2**62))
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-ModelPreset = Literal["tiny", "small", "125m", "350m", "1b"]
+ModelPreset = Literal["tiny", "small", "125m", "350m", "1b", "pretrained"]
 CorpusName = Literal["stdlib", "synthetic", "files"]
 PartitionName = Literal["iid", "domain", "dirichlet"]
 TransportDtype = Literal["fp32", "fp16", "bf16"]
@@ -29,11 +29,18 @@ class ModelConfig:
     """Which causal LM the federation trains."""
 
     preset: ModelPreset
-    """Size preset for a model built from scratch (ignored when `pretrained` is set)."""
+    """Size preset for a model built from scratch, or `pretrained` (load `pretrained`)."""
     pretrained: str | None
-    """Local directory or hub name to fine-tune from (for example an earlier final_model)."""
+    """Local directory or hub name to fine-tune from (for example an earlier final_model);
+    when given, it is loaded whatever the preset."""
     tie_embeddings: bool
     """Tie input and output embeddings. Off by default: Opacus ghost clipping refuses them."""
+
+    def __post_init__(self) -> None:
+        require(
+            self.preset != "pretrained" or bool(self.pretrained),
+            "model=pretrained needs model.pretrained=<a final_model directory or hub name>",
+        )
 
 
 @dataclass

@@ -28,34 +28,33 @@ class ContinualMetrics:
         return asdict(self)
 
 
-def merge_client_losses(replies: list[dict[str, Any]]) -> tuple[int, dict[int, float]]:
+def merge_client_losses(
+    replies: list[tuple[list[float], list[int]]],
+) -> tuple[int, dict[int, float]]:
     """The newest experience any client reports and the loss per experience across clients.
 
-    Each reply has `experience_losses` and `experience_sizes` (lists, one per experience
-    it has seen); losses are weighted by held-out size, so clients may have seen more or
-    fewer experiences than others.
+    Each reply is (losses, held-out sizes), one entry per experience the client has seen;
+    losses are weighted by held-out size, so clients may have seen more or fewer
+    experiences than others.
     """
     sums: dict[int, float] = {}
     counts: dict[int, int] = {}
-    for reply in replies:
-        for j, (loss, size) in enumerate(
-            zip(reply["experience_losses"], reply["experience_sizes"], strict=True)
-        ):
+    for losses, sizes in replies:
+        for j, (loss, size) in enumerate(zip(losses, sizes, strict=True)):
             sums[j] = sums.get(j, 0.0) + float(loss) * int(size)
             counts[j] = counts.get(j, 0) + int(size)
     losses = {j: sums[j] / counts[j] for j in sorted(sums)}
     return max(losses, default=0), losses
 
 
-def loss_matrix(records: list[dict[str, Any]]) -> np.ndarray:
-    """R from rounds carrying `experience` and `experience_loss`: NaN where not seen.
+def loss_matrix(rounds: list[tuple[int, dict[str, float]]]) -> np.ndarray:
+    """R from the rounds' (newest experience, loss per experience): NaN where not seen.
 
     Row i is the last round that trained experience i; the newest round is the last row.
     """
     rows: dict[int, dict[str, float]] = {}
-    for record in records:
-        if record.get("experience_loss"):
-            rows[int(record["experience"])] = record["experience_loss"]
+    for experience, losses in rounds:
+        rows[int(experience)] = losses
     size = max(rows, default=-1) + 1
     matrix = np.full((size, size), np.nan)
     for i, losses in rows.items():

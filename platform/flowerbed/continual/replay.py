@@ -65,14 +65,15 @@ def update_buffer(
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.utils import AvalancheDataset
 
-    policy = _restore(buffer if absorbed else None, cfg)
+    storage = storage_policy(cfg.policy)
+    policy = storage.build(cfg.buffer_size, buffer["groups"] if absorbed else [])
     fresh = [AvalancheDataset([References.experience(k, sizes[k])]) for k in range(len(sizes))]
     stream = benchmark_from_datasets(train=fresh).train_stream
     for k in range(absorbed, len(sizes)):
         with torch.random.fork_rng():
             torch.manual_seed(int(np.random.SeedSequence([*seed, k]).generate_state(1)[0]))
             policy.post_adapt(None, stream[k])
-    stored = _store(policy, cfg, len(sizes))
+    stored = _store(storage.reservoirs(policy), cfg, len(sizes))
     log.info(
         "replay buffer: %d records from %d experience(s) (%s)",
         len(buffer_refs(stored)),
@@ -82,27 +83,60 @@ def update_buffer(
     return stored
 
 
-def _restore(buffer: dict[str, Any] | None, cfg: ContinualConfig) -> Any:
-    """The Avalanche policy object as it was when `buffer` was stored."""
-    from avalanche.training.storage_policy import (
-        ExperienceBalancedBuffer,
-        ReservoirSamplingBuffer,
-    )
+class _Reservoir:
+    """`reservoir`: Avalanche's ReservoirSamplingBuffer, a uniform sample of all records."""
 
-    groups = buffer["groups"] if buffer else []
-    if cfg.policy == "reservoir":
-        policy = ReservoirSamplingBuffer(cfg.buffer_size)
+    def build(self, size: int, groups: list[dict[str, Any]]) -> Any:
+        from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+        policy = ReservoirSamplingBuffer(size)
         if groups:
             _fill(policy, groups[0])
         return policy
-    policy = ExperienceBalancedBuffer(cfg.buffer_size)
-    # Avalanche has no restore path: set the state its post_adapt reads and writes.
-    policy._num_exps = len(groups)
-    for g, (group, size) in enumerate(
-        zip(groups, policy.get_group_lengths(max(len(groups), 1)), strict=False)
-    ):
-        policy.buffer_groups[g] = _fill(ReservoirSamplingBuffer(size), group)
-    return policy
+
+    def reservoirs(self, policy: Any) -> list[Any]:
+        return [policy]
+
+    def fill(self, size: int, past: list[int]) -> int:
+        """Records a full buffer holds after experiences of sizes `past`."""
+        return min(size, sum(past))
+
+
+class _ExperienceBalanced:
+    """`experience_balanced`: Avalanche's ExperienceBalancedBuffer, equal room per experience."""
+
+    def build(self, size: int, groups: list[dict[str, Any]]) -> Any:
+        from avalanche.training.storage_policy import (
+            ExperienceBalancedBuffer,
+            ReservoirSamplingBuffer,
+        )
+
+        policy = ExperienceBalancedBuffer(size)
+        # Avalanche has no restore path: set the state its post_adapt reads and writes.
+        policy._num_exps = len(groups)
+        for g, (group, room) in enumerate(
+            zip(groups, policy.get_group_lengths(max(len(groups), 1)), strict=False)
+        ):
+            policy.buffer_groups[g] = _fill(ReservoirSamplingBuffer(room), group)
+        return policy
+
+    def reservoirs(self, policy: Any) -> list[Any]:
+        return list(policy.buffer_groups.values())
+
+    def fill(self, size: int, past: list[int]) -> int:
+        """Records a full buffer holds after `past` (Avalanche's split into groups)."""
+        if not past:
+            return 0
+        share, extra = divmod(size, len(past))
+        return sum(min(share + (g < extra), n) for g, n in enumerate(past))
+
+
+STORAGE_POLICIES = {"reservoir": _Reservoir, "experience_balanced": _ExperienceBalanced}
+
+
+def storage_policy(name: str) -> _Reservoir | _ExperienceBalanced:
+    """The storage policy `continual.policy` names: the one place it is looked up."""
+    return STORAGE_POLICIES[name]()
 
 
 def _fill(reservoir: Any, group: dict[str, Any]) -> Any:
@@ -113,8 +147,7 @@ def _fill(reservoir: Any, group: dict[str, Any]) -> Any:
     return reservoir
 
 
-def _store(policy: Any, cfg: ContinualConfig, absorbed: int) -> dict[str, Any]:
-    reservoirs = [policy] if cfg.policy == "reservoir" else list(policy.buffer_groups.values())
+def _store(reservoirs: list[Any], cfg: ContinualConfig, absorbed: int) -> dict[str, Any]:
     groups = [
         {
             "refs": [r.buffer[i].tolist() for i in range(len(r.buffer))],

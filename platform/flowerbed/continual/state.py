@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flowerbed.tracking.metrics import write_json_atomic
+from flowerbed.atomic import write_json_atomic
 
 FILENAME = "continual_state.json"
 
@@ -42,8 +42,7 @@ class ContinualState:
             ) from err
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, asdict(self))
+        write_json_atomic(path, asdict(self), durable=True)
 
     def note_arrivals(self, names: list[str], round_: int) -> list[str]:
         """Record the experiences present this round; return the ones that are new.

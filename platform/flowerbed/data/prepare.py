@@ -137,15 +137,26 @@ def prepare_splits(
         rest, cfg, num_clients, np.random.default_rng(seed), experiences, split
     )
     log.info(
-        "data: %d blocks of %d tokens in %d domains; %d for validation, %s per client%s",
+        "data: %d blocks of %d tokens in %d domains; %d for validation; %s%s",
         len(blocks),
         cfg.seq_len,
         len(blocks.domain_names),
         len(validation),
-        "/".join(str(sum(len(e.train) for e in c)) for c in clients),
-        f" in {experiences} experiences" if experiences > 1 else "",
+        per_client_summary([sum(len(e.train) for e in c) for c in clients]),
+        f", in {experiences} experiences" if experiences > 1 else "",
     )
     return FederatedSplits(validation, clients)
+
+
+def per_client_summary(counts: list[int]) -> str:
+    """Training blocks per client in a few words, however many clients there are."""
+    if len(counts) == 1:
+        return f"{counts[0]} training blocks for the one client"
+    spread = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
+    return (
+        f"{spread} training blocks per client across {len(counts)} clients "
+        f"(median {int(np.median(counts))}, total {sum(counts)})"
+    )
 
 
 def institution_shard(

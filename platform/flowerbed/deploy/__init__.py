@@ -1,1 +1,1 @@
-"""Multi-node deployment on Flower's Deployment Engine: credentials, run setup, shards."""
+"""Multi-node deployment on Flower's Deployment Engine: credentials, and institutions' shards."""

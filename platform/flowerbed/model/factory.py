@@ -53,6 +53,25 @@ def model_from_config(config: PretrainedConfig) -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
 
 
+def architecture_of(model: PreTrainedModel) -> str:
+    """The model's Hugging Face config as JSON: what a client needs to build the same model."""
+    import json
+
+    return json.dumps(model.config.to_dict(), default=str)
+
+
+def model_from_architecture(architecture: str, weights: dict[str, torch.Tensor]) -> PreTrainedModel:
+    """The model `architecture_of` described, holding `weights`."""
+    import json
+
+    from transformers import AutoConfig
+
+    spec = json.loads(architecture)
+    model = model_from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
+    model.load_state_dict(weights)
+    return model
+
+
 def load_pretrained(name_or_path: str, vocab_size: int, tie_embeddings: bool) -> PreTrainedModel:
     """Load weights to fine-tune, untying embeddings unless asked to keep them tied."""
     from transformers import AutoModelForCausalLM

@@ -6,13 +6,11 @@ pattern and is restored bit-exactly. Whatever travels, the receiver gets fp32 te
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-TransportDtype = Literal["fp32", "fp16", "bf16"]
+from flowerbed.config import TransportDtype
 
 
 def to_array_record(state: dict[str, torch.Tensor], dtype: TransportDtype) -> ArrayRecord:

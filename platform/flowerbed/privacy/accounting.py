@@ -62,17 +62,26 @@ def noise_for_epsilon(
     )
 
 
+class CalibrationError(ValueError):
+    """No noise multiplier reaches the target; the message says which settings to change."""
+
+
 def noise_for_schedule(
     target_epsilon: float,
     delta: float,
     schedule: Sequence[tuple[float, int]],
     accountant: str = "prv",
     tolerance: float = 0.01,
+    max_iterations: int = 100,
 ) -> float:
     """The noise multiplier keeping a whole schedule of (sample_rate, steps) within the target.
 
     One rate is Opacus's own calibration; several (a client whose rate changes as new
     experiences arrive) are bisected the same way, to within `tolerance` below the target.
+
+    Raises:
+        CalibrationError: no noise below 2**20 reaches the target, or the bisection did
+            not settle within `max_iterations` halvings.
     """
     rates = {q for q, n in schedule if n > 0}
     if len(rates) == 1:
@@ -85,8 +94,14 @@ def noise_for_schedule(
 
     low, high = 0.0, 10.0
     while spent(high) > target_epsilon:
+        if high > 2**20:
+            raise CalibrationError(
+                f"no noise multiplier keeps {sum(n for _, n in schedule)} steps within "
+                f"epsilon {target_epsilon}: raise privacy.target_epsilon, or lower the "
+                "rounds, local steps or batch size"
+            )
         low, high = high, 2 * high
-    while True:
+    for _ in range(max_iterations):
         sigma = (low + high) / 2
         eps = spent(sigma)
         if eps > target_epsilon:
@@ -95,3 +110,7 @@ def noise_for_schedule(
             high = sigma
         else:
             return sigma
+    raise CalibrationError(
+        f"the noise for epsilon {target_epsilon} did not settle within {tolerance} after "
+        f"{max_iterations} halvings (last: {low:.6g}..{high:.6g}); widen the tolerance"
+    )

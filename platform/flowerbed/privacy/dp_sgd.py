@@ -36,8 +36,40 @@ def per_sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
 
 
+class _GhostClipping:
+    """`ghost`: per-sequence norms without per-sample gradients (two backward passes)."""
+
+    def hook_settings(self, max_grad_norm: float) -> dict:
+        return {"max_grad_norm": max_grad_norm}
+
+    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
+        from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+        DPTensorFastGradientClipping(hooks, optimizer, loss_per_sequence, "mean").backward()
+
+    def clear_for_noise(self, p: torch.nn.Parameter) -> None:
+        p.grad = torch.zeros_like(p)
+
+
+class _PerSampleHooks:
+    """`hooks`: explicit per-sample gradients, clipped one by one (any layer Opacus knows)."""
+
+    def hook_settings(self, max_grad_norm: float) -> dict:
+        return {}
+
+    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
+        loss_per_sequence.mean().backward()
+
+    def clear_for_noise(self, p: torch.nn.Parameter) -> None:
+        p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+
+
+CLIPPING = {"ghost": _GhostClipping, "hooks": _PerSampleHooks}
+
+
 class PrivateStep:
-    """DP-SGD around a model and its optimizer (Opacus 1.6, flat clipping)."""
+    """DP-SGD around a model and its optimizer, one logical step per call (Opacus 1.6, flat
+    clipping); `close()` takes the hooks off after the round."""
 
     def __init__(
         self,
@@ -54,15 +86,15 @@ class PrivateStep:
         from opacus.grad_sample.utils import prepare_module
         from opacus.optimizers import get_optimizer_class
 
-        extra = {"max_grad_norm": max_grad_norm} if mode == "ghost" else {}
-        self.model, self.mode, self.max_physical_batch = model, mode, max_physical_batch
+        self.clipping = CLIPPING[mode]()  # the one place a grad_sample_mode is looked up
+        self.model, self.max_physical_batch = model, max_physical_batch
         self.hooks = prepare_module(
             model,
             grad_sample_mode=mode,
             wrap_model=False,
             batch_first=True,
             loss_reduction="mean",
-            **extra,
+            **self.clipping.hook_settings(max_grad_norm),
         )
         self.optimizer = get_optimizer_class(
             clipping="flat", distributed=False, grad_sample_mode=mode
@@ -93,30 +125,17 @@ class PrivateStep:
             with autocast(ids.device):
                 logits = self.model(input_ids=ids, position_ids=positions).logits
             loss = per_sequence_loss(logits, ids)
-            self._backward(loss)
+            self.clipping.backward(self.hooks, self.optimizer, loss)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             total += loss.detach().sum()
         return total
 
-    def _backward(self, loss_per_sequence: torch.Tensor) -> None:
-        if self.mode == "ghost":
-            from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
-
-            DPTensorFastGradientClipping(
-                self.hooks, self.optimizer, loss_per_sequence, "mean"
-            ).backward()
-        else:
-            loss_per_sequence.mean().backward()
-
     def _noise_only_step(self) -> None:
         """An empty Poisson draw: clip nothing, add the noise, step (Opacus counts it)."""
         self.optimizer.signal_skip_step(do_skip=False)
         for p in self.optimizer.params:
-            if self.mode == "ghost":
-                p.grad = torch.zeros_like(p)
-            else:
-                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            self.clipping.clear_for_noise(p)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 

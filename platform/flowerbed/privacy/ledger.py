@@ -8,11 +8,11 @@ can only make the ledger count a round that was never released, never the revers
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from flowerbed.atomic import write_json_atomic
 from flowerbed.privacy.accounting import epsilon
 
 FILENAME = "privacy_ledger.json"
@@ -72,13 +72,8 @@ class PrivacyLedger:
         return spent
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w") as f:
-            json.dump({"version": 1, **asdict(self)}, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Write the ledger atomically and durably: it must survive a crash right after."""
+        write_json_atomic(path, {"version": 1, **asdict(self)}, durable=True)
 
     @classmethod
     def open(cls, path: Path, delta: float, accountant: str) -> PrivacyLedger:

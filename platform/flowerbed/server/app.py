@@ -14,7 +14,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flowerbed.config import FlowerbedConfig, load_config
-from flowerbed.server.loop import run_federation
+from flowerbed.server.federation import run_federation
 
 app = ServerApp()
 

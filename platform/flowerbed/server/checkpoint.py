@@ -7,12 +7,13 @@ seed, ends with the same weights as a run that was never interrupted.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
+
+from flowerbed.atomic import publish_folder
 
 PREFIX = "round-"
 
@@ -25,8 +26,7 @@ def save_checkpoint(folder: Path, round_: int, model: torch.nn.Module, keep: int
     staging.mkdir(parents=True)
     save_model(model, str(staging / "model.safetensors"))
     (staging / "state.json").write_text(json.dumps({"round": round_}))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    publish_folder(staging, target, durable=True)
     for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old)
     return target

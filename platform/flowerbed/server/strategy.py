@@ -1,8 +1,9 @@
-"""FedAvg with aggregation in torch: fp32 accumulators, any transport dtype, fixed order.
+"""Aggregation strategies: FedAvg in torch, or Flower's user-level DP wrapper around FedAvg.
 
 Flower's own FedAvg averages in numpy in the transport dtype (slow for fp16, wrong for
-bf16 carried as int16 bit patterns). Here every reply is decoded to fp32 and added into
-one accumulator, in partition order, so the result does not depend on arrival order.
+bf16 carried as int16 bit patterns). `TorchFedAvg` decodes every reply to fp32 and adds
+it into one accumulator, in partition order, so the result does not depend on arrival
+order.
 """
 
 from __future__ import annotations
@@ -10,54 +11,45 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from flowerbed.config import FlowerbedConfig
-from flowerbed.model.transport import TransportDtype, from_array_record, to_array_record
-
-
-def weighted_mean(contents: list[RecordDict], keys: tuple[str, ...]) -> dict[str, float]:
-    weights = [float(c["metrics"]["num-examples"]) for c in contents]
-    total = sum(weights)
-    return {
-        k: sum(w * float(c["metrics"][k]) for w, c in zip(weights, contents, strict=True)) / total
-        for k in keys
-    }
-
-
-def heldout_metrics(contents: list[RecordDict], _: str) -> MetricRecord:
-    return MetricRecord(weighted_mean(contents, ("heldout_loss",)))
+from flowerbed.config import FlowerbedConfig, TransportDtype
+from flowerbed.model.transport import from_array_record, to_array_record
+from flowerbed.privacy.modes import privacy_mode
+from flowerbed.protocol import TrainReply
 
 
 class TorchFedAvg(FedAvg):
     """FedAvg whose `aggregate_train` decodes `transport_dtype` and returns fp32 arrays."""
 
     def __init__(self, transport_dtype: TransportDtype, **kwargs) -> None:
-        super().__init__(evaluate_metrics_aggr_fn=heldout_metrics, **kwargs)
+        super().__init__(**kwargs)
         self.transport_dtype = transport_dtype
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        contents = sorted(
-            (m.content for m in replies if not m.has_error() and m.content.array_records),
-            key=lambda c: int(c["metrics"]["partition-id"]),
+        """The weighted mean of the replies' weights; the metrics are the engine's to read."""
+        trained = sorted(
+            (r for r in _train_replies(replies) if r.weights is not None),
+            key=lambda r: r.partition_id,
         )
-        if not contents:
+        if not trained:
             return None, None
-        weights = torch.tensor(
-            [float(c["metrics"]["num-examples"]) for c in contents], dtype=torch.float64
-        )
+        weights = torch.tensor([float(r.num_examples) for r in trained], dtype=torch.float64)
         weights = (weights / weights.sum()).tolist()
         average: dict[str, torch.Tensor] = {}
-        for weight, content in zip(weights, contents, strict=True):
-            for name, tensor in from_array_record(content["arrays"], self.transport_dtype).items():
+        for weight, reply in zip(weights, trained, strict=True):
+            for name, tensor in from_array_record(reply.weights, self.transport_dtype).items():
                 if name not in average:
                     average[name] = torch.zeros_like(tensor, dtype=torch.float32)
                 average[name].add_(tensor.float(), alpha=weight)
-        metrics = weighted_mean(contents, ("train_loss",))
-        return to_array_record(average, "fp32"), MetricRecord(metrics)
+        return to_array_record(average, "fp32"), None
+
+
+def _train_replies(replies: Iterable[Message]) -> list[TrainReply]:
+    return [TrainReply.from_content(m.content) for m in replies if not m.has_error()]
 
 
 def make_strategy(cfg: FlowerbedConfig) -> FedAvg:
@@ -76,7 +68,7 @@ def make_strategy(cfg: FlowerbedConfig) -> FedAvg:
         # deployment would wait forever for an institution whose machine died.
         "min_available_nodes": fed.min_clients,
     }
-    if privacy.mode != "user_level":
+    if not privacy_mode(privacy).server_private:
         return TorchFedAvg(transport_dtype=fed.transport_dtype, **sampling)
     from flwr.serverapp import (
         NeighboringRelation,
@@ -97,7 +89,7 @@ def make_strategy(cfg: FlowerbedConfig) -> FedAvg:
         )
     )
     return DifferentialPrivacyServerSideFixedClipping(
-        FedAvg(evaluate_metrics_aggr_fn=heldout_metrics, **sampling),
+        FedAvg(**sampling),
         noise_multiplier=privacy.noise_multiplier,
         clipping_norm=privacy.max_grad_norm,
         num_sampled_clients=sampled,

@@ -1,6 +1,6 @@
 """Run directory layout, metrics files, plots, and Weights & Biases."""
 
 from flowerbed.tracking.layout import RunLayout
-from flowerbed.tracking.metrics import MetricsLog, write_json_atomic
+from flowerbed.tracking.metrics import MetricsLog
 
-__all__ = ["MetricsLog", "RunLayout", "write_json_atomic"]
+__all__ = ["MetricsLog", "RunLayout"]

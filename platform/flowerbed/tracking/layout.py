@@ -31,6 +31,9 @@ class RunLayout:
     def client_data(self, partition_id: int) -> Path:
         return self.clients / f"client-{partition_id}" / "data"
 
+    def client_state(self, partition_id: int) -> Path:
+        return self.clients / f"client-{partition_id}" / "state"
+
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
@@ -48,5 +51,18 @@ class RunLayout:
         return self.root / "final_model"
 
     @property
+    def initial_val_loss(self) -> Path:
+        """The round-0 validation loss, kept so a resumed run's summary still has it."""
+        return self.root / "initial_val_loss.json"
+
+    @property
     def val_loss_plot(self) -> Path:
         return self.root / "val_loss.png"
+
+    @property
+    def epsilon_plot(self) -> Path:
+        return self.root / "privacy_epsilon.png"
+
+    @property
+    def loss_matrix_plot(self) -> Path:
+        return self.root / "loss_matrix.png"

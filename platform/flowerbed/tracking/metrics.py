@@ -1,4 +1,4 @@
-"""metrics.jsonl (one record per round) and summary.json, written so a crash loses nothing."""
+"""metrics.jsonl: one record per round, appended durably, so a crash loses nothing."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file and rename it over `path` (never half a file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+from flowerbed.atomic import write_atomic
 
 
 class MetricsLog:
@@ -29,9 +24,7 @@ class MetricsLog:
     def truncate_after(self, round_: int) -> list[dict[str, Any]]:
         """Keep the records of rounds <= `round_` (what the checkpoint being resumed saw)."""
         kept = [r for r in self.records() if r["round"] <= round_]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept), durable=True)
         return kept
 
     def append(self, record: dict[str, Any]) -> None:

@@ -3,7 +3,8 @@
 The commands are the ones README's "Deployment" walk-through gives: `flowerbed deploy`,
 `flower-superlink` with TLS, SuperNode authentication and a state database,
 `flwr supernode register` and `flower-supernode`. The deployment tests and the transport
-benchmark use it; run from a flowerbed checkout (its root is the Flower app).
+benchmark use it, from a flowerbed checkout (its root is the Flower app); it is a test
+harness, not part of the platform, so it is not in the wheel.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]  # the checkout: platform/flowerbed/deploy/
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: tests/
 BIN = Path(sys.executable).parent
 
 
@@ -111,6 +112,36 @@ class Loopback:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
+    def kill_descendant(self, name: str, program: str) -> int:
+        """Kill, by its id, the process running `program` that `name` started; return the id.
+
+        Only this harness's own process tree is searched: other work on the machine may
+        run a program of the same name.
+        """
+        for pid in _descendants(self.processes[name].pid):
+            with contextlib.suppress(OSError):
+                if program.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+                    return pid
+        raise LookupError(f"no {program} process under {name}")
+
     def close(self) -> None:
         for name in list(self.processes):
             self.stop(name)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below `root` in the process tree (Linux: read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -1,0 +1,58 @@
+"""Atomic writes: a reader sees the old file or the new one, never half of either.
+
+`durable=True` also flushes the data and the folder entry to disk before returning, for
+what must survive a power cut the moment it is written: the privacy ledger (before an
+update leaves the client), the continual state, checkpoints and the metrics log. Caches
+that can be rebuilt pass `durable=False`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path, data: str | bytes, *, durable: bool) -> None:
+    """Write `data` to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        _sync_folder(path.parent)
+
+
+def write_json_atomic(path: Path, data: Any, *, durable: bool) -> None:
+    """`data` as indented JSON with sorted keys, written atomically."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable=durable)
+
+
+def publish_folder(staging: Path, target: Path, *, durable: bool) -> None:
+    """Replace `target` by the complete folder `staging` (written beside it) in one rename."""
+    if durable:
+        for file in staging.rglob("*"):
+            if file.is_file():
+                with file.open("rb") as f:
+                    os.fsync(f.fileno())
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    if durable:
+        _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename inside `folder` durable (POSIX: fsync the directory)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,73 @@
+"""One client round, framework-agnostic: from the instructions and global weights to a reply.
+
+Train: plan the round (continual state, pool, schedule), ask the privacy guard for a
+permit, train, record the round in the ledger, reply. Evaluate: the held-out loss of the
+global weights on every experience that has arrived. `client.app` only translates
+Flower Messages to these calls and back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from flowerbed.client.node import Node
+from flowerbed.client.round_plan import plan_round
+from flowerbed.client.trainer import make_trainer
+from flowerbed.continual.stream import arrived, scan_experiences
+from flowerbed.model.factory import model_from_architecture
+from flowerbed.model.runtime import mean_loss
+from flowerbed.privacy.modes import privacy_mode
+from flowerbed.protocol import EvaluateInstructions, EvaluateReply, TrainInstructions, TrainReply
+
+
+def train_round(
+    job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node
+) -> tuple[TrainReply, dict[str, torch.Tensor] | None]:
+    """Local steps from the global weights; the reply and the new weights (None: no training)."""
+    device = node.torch_device()
+    plan = plan_round(job, node)
+    model = model_from_architecture(job.architecture, weights)
+    rng = np.random.default_rng([job.seed, job.round, node.partition_id])
+    mode = privacy_mode(job.privacy)
+    guard = mode.guard(job.privacy, node.state_dir)
+    steps = job.train.local_steps
+    permit = guard.permit(plan.pool.accounting_rate(job.train.batch_size), steps, plan.planned)
+    if not permit.allowed:
+        reply = TrainReply(
+            node.partition_id, 0, 0, 0.0, epsilon=guard.epsilon, budget_exhausted=True
+        )
+        return reply, None
+    trainer = make_trainer(model, job.train, job.privacy, device, permit, rng)
+    result = trainer.train(plan.pool, plan.schedule, rng)
+    epsilon = guard.record(job.round, permit, steps)  # before the update leaves
+    reply = TrainReply(
+        partition_id=node.partition_id,
+        num_examples=1 if mode.uniform_weights else plan.pool.num_records,
+        tokens=result.tokens,
+        train_seconds=result.seconds,
+        train_loss=result.loss,
+        epsilon=epsilon,
+        noise_multiplier=permit.noise_multiplier,
+    )
+    return reply, trainer.model.state_dict()
+
+
+def evaluate_round(
+    job: EvaluateInstructions, weights: dict[str, torch.Tensor], node: Node
+) -> EvaluateReply:
+    """Loss of the global weights on the held-out blocks of every experience seen so far."""
+    device = node.torch_device()
+    model = model_from_architecture(job.architecture, weights).to(device)
+    losses, sizes = [], []
+    for experience in arrived(scan_experiences(node.data_dir), job.round, job.arrival_every):
+        heldout = experience.shard().heldout
+        losses.append(mean_loss(model, heldout, job.batch_size, job.eval_batches, device))
+        sizes.append(len(heldout))
+    return EvaluateReply(
+        partition_id=node.partition_id,
+        num_examples=sum(sizes),
+        heldout_loss=float(np.average(losses, weights=sizes)),
+        experience_losses=losses if job.per_experience else None,
+        experience_sizes=sizes if job.per_experience else None,
+    )

@@ -1,0 +1,97 @@
+"""What a client trains on in one round, worked out once from its folders and its state.
+
+`plan_round` takes one explicit step that writes (the continual state: arrivals noted,
+the replay buffer brought up to date, saved to the node's state directory) and
+otherwise only reads: the pool, the point on the learning-rate schedule and the planned
+sample rates of the client's life follow from the data and that state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flowerbed.client.node import Node
+from flowerbed.client.schedule import Schedule
+from flowerbed.continual.policy import ContinualPolicy, continual_policy
+from flowerbed.continual.pool import TrainingPool
+from flowerbed.continual.state import FILENAME, ContinualState
+from flowerbed.continual.stream import Experience, arrived, scan_experiences
+from flowerbed.protocol import TrainInstructions
+
+log = logging.getLogger("flowerbed")
+
+
+@dataclass
+class RoundPlan:
+    experiences: list[Experience]
+    """The experiences that have arrived, oldest first; the last one is the newest."""
+    pool: TrainingPool
+    schedule: Schedule
+    planned: list[tuple[float, int]]
+    """(sample rate, steps) for every round of the client's planned life (DP calibration)."""
+
+
+def plan_round(job: TrainInstructions, node: Node) -> RoundPlan:
+    policy = continual_policy(job.continual)
+    everything = scan_experiences(node.data_dir)
+    experiences = arrived(everything, job.round, job.arrival_every)
+    arrays = [e.shard().train.tokens for e in everything]  # memory-mapped, cheap
+    sizes = [len(a) for a in arrays]
+    latest = len(experiences) - 1
+    state = advance_state(policy, job, node, experiences, sizes) if policy.keeps_state else None
+    return RoundPlan(
+        experiences,
+        policy.pool(arrays[: latest + 1], state),
+        schedule_of(policy, job, state, still_to_come=latest < len(everything) - 1),
+        planned_life(policy, job, sizes, latest),
+    )
+
+
+def advance_state(
+    policy: ContinualPolicy,
+    job: TrainInstructions,
+    node: Node,
+    experiences: list[Experience],
+    sizes: list[int],
+) -> ContinualState:
+    """The one write of a round's plan: note arrivals, update the buffer, save the state."""
+    path = node.state_dir / FILENAME
+    state = ContinualState.load(path)
+    for name in state.note_arrivals([e.name for e in experiences], job.round):
+        log.info("client %d: experience %s arrived (round %d)", node.partition_id, name, job.round)
+    policy.advance(state, sizes[: len(experiences) - 1], [job.seed, node.partition_id])
+    state.save(path)
+    return state
+
+
+def schedule_of(
+    policy: ContinualPolicy,
+    job: TrainInstructions,
+    state: ContinualState | None,
+    still_to_come: bool,
+) -> Schedule:
+    """The whole run's schedule, or the current experience's when re-warming."""
+    steps = job.train.local_steps
+    if not policy.rewarms:
+        return Schedule((job.round - 1) * steps, job.total_rounds * steps)
+    start = state.arrival_rounds[-1]
+    next_arrival_known = job.arrival_every > 0 and still_to_come
+    span = job.arrival_every if next_arrival_known else job.total_rounds - start + 1
+    return Schedule((job.round - start) * steps, span * steps)
+
+
+def planned_life(
+    policy: ContinualPolicy, job: TrainInstructions, sizes: list[int], current: int
+) -> list[tuple[float, int]]:
+    """(sample rate, steps) per round of the client's life, from its experiences' sizes.
+
+    In simulation every experience folder exists from the start and the schedule says
+    which is trained when; in deployment only the present ones are known, so the plan
+    assumes the current experience's rate for the rest of the run. The ledger records the
+    true rates, and the budget check stops a client before it overspends.
+    """
+    every, batch = job.arrival_every, job.train.batch_size
+    rounds = range(1, job.total_rounds + 1)
+    which = [min(len(sizes) - 1, (r - 1) // every) if every else current for r in rounds]
+    return [(policy.sample_rate(sizes, e, batch), job.train.local_steps) for e in which]

@@ -1,0 +1,77 @@
+"""The client's privacy guard around a round: noise for life, the budget check, the ledger.
+
+Under DP-SGD the guard opens the client's lifetime ledger from its state directory,
+fixes the noise multiplier once for the client's whole planned life, refuses a round
+that would pass the budget, and writes the round (atomically, durably) before the
+update leaves the client. Without DP-SGD a `NoGuard` allows every round and records
+nothing, so the ClientApp runs the same steps in every mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowerbed.config import PrivacyConfig
+
+
+@dataclass(frozen=True)
+class RoundPermit:
+    """What the guard allows this round."""
+
+    allowed: bool
+    """False: the round would pass the client's budget, so it must not train."""
+    noise_multiplier: float | None
+    """DP-SGD's noise for the round (None: train without DP-SGD)."""
+    sample_rate: float
+    """The highest rate any record is drawn at: what the ledger records."""
+
+
+class PrivacyGuard:
+    """DP-SGD's guard: the lifetime ledger in `state_dir`, read and written every round."""
+
+    def __init__(self, cfg: PrivacyConfig, state_dir: Path) -> None:
+        from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
+
+        self.cfg, self.path = cfg, state_dir / FILENAME
+        self.ledger = PrivacyLedger.open(self.path, cfg.delta, cfg.accountant)
+
+    def permit(
+        self, sample_rate: float, steps: int, planned: list[tuple[float, int]]
+    ) -> RoundPermit:
+        """Noise calibrated once for the planned life (`planned`: (rate, steps) per round),
+        or a refusal when `steps` more at `sample_rate` would pass the budget."""
+        from flowerbed.privacy.planning import life_noise_multiplier
+
+        sigma = life_noise_multiplier(self.ledger, self.cfg, planned)
+        budget = self.cfg.budget
+        if budget is not None and self.ledger.epsilon_after(sigma, sample_rate, steps) > budget:
+            self.ledger.save(self.path)  # keeps the noise fixed for life
+            return RoundPermit(False, sigma, sample_rate)
+        return RoundPermit(True, sigma, sample_rate)
+
+    def record(self, round_: int, permit: RoundPermit, steps: int) -> float:
+        """Append the round to the ledger on disk; return the lifetime epsilon."""
+        return self.ledger.record(
+            self.path, round_, permit.noise_multiplier, permit.sample_rate, steps
+        )
+
+    @property
+    def epsilon(self) -> float:
+        return self.ledger.epsilon
+
+
+class NoGuard:
+    """No DP-SGD at the client (privacy off, or user-level DP at the server)."""
+
+    def permit(
+        self, sample_rate: float, steps: int, planned: list[tuple[float, int]]
+    ) -> RoundPermit:
+        return RoundPermit(True, None, sample_rate)
+
+    def record(self, round_: int, permit: RoundPermit, steps: int) -> None:
+        return None
+
+    @property
+    def epsilon(self) -> None:
+        return None

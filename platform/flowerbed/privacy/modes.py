@@ -1,0 +1,50 @@
+"""Privacy modes as small policies, chosen once by `privacy_mode`.
+
+- `off`: no differential privacy.
+- `dp_sgd`: sample-level DP-SGD in every client, with its lifetime ledger (the guard).
+- `user_level`: the server clips each client's update and noises their average
+  (Flower's fixed-clipping wrapper and its accountant); clients train plainly and reply
+  with equal weights, as that accountant requires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flowerbed.config import PrivacyConfig
+from flowerbed.privacy.guard import NoGuard, PrivacyGuard
+
+
+@dataclass(frozen=True)
+class PrivacyMode:
+    clients_private: bool
+    """Each client runs DP-SGD and keeps a ledger."""
+    server_private: bool
+    """The server clips and noises the clients' updates (user-level DP)."""
+
+    @property
+    def protects(self) -> bool:
+        """Whether the run gives any DP guarantee (and so has a delta)."""
+        return self.clients_private or self.server_private
+
+    @property
+    def uniform_weights(self) -> bool:
+        """Every client's update weighs the same (Flower's user-level accountant needs it)."""
+        return self.server_private
+
+    def guard(self, cfg: PrivacyConfig, state_dir: Path) -> PrivacyGuard | NoGuard:
+        """The client's guard for a round: the ledger under DP-SGD, else one that allows all."""
+        return PrivacyGuard(cfg, state_dir) if self.clients_private else NoGuard()
+
+
+MODES = {
+    "off": PrivacyMode(clients_private=False, server_private=False),
+    "dp_sgd": PrivacyMode(clients_private=True, server_private=False),
+    "user_level": PrivacyMode(clients_private=False, server_private=True),
+}
+
+
+def privacy_mode(cfg: PrivacyConfig) -> PrivacyMode:
+    """The mode `privacy.mode` names: the one place it is looked up."""
+    return MODES[cfg.mode]

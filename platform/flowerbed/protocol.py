@@ -1,0 +1,187 @@
+"""What travels in a Flower Message between the ServerApp and a ClientApp, defined once.
+
+Server to client, beside the global weights: `TrainInstructions` (a train Message) and
+`EvaluateInstructions` (an evaluate Message). Client to server: `TrainReply` and
+`EvaluateReply`. Each has one encode/decode pair, and no other module spells a Message
+key. What a client's machine is (its data and state directories, device, threads) never
+travels: the node's own config says it (`flowerbed.client.node`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from flowerbed.config import ContinualConfig, PrivacyConfig, TrainConfig, TransportDtype
+from flowerbed.config.loader import build_dataclass
+
+ARRAYS = "arrays"  # where Flower's strategies put the weights (FedAvg's arrayrecord_key)
+CONFIG = "config"  # where they put the instructions (FedAvg's configrecord_key)
+METRICS = "metrics"
+SERVER_ROUND = "server-round"  # Flower's strategies write the round under this key
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TrainInstructions:
+    """What the server asks of a client in a train Message."""
+
+    round: int
+    total_rounds: int
+    seed: int
+    architecture: str
+    """The model's Hugging Face config as JSON: the client builds the same model."""
+    transport_dtype: TransportDtype
+    arrival_every: int
+    """Rounds between experience arrivals (simulation's schedule); 0: every folder present."""
+    uniform_weights: bool
+    """Reply with weight 1: Flower's user-level DP accountant needs equal client weights."""
+    train: TrainConfig
+    privacy: PrivacyConfig
+    continual: ContinualConfig
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(_flatten(self))
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> TrainInstructions:
+        return _unflatten(cls, content[CONFIG])
+
+
+@dataclass(frozen=True)
+class EvaluateInstructions:
+    """What the server asks of a client in an evaluate Message: held-out losses."""
+
+    round: int
+    architecture: str
+    transport_dtype: TransportDtype
+    arrival_every: int
+    batch_size: int
+    eval_batches: int
+    """Batches per held-out set (0: all of them)."""
+    per_experience: bool
+    """Report the loss of every experience seen (continual learning), not only the mean."""
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(_flatten(self))
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> EvaluateInstructions:
+        return _unflatten(cls, content[CONFIG])
+
+
+def global_weights(content: RecordDict) -> ArrayRecord:
+    """The weights a train or evaluate Message carries."""
+    return content[ARRAYS]
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A client's answer to a train Message."""
+
+    partition_id: int
+    num_examples: int
+    """Aggregation weight: records trained on (1 under user-level DP, 0 if it did not train).
+    Travels as Flower's `num-examples`, the key its FedAvg weights replies by."""
+    tokens: int
+    train_seconds: float
+    train_loss: float | None = None
+    """Mean over the sequences trained of each one's next-token loss (None: no training)."""
+    epsilon: float | None = None
+    """DP-SGD: the client's lifetime epsilon after this round."""
+    noise_multiplier: float | None = None
+    budget_exhausted: bool = False
+    """DP-SGD: the next round would pass the client's budget, so it did not train."""
+    weights: ArrayRecord | None = None
+
+    def to_content(self) -> RecordDict:
+        return _reply_content(self)
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> TrainReply:
+        return _reply_of(cls, content)
+
+
+@dataclass(frozen=True)
+class EvaluateReply:
+    """A client's held-out losses of the global weights."""
+
+    partition_id: int
+    num_examples: int
+    """Held-out blocks evaluated (the weight of `heldout_loss`)."""
+    heldout_loss: float
+    experience_losses: list[float] | None = None
+    """Per experience seen, oldest first (when asked for `per_experience`)."""
+    experience_sizes: list[int] | None = None
+
+    def to_content(self) -> RecordDict:
+        return _reply_content(self)
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> EvaluateReply:
+        return _reply_of(cls, content)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dataclass fields as flat ConfigRecord values: `train.local-steps`; None left out."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        key = prefix + _key(field.name)
+        if dataclasses.is_dataclass(value):
+            out |= _flatten(value, f"{key}.")
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _unflatten(cls: type[T], record: ConfigRecord) -> T:
+    """The inverse of `_flatten`: absent keys are None (their fields are optional)."""
+    return build_dataclass(cls, _fields_of(cls, record, ""))
+
+
+def _fields_of(cls: type, record: ConfigRecord, prefix: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        key = prefix + _key(field.name)
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            values[field.name] = _fields_of(kind, record, f"{key}.")
+        else:
+            values[field.name] = record.get(key)
+    return values
+
+
+def _reply_content(reply: Any) -> RecordDict:
+    metrics = {}
+    for field in dataclasses.fields(reply):
+        value = getattr(reply, field.name)
+        if field.name != "weights" and value is not None:
+            metrics[_key(field.name)] = int(value) if isinstance(value, bool) else value
+    content = RecordDict({METRICS: MetricRecord(metrics)})
+    if getattr(reply, "weights", None) is not None:
+        content[ARRAYS] = reply.weights
+    return content
+
+
+def _reply_of(cls: type[T], content: RecordDict) -> T:
+    metrics = content[METRICS]
+    values = {
+        f.name: metrics[_key(f.name)]
+        for f in dataclasses.fields(cls)
+        if f.name != "weights" and _key(f.name) in metrics
+    }
+    if "budget_exhausted" in values:
+        values["budget_exhausted"] = bool(values["budget_exhausted"])
+    if ARRAYS in content.array_records:
+        values["weights"] = content[ARRAYS]
+    return cls(**values)

@@ -1,0 +1,1 @@
+"""Running a federation: a run directory prepared, then simulated on one machine."""

@@ -1,0 +1,156 @@
+"""What a run records as it goes, one callback each (composer's shape).
+
+The round engine knows nothing of these: after each round every callback's
+`on_round_end` sees the new record, and at the end `on_finish` sees the summary. A
+callback only records; it never changes what the federation does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from flowerbed.config import FlowerbedConfig
+from flowerbed.server.checkpoint import save_checkpoint
+from flowerbed.server.records import RoundRecord
+from flowerbed.tracking import MetricsLog, RunLayout
+
+log = logging.getLogger("flowerbed")
+
+
+class Callback:
+    """The interface: both hooks do nothing unless a recorder overrides them."""
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        """After a round's record is complete."""
+
+    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        """After the last round, with every record of the run and its summary."""
+
+
+class MetricsFile(Callback):
+    """metrics.jsonl, one line per round, written durably."""
+
+    def __init__(self, layout: RunLayout) -> None:
+        self.log = MetricsLog(layout.metrics)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.log.append(record.as_dict())
+
+
+class ProgressLine(Callback):
+    """One log line per round: losses, throughput, clients, experience, epsilon."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        log.info(progress_line(record, self.rounds))
+
+
+def progress_line(record: RoundRecord, rounds: int) -> str:
+    parts = [
+        f"round {record.round}/{rounds}",
+        f"train {record.train_loss:.4f}",
+        f"val {record.val_loss:.4f} (ppl {record.val_perplexity:.1f})",
+    ]
+    if record.heldout_loss is not None:
+        parts.append(f"held-out {record.heldout_loss:.4f}")
+    parts += [f"{record.tokens_per_s:,.0f} tok/s", f"{record.seconds:.1f} s"]
+    parts.append(f"{record.clients} clients")
+    if record.failed_clients:
+        parts.append(f"{record.failed_clients} failed")
+    if record.continual:
+        seen = record.continual
+        experience = f"exp {record.experience} seen-avg {seen['average_loss']:.4f}"
+        if seen["forgetting"] is not None:
+            experience += f" forgetting {seen['forgetting']:+.4f}"
+        parts.append(experience)
+    if record.epsilon_max is not None:
+        parts.append(f"ε {record.epsilon_max:.2f}")
+    return " | ".join(parts)
+
+
+class Checkpoints(Callback):
+    """The global weights after every round; the newest `keep` are kept for resume."""
+
+    def __init__(self, layout: RunLayout, model: torch.nn.Module, keep: int) -> None:
+        self.layout, self.model, self.keep = layout, model, keep
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        save_checkpoint(self.layout.checkpoints, record.round, self.model, self.keep)
+
+
+class FinalModel(Callback):
+    """The final global model and tokenizer in Hugging Face format."""
+
+    def __init__(self, layout: RunLayout, model: torch.nn.Module, tokenizer: Any) -> None:
+        self.layout, self.model, self.tokenizer = layout, model, tokenizer
+
+    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        self.model.save_pretrained(self.layout.final_model)
+        self.tokenizer.save_pretrained(self.layout.final_model)
+
+
+class Plots(Callback):
+    """Loss per round; each client's epsilon under DP-SGD; the continual loss matrix."""
+
+    def __init__(self, layout: RunLayout, title: str) -> None:
+        self.layout, self.title = layout, title
+
+    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        from flowerbed.tracking.plots import plot_epsilon, plot_loss_matrix, plot_losses
+
+        rows = [r.as_dict() for r in records]
+        plot_losses(rows, summary["initial_val_loss"], self.layout.val_loss_plot)
+        if summary["client_epsilon"]:
+            plot_epsilon(rows, self.layout.epsilon_plot)
+        if summary["continual"]:
+            matrix = summary["continual"]["loss_matrix"]
+            plot_loss_matrix(matrix, self.layout.loss_matrix_plot, self.title)
+
+
+class SummaryFile(Callback):
+    """summary.json, written atomically: `status` says `completed` only once it is there."""
+
+    def __init__(self, layout: RunLayout) -> None:
+        self.path = layout.summary
+
+    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        from flowerbed.atomic import write_json_atomic
+
+        write_json_atomic(self.path, summary, durable=True)
+
+
+class WandbLog(Callback):
+    """Weights & Biases (offline by default): every record, then the summary."""
+
+    def __init__(self, cfg: FlowerbedConfig, layout: RunLayout, resume: bool) -> None:
+        from flowerbed.tracking.wandb_run import WandbRun
+
+        self.run = WandbRun(cfg, layout.root, resume)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.run.log(record.as_dict())
+
+    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        self.run.finish(summary)
+
+
+def default_callbacks(
+    cfg: FlowerbedConfig, layout: RunLayout, model: torch.nn.Module, tokenizer: Any, resume: bool
+) -> list[Callback]:
+    """Every recorder a run has, in the order they run."""
+    callbacks: list[Callback] = [MetricsFile(layout)]
+    if cfg.tracking.wandb:
+        callbacks.append(WandbLog(cfg, layout, resume))
+    callbacks += [
+        ProgressLine(cfg.federation.rounds),
+        Checkpoints(layout, model, cfg.tracking.keep_checkpoints),
+        FinalModel(layout, model, tokenizer),
+    ]
+    if cfg.tracking.plots:
+        callbacks.append(Plots(layout, f"{cfg.name}: continual={cfg.continual.mode}"))
+    return [*callbacks, SummaryFile(layout)]

@@ -1,0 +1,114 @@
+"""A federation from start (or its newest checkpoint) to its summary.
+
+Builds the global model and the round engine, continues after the newest round
+checkpoint if the run directory has one (so `resume` needs nothing more), runs the
+remaining rounds, and hands every record to the callbacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.serverapp import Grid
+
+from flowerbed.atomic import write_json_atomic
+from flowerbed.config import FlowerbedConfig
+from flowerbed.data.blocks import Blocks
+from flowerbed.model.factory import build_model, num_parameters
+from flowerbed.model.runtime import resolve_device
+from flowerbed.privacy.modes import privacy_mode
+from flowerbed.server.callbacks import default_callbacks
+from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
+from flowerbed.server.engine import FederationError, RoundEngine
+from flowerbed.server.records import RoundRecord, RunFacts, summarize
+from flowerbed.tracking import MetricsLog, RunLayout
+
+log = logging.getLogger("flowerbed")
+
+
+def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str, Any]:
+    """Run (or continue) every round; return the summary also written to summary.json."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(cfg.seed)
+    layout = RunLayout(run_dir)
+    tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
+    model = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
+    start_round, records = _restore(layout, model)
+    engine = RoundEngine(
+        grid,
+        cfg,
+        model,
+        Blocks.load(layout.data, "validation"),
+        resolve_device(cfg.device),
+        dict(records[-1].client_epsilon or {}) if records else {},
+    )
+    initial_val = _initial_val_loss(layout, engine, start_round)
+    callbacks = default_callbacks(cfg, layout, model, tokenizer, resume=start_round > 1)
+    log.info(
+        "model: %s parameters on %s; %d clients; rounds %d..%d",
+        f"{num_parameters(model):,}",
+        engine.device,
+        cfg.federation.num_clients,
+        start_round,
+        cfg.federation.rounds,
+    )
+    started = time.perf_counter()
+    for round_ in range(start_round, cfg.federation.rounds + 1):
+        record = engine.run_round(round_, records)
+        if record is None:
+            break
+        records.append(record)
+        for callback in callbacks:
+            callback.on_round_end(record)
+    if not records:
+        raise FederationError(
+            "no round completed: every client's privacy budget was spent "
+            "before round 1; raise the budget or start new ledgers"
+        )
+    summary = summarize(
+        records,
+        RunFacts(
+            name=cfg.name,
+            parameters=num_parameters(model),
+            final_model=str(layout.final_model),
+            initial_val_loss=initial_val,
+            seconds_this_session=time.perf_counter() - started,
+            stop_reason=engine.stop_reason,
+            privacy=cfg.privacy.mode,
+            delta=cfg.privacy.delta if privacy_mode(cfg.privacy).protects else None,
+            continual_mode=cfg.continual.mode,
+        ),
+    )
+    for callback in callbacks:
+        callback.on_finish(records, summary)
+    return summary
+
+
+def _restore(layout: RunLayout, model: torch.nn.Module) -> tuple[int, list[RoundRecord]]:
+    """The first round to run and the records before it (from the newest checkpoint)."""
+    metrics = MetricsLog(layout.metrics)
+    checkpoint = latest_checkpoint(layout.checkpoints)
+    if checkpoint is None:
+        metrics.truncate_after(0)
+        return 1, []
+    done = load_checkpoint(checkpoint, model)
+    log.info("resuming after round %d from %s", done, checkpoint)
+    return done + 1, [RoundRecord.from_dict(r) for r in metrics.truncate_after(done)]
+
+
+def _initial_val_loss(layout: RunLayout, engine: RoundEngine, start_round: int) -> float | None:
+    """The validation loss before round 1: measured on a fresh run, read back on resume."""
+    path = layout.initial_val_loss
+    if start_round == 1:
+        loss = engine.val_loss()
+        write_json_atomic(path, {"val_loss": loss}, durable=False)
+        log.info("round 0: val %.4f (ppl %.1f)", loss, math.exp(loss))
+        return loss
+    return json.loads(path.read_text())["val_loss"] if path.is_file() else None

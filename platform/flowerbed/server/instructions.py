@@ -1,0 +1,41 @@
+"""What the server asks of its clients each round, from the run's config and global model."""
+
+from __future__ import annotations
+
+import torch
+
+from flowerbed.config import FlowerbedConfig
+from flowerbed.model.factory import architecture_of
+from flowerbed.privacy.modes import privacy_mode
+from flowerbed.protocol import EvaluateInstructions, TrainInstructions
+
+
+def train_instructions(
+    cfg: FlowerbedConfig, model: torch.nn.Module, round_: int
+) -> TrainInstructions:
+    return TrainInstructions(
+        round=round_,
+        total_rounds=cfg.federation.rounds,
+        seed=cfg.seed,
+        architecture=architecture_of(model),
+        transport_dtype=cfg.federation.transport_dtype,
+        arrival_every=cfg.continual.arrival_interval(cfg.federation.rounds),
+        uniform_weights=privacy_mode(cfg.privacy).uniform_weights,
+        train=cfg.train,
+        privacy=cfg.privacy,
+        continual=cfg.continual,
+    )
+
+
+def evaluate_instructions(
+    cfg: FlowerbedConfig, model: torch.nn.Module, round_: int
+) -> EvaluateInstructions:
+    return EvaluateInstructions(
+        round=round_,
+        architecture=architecture_of(model),
+        transport_dtype=cfg.federation.transport_dtype,
+        arrival_every=cfg.continual.arrival_interval(cfg.federation.rounds),
+        batch_size=cfg.train.batch_size,
+        eval_batches=cfg.train.eval_batches,
+        per_experience=cfg.continual.enabled,
+    )

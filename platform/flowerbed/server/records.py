@@ -1,0 +1,90 @@
+"""What a round leaves behind (`RoundRecord`, one line of metrics.jsonl) and the run's
+summary, a pure function of the records."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    train_loss: float
+    """Clients' mean training loss, weighted by the records each trained on."""
+    val_loss: float
+    """The new global model's loss on the server's validation split."""
+    val_perplexity: float
+    heldout_loss: float | None
+    """Clients' held-out loss of the new global model (None: nobody evaluated)."""
+    tokens: int
+    tokens_per_s: float
+    client_train_seconds: float
+    """The slowest client's training time."""
+    seconds: float
+    clients: int
+    """Clients whose update was aggregated."""
+    failed_clients: int
+    budget_exhausted_clients: int
+    bytes_per_client: int
+    """Weights sent to one client (it sends as many back)."""
+    client_epsilon: dict[str, float] | None
+    """DP-SGD: each client's lifetime epsilon as it last reported it (by partition id)."""
+    epsilon_max: float | None
+    user_level_epsilon: float | None
+    experience: int | None = None
+    """Continual: the newest experience any client has seen."""
+    experience_loss: dict[str, float] | None = None
+    """Continual: held-out loss per experience (keys: experience index)."""
+    continual: dict[str, Any] | None = None
+    """Continual: the loss matrix so far, forgetting and backward transfer."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundRecord:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the summary says besides the records: the run's settings and this session."""
+
+    name: str
+    parameters: int
+    final_model: str
+    initial_val_loss: float | None
+    seconds_this_session: float
+    stop_reason: str
+    privacy: str
+    delta: float | None
+    continual_mode: str
+
+
+def summarize(records: list[RoundRecord], facts: RunFacts) -> dict[str, Any]:
+    """summary.json: where the run ended and how it got there."""
+    last = records[-1]
+    return {
+        "status": "completed",
+        "name": facts.name,
+        "rounds": last.round,
+        "initial_val_loss": facts.initial_val_loss,
+        "final_val_loss": last.val_loss,
+        "final_val_perplexity": last.val_perplexity,
+        "best_val_loss": min(r.val_loss for r in records),
+        "final_train_loss": last.train_loss,
+        "total_tokens": sum(r.tokens for r in records),
+        "seconds_this_session": facts.seconds_this_session,
+        "parameters": facts.parameters,
+        "final_model": facts.final_model,
+        "stop_reason": facts.stop_reason,
+        "privacy": facts.privacy,
+        "epsilon_max": last.epsilon_max,
+        "client_epsilon": last.client_epsilon,
+        "user_level_epsilon": last.user_level_epsilon,
+        "delta": facts.delta,
+        "continual_mode": facts.continual_mode,
+        "continual": last.continual,
+    }
