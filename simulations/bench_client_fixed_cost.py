@@ -35,18 +35,18 @@ ROUNDS = [
 
 
 def config(preset: str, local_steps: int, privacy: str):
-    from flowerbed.config import load_config
+    from flowerbed.config import compose_config
 
-    dp = {"mode": "dp_sgd", "target_epsilon": 8.0} if privacy == "dp" else {"mode": "off"}
-    return load_config(
-        {
-            "model": {"preset": preset},
-            "data": {"corpus": "synthetic", "seq_len": 128},
-            "federation": {"num_clients": 1, "rounds": 4},
-            "train": {"local_steps": local_steps},
-            "privacy": dp,
-            "continual": {"mode": "replay", "experiences": 2},
-        }
+    return compose_config(
+        f"model={preset}",
+        "data=synthetic",
+        "data.seq_len=128",
+        "federation.num_clients=1",
+        "federation.rounds=4",
+        f"train.local_steps={local_steps}",
+        "privacy=dp_sgd" if privacy == "dp" else "privacy=off",
+        "continual=replay",
+        "continual.experiences=2",
     )
 
 
@@ -57,9 +57,9 @@ def main() -> None:
     args = parser.parse_args()
     from safetensors.torch import save_file
 
-    from flowerbed.cli.simulate import prepare_run
     from flowerbed.model.factory import build_model
-    from flowerbed.server.loop import round_config
+    from flowerbed.run.prepare import prepare_run
+    from flowerbed.server.instructions import train_instructions
     from flowerbed.tracking import RunLayout
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,10 +69,9 @@ def main() -> None:
         model = build_model(config(args.preset, 1, "off").model, 257, 256, 0)
         save_file(model.state_dict(), run_dir / "weights.safetensors")
         for privacy in ("off", "dp"):
-            settings = round_config(
-                config(args.preset, args.local_steps, privacy), model, layout.clients
-            )
-            (run_dir / f"settings-{privacy}.json").write_text(json.dumps(dict(settings)))
+            cfg = config(args.preset, args.local_steps, privacy)
+            settings = dict(train_instructions(cfg, model, 1).to_record())
+            (run_dir / f"settings-{privacy}.json").write_text(json.dumps(settings))
         print(f"preset {args.preset}, {args.local_steps} local steps, CPU, a fresh process each")
         print("| round | process s | imports s | in the call, besides training s | training s |")
         print("|---|---|---|---|---|")
@@ -99,26 +98,34 @@ def child(run_dir: Path, privacy: str, round_: int) -> None:
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from flowerbed.client.app import train
+    from flowerbed.client.app import app
     from flowerbed.model.transport import to_array_record
+    from flowerbed.protocol import ARRAYS, CONFIG, SERVER_ROUND, TrainReply
+    from flowerbed.tracking import RunLayout
 
     imported = time.perf_counter()
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # as Flower's runtime
     from safetensors.torch import load_file
 
     settings = ConfigRecord(json.loads((run_dir / f"settings-{privacy}.json").read_text()))
-    settings["server-round"] = round_
+    settings[SERVER_ROUND] = round_
     arrays = to_array_record(load_file(run_dir / "weights.safetensors"), "fp32")
     message = Message(
-        RecordDict({"arrays": arrays, "config": settings}), dst_node_id=1, message_type="train"
+        RecordDict({ARRAYS: arrays, CONFIG: settings}), dst_node_id=1, message_type="train"
     )
+    layout = RunLayout(run_dir)
+    node_config = {
+        "partition-id": 0,
+        "data-dir": str(layout.client_data(0)),
+        "state-dir": str(layout.client_state(0)),
+    }  # as a SuperNode's --node-config names them
     context = Context(
-        run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={}
+        run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={}
     )
     built = time.perf_counter()
-    reply = train(message, context)
+    reply = app(message, context)
     done = time.perf_counter()
-    train_seconds = float(reply.content["metrics"]["train_seconds"])
+    train_seconds = TrainReply.from_content(reply.content).train_seconds
     print(json.dumps({"imports": imported - started, "call": done - built, "train": train_seconds}))
 
 

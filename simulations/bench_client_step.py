@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from bench_common import bench_parser, describe, sync
+from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import LocalTrainer
-from flowerbed.config import ModelConfig, TrainConfig
+from flowerbed.config import compose_config
 from flowerbed.continual.pool import TrainingPool
 from flowerbed.model import autocast, build_model, resolve_device
 
@@ -52,14 +53,14 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    base = build_model(ModelConfig(preset=args.preset), args.vocab, 0, seed=0)
-    cfg = TrainConfig(
-        local_steps=args.steps,
-        batch_size=args.batch_size,
-        lr=1e-4,
-        warmup_steps=0,
-        min_lr_ratio=1.0,
-    )
+    base = build_model(compose_config(f"model={args.preset}").model, args.vocab, 0, seed=0)
+    cfg = compose_config(
+        f"train.local_steps={args.steps}",
+        f"train.batch_size={args.batch_size}",
+        "train.lr=1e-4",
+        "train.warmup_steps=0",
+        "train.min_lr_ratio=1.0",
+    ).train
     rng = np.random.default_rng(0)
     tokens = rng.integers(
         0, args.vocab, size=(args.batch_size * args.steps * 4, args.seq_len)
@@ -71,14 +72,15 @@ def main() -> None:
         .to(device)
     )
 
-    trainer = LocalTrainer(copy.deepcopy(base), cfg, device, total_steps=10**9)
+    trainer = LocalTrainer(copy.deepcopy(base), cfg, device)
+    constant = Schedule(0, 10**9)
     plain_model = copy.deepcopy(base).to(device)
-    trainer.train(pool, 0, rng)  # warm-up: allocator, kernels, autotuning
+    trainer.train(pool, constant, rng)  # warm-up: allocator, kernels, autotuning
     plain_loop(plain_model, batches, device, cfg.lr, cfg.grad_clip)
 
     client_s, plain_s = [], []
     for _ in range(args.repeats):
-        client_s.append(trainer.train(pool, 0, rng).seconds)
+        client_s.append(trainer.train(pool, constant, rng).seconds)
         plain_s.append(plain_loop(plain_model, batches, device, cfg.lr, cfg.grad_clip))
     step_tokens = args.steps * args.batch_size * args.seq_len
     client_tps = step_tokens / statistics.median(client_s)

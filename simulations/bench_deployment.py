@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
-from flowerbed.deploy.loopback import BIN, Loopback
+# The loopback harness is test code (tests/loopback.py), not part of the installed platform.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.loopback import BIN, Loopback
 
 
 def main() -> None:

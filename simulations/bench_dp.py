@@ -23,7 +23,7 @@ import torch
 
 from bench_common import bench_parser, describe, sync
 from flowerbed.client.trainer import make_optimizer
-from flowerbed.config import ModelConfig, TrainConfig
+from flowerbed.config import compose_config
 from flowerbed.model import autocast, build_model, resolve_device
 from flowerbed.privacy.dp_sgd import PrivateStep
 
@@ -36,7 +36,7 @@ class Arm:
     def __init__(self, name: str, base: torch.nn.Module, device: torch.device, batch: int) -> None:
         self.name, self.device = name, device
         self.model = copy.deepcopy(base).to(device)
-        self.optimizer = make_optimizer(self.model, TrainConfig(lr=1e-4), device)
+        self.optimizer = make_optimizer(self.model, compose_config("train.lr=1e-4").train, device)
         self.private = None
         if name != "non-DP":
             self.private = PrivateStep(
@@ -69,7 +69,7 @@ class Arm:
 
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.device]:
     device = resolve_device(args.device)
-    base = build_model(ModelConfig(preset=args.preset), args.vocab, 0, seed=0)
+    base = build_model(compose_config(f"model={args.preset}").model, args.vocab, 0, seed=0)
     g = torch.Generator().manual_seed(0)
     batches = torch.randint(0, args.vocab, (args.steps, args.batch_size, args.seq_len), generator=g)
     return base, batches.to(device), device

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
@@ -26,8 +26,30 @@ SERVER_ROUND = "server-round"  # Flower's strategies write the round under this 
 T = TypeVar("T")
 
 
+class _Instructions:
+    """Server to client: flat typed values in the Message's ConfigRecord."""
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(_flatten(self))
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> Self:
+        return _unflatten(cls, content[CONFIG])
+
+
+class _Reply:
+    """Client to server: values in the reply's MetricRecord, weights in its ArrayRecord."""
+
+    def to_content(self) -> RecordDict:
+        return _reply_content(self)
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> Self:
+        return _reply_of(cls, content)
+
+
 @dataclass(frozen=True)
-class TrainInstructions:
+class TrainInstructions(_Instructions):
     """What the server asks of a client in a train Message."""
 
     round: int
@@ -44,16 +66,9 @@ class TrainInstructions:
     privacy: PrivacyConfig
     continual: ContinualConfig
 
-    def to_record(self) -> ConfigRecord:
-        return ConfigRecord(_flatten(self))
-
-    @classmethod
-    def from_content(cls, content: RecordDict) -> TrainInstructions:
-        return _unflatten(cls, content[CONFIG])
-
 
 @dataclass(frozen=True)
-class EvaluateInstructions:
+class EvaluateInstructions(_Instructions):
     """What the server asks of a client in an evaluate Message: held-out losses."""
 
     round: int
@@ -66,13 +81,6 @@ class EvaluateInstructions:
     per_experience: bool
     """Report the loss of every experience seen (continual learning), not only the mean."""
 
-    def to_record(self) -> ConfigRecord:
-        return ConfigRecord(_flatten(self))
-
-    @classmethod
-    def from_content(cls, content: RecordDict) -> EvaluateInstructions:
-        return _unflatten(cls, content[CONFIG])
-
 
 def global_weights(content: RecordDict) -> ArrayRecord:
     """The weights a train or evaluate Message carries."""
@@ -80,7 +88,7 @@ def global_weights(content: RecordDict) -> ArrayRecord:
 
 
 @dataclass(frozen=True)
-class TrainReply:
+class TrainReply(_Reply):
     """A client's answer to a train Message."""
 
     partition_id: int
@@ -98,16 +106,9 @@ class TrainReply:
     """DP-SGD: the next round would pass the client's budget, so it did not train."""
     weights: ArrayRecord | None = None
 
-    def to_content(self) -> RecordDict:
-        return _reply_content(self)
-
-    @classmethod
-    def from_content(cls, content: RecordDict) -> TrainReply:
-        return _reply_of(cls, content)
-
 
 @dataclass(frozen=True)
-class EvaluateReply:
+class EvaluateReply(_Reply):
     """A client's held-out losses of the global weights."""
 
     partition_id: int
@@ -118,16 +119,10 @@ class EvaluateReply:
     """Per experience seen, oldest first (when asked for `per_experience`)."""
     experience_sizes: list[int] | None = None
 
-    def to_content(self) -> RecordDict:
-        return _reply_content(self)
-
-    @classmethod
-    def from_content(cls, content: RecordDict) -> EvaluateReply:
-        return _reply_of(cls, content)
-
 
 def _key(name: str) -> str:
-    return name.replace("_", "-")
+    """A field's key on the wire: kebab-case, and the round where Flower's strategies put it."""
+    return SERVER_ROUND if name == "round" else name.replace("_", "-")
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

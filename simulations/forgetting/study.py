@@ -17,11 +17,8 @@ import shutil
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from flowerbed.cli.conf_dir import conf_dir
-from flowerbed.cli.simulate import simulate
-from flowerbed.config import load_config
+from flowerbed.config import compose_config
+from flowerbed.run.simulation import simulate
 
 ARMS = [
     ("naive", ["continual=naive"]),
@@ -35,8 +32,7 @@ PRIVACY = {"off": [], "dp": ["privacy=dp_sgd", "privacy.target_epsilon=8"]}
 
 def run_arm(corpus: str, privacy: str, overrides: list[str], work: Path) -> dict:
     full = [f"experiment={corpus}_continual", *overrides, *PRIVACY[privacy]]
-    with initialize_config_dir(str(conf_dir()), version_base=None):
-        cfg = load_config(compose("config", overrides=full))
+    cfg = compose_config(*full)
     run_dir = work / f"{corpus}-{privacy}-{'_'.join(o.split('=')[-1] for o in overrides)}"
     shutil.rmtree(run_dir, ignore_errors=True)
     started = time.perf_counter()

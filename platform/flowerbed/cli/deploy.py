@@ -21,18 +21,14 @@ import sys
 from pathlib import Path
 
 from flowerbed.atomic import write_json_atomic
+from flowerbed.cli.parsing import subcommand_parser
 from flowerbed.config import ConfigError, compose_config, load_config
 from flowerbed.data import DataError
 from flowerbed.tracking import RunLayout
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flowerbed deploy",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser, commands = subcommand_parser("flowerbed deploy", __doc__)
 
     cred = commands.add_parser("credentials", help="CA, SuperLink certificate, SuperNode keys")
     cred.add_argument("out", type=Path)

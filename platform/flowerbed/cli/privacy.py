@@ -15,6 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
+from flowerbed.cli.parsing import subcommand_parser
 from flowerbed.privacy.planning import plan
 
 
@@ -35,12 +36,7 @@ def _settings(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="flowerbed privacy",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser, commands = subcommand_parser("flowerbed privacy", __doc__)
     noise = commands.add_parser("noise", help="the noise multiplier that spends a target epsilon")
     _settings(noise)
     noise.add_argument("--target-epsilon", type=float, required=True)

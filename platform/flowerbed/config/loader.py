@@ -12,8 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from flowerbed.config.rules import SchemaError
 from flowerbed.config.schema import FlowerbedConfig
-from flowerbed.config.sections import SchemaError
 
 T = TypeVar("T")
 

@@ -9,16 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from flowerbed.config import sections
 from flowerbed.config.modes import ContinualConfig, PrivacyConfig
-from flowerbed.config.sections import (
-    DataConfig,
-    FederationConfig,
-    ModelConfig,
-    StrategyConfig,
-    TrackingConfig,
-    TrainConfig,
-    require,
-)
+from flowerbed.config.rules import require
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -27,14 +20,14 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 class FlowerbedConfig:
     """A whole run: what `flowerbed simulate` composes with Hydra and validates."""
 
-    model: ModelConfig
-    data: DataConfig
-    federation: FederationConfig
-    train: TrainConfig
-    strategy: StrategyConfig
+    model: sections.ModelConfig
+    data: sections.DataConfig
+    federation: sections.FederationConfig
+    train: sections.TrainConfig
+    strategy: sections.StrategyConfig
     privacy: PrivacyConfig
     continual: ContinualConfig
-    tracking: TrackingConfig
+    tracking: sections.TrackingConfig
     name: str
     """A label for the run (experiment files set it)."""
     seed: int

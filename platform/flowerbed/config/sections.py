@@ -1,13 +1,16 @@
 """The config sections that hold plain settings: model, data, federation, training, tracking.
 
 Defaults live in `conf/config.yaml` alone (every key, once); these dataclasses give each
-key its type and its rule, and `__post_init__` names the key that breaks one.
+key its type and its allowed range (`Annotated[...]`, see `rules`), and `check` names the
+key that breaks a rule spanning several fields.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+from flowerbed.config.rules import Section, at_least, between, positive, require
 
 ModelPreset = Literal["tiny", "small", "125m", "350m", "1b", "pretrained"]
 CorpusName = Literal["stdlib", "synthetic", "files"]
@@ -15,19 +18,11 @@ PartitionName = Literal["iid", "domain", "dirichlet"]
 TransportDtype = Literal["fp32", "fp16", "bf16"]
 
 
-class SchemaError(ValueError):
-    """A value breaks a rule of the schema; the message names the key."""
-
-
-def require(condition: bool, message: str) -> None:
-    if not condition:
-        raise SchemaError(message)
-
-
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     """Which causal LM the federation trains."""
 
+    key = "model"
     preset: ModelPreset
     """Size preset for a model built from scratch, or `pretrained` (load `pretrained`)."""
     pretrained: str | None
@@ -36,17 +31,17 @@ class ModelConfig:
     tie_embeddings: bool
     """Tie input and output embeddings. Off by default: Opacus ghost clipping refuses them."""
 
-    def __post_init__(self) -> None:
-        require(
-            self.preset != "pretrained" or bool(self.pretrained),
-            "model=pretrained needs model.pretrained=<a final_model directory or hub name>",
-        )
+    def check(self) -> None:
+        if self.preset == "pretrained":
+            needs = "model.pretrained=<a final_model directory or hub name>"
+            require(bool(self.pretrained), f"model=pretrained needs {needs}")
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     """Where the text comes from, how it becomes blocks, and how clients share it."""
 
+    key = "data"
     corpus: CorpusName
     """Built-in `stdlib` or `synthetic`, or the user's own `files`."""
     paths: list[str]
@@ -55,126 +50,99 @@ class DataConfig:
     """Column holding the text in .jsonl and .parquet files."""
     tokenizer: str
     """`byte` (built in), a path or hub name, or `auto` (the pretrained model's, else byte)."""
-    seq_len: int
+    seq_len: Annotated[int, at_least(8)]
     """Tokens per training block."""
-    max_chars_per_domain: int
+    max_chars_per_domain: Annotated[int, positive()]
     """Characters of text read per domain at most. `files`: reading stops at the cap, inside
     a file too; `stdlib`: whole source files are read until the cap is reached."""
-    synthetic_domains: int
-    synthetic_docs_per_domain: int
-    synthetic_shift: float
+    synthetic_domains: Annotated[int, at_least(1)]
+    synthetic_docs_per_domain: Annotated[int, at_least(1)]
+    synthetic_shift: Annotated[float, between(0, 1)]
     """0: every domain draws from the same words; 1: domains share no words."""
     partition: PartitionName
-    dirichlet_alpha: float
+    dirichlet_alpha: Annotated[float, positive()]
     """Concentration of the Dirichlet skew over domains (smaller is more skewed)."""
-    val_fraction: float
+    val_fraction: Annotated[float, between(0, 0.5, open_=True)]
     """Share of each domain's blocks held out for the server's validation."""
-    heldout_fraction: float
+    heldout_fraction: Annotated[float, between(0, 0.5, open_=True)]
     """Share of each client's blocks it keeps for held-out evaluation."""
     cache_dir: str
     """Where packed blocks are cached so a second run does not tokenize again."""
 
-    def __post_init__(self) -> None:
-        require(self.seq_len >= 8, f"data.seq_len must be >= 8, got {self.seq_len}")
+    def check(self) -> None:
         require(
             self.corpus != "files" or bool(self.paths),
             "data.paths must list at least one file or folder when data.corpus=files",
         )
-        for name in ("val_fraction", "heldout_fraction"):
-            value = getattr(self, name)
-            require(0.0 < value < 0.5, f"data.{name} must be in (0, 0.5), got {value}")
-        require(
-            0.0 <= self.synthetic_shift <= 1.0,
-            f"data.synthetic_shift must be in [0, 1], got {self.synthetic_shift}",
-        )
-        require(self.dirichlet_alpha > 0, "data.dirichlet_alpha must be > 0")
-        require(self.synthetic_domains >= 1, "data.synthetic_domains must be >= 1")
-        require(self.max_chars_per_domain > 0, "data.max_chars_per_domain must be > 0")
 
 
 @dataclass
-class FederationConfig:
+class FederationConfig(Section):
     """Who takes part, how often, and how weights travel."""
 
-    num_clients: int
-    rounds: int
-    fraction_train: float
-    fraction_evaluate: float
+    key = "federation"
+    num_clients: Annotated[int, at_least(1)]
+    rounds: Annotated[int, at_least(1)]
+    fraction_train: Annotated[float, between(0, 1)]
+    """Share of clients sampled to train each round (more than 0)."""
+    fraction_evaluate: Annotated[float, between(0, 1)]
     """Share of clients that evaluate the global model on their held-out split each round."""
     min_clients: int
     """A round starts once this many nodes are connected, and a round with fewer
     successful replies than this stops the run."""
     transport_dtype: TransportDtype
     """Weights on the wire: fp32, fp16 (half the bytes), or bf16 carried bit-exact."""
-    client_cpus: float
+    client_cpus: Annotated[float, positive()]
     """CPU cores reserved per simulated client (Ray)."""
-    client_gpus: float
+    client_gpus: Annotated[float, at_least(0)]
     """GPU share per simulated client; 0.25 runs four clients on one GPU."""
-    round_timeout: float
+    round_timeout: Annotated[float, positive()]
 
-    def __post_init__(self) -> None:
-        require(
-            self.num_clients >= 1, f"federation.num_clients must be >= 1, got {self.num_clients}"
-        )
-        require(self.rounds >= 1, f"federation.rounds must be >= 1, got {self.rounds}")
-        for name in ("fraction_train", "fraction_evaluate"):
-            value = getattr(self, name)
-            require(0.0 <= value <= 1.0, f"federation.{name} must be in [0, 1], got {value}")
+    def check(self) -> None:
         require(self.fraction_train > 0, "federation.fraction_train must be > 0")
         require(
             1 <= self.min_clients <= self.num_clients,
             f"federation.min_clients must be in [1, num_clients={self.num_clients}], "
             f"got {self.min_clients}",
         )
-        require(self.client_cpus > 0, "federation.client_cpus must be > 0")
-        require(self.client_gpus >= 0, "federation.client_gpus must be >= 0")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """The client's local optimisation: K AdamW steps per round on a cosine schedule."""
 
-    local_steps: int
-    batch_size: int
-    lr: float
-    min_lr_ratio: float
+    key = "train"
+    local_steps: Annotated[int, at_least(1)]
+    batch_size: Annotated[int, at_least(1)]
+    lr: Annotated[float, positive()]
+    min_lr_ratio: Annotated[float, between(0, 1)]
     """The cosine schedule decays to lr * min_lr_ratio at the last round's last step."""
-    warmup_steps: int
-    weight_decay: float
-    grad_clip: float
+    warmup_steps: Annotated[int, at_least(0)]
+    weight_decay: Annotated[float, at_least(0)]
+    grad_clip: Annotated[float, at_least(0)]
     """Clip of the whole batch gradient's norm (0 turns it off)."""
-    eval_batches: int
+    eval_batches: Annotated[int, at_least(0)]
     """Batches of held-out or validation blocks per evaluation (0: all of them)."""
-
-    def __post_init__(self) -> None:
-        require(self.local_steps >= 1, f"train.local_steps must be >= 1, got {self.local_steps}")
-        require(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        require(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
-        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must be in [0, 1]")
-        require(self.warmup_steps >= 0, "train.warmup_steps must be >= 0")
-        require(self.grad_clip >= 0, "train.grad_clip must be >= 0")
-        require(self.eval_batches >= 0, "train.eval_batches must be >= 0")
 
 
 @dataclass
-class StrategyConfig:
+class StrategyConfig(Section):
     """How the server combines the clients' weights."""
 
+    key = "strategy"
     name: Literal["fedavg"]
 
 
 @dataclass
-class TrackingConfig:
+class TrackingConfig(Section):
     """What the run records besides metrics.jsonl and summary.json."""
 
+    key = "tracking"
     plots: bool
-    keep_checkpoints: int
+    keep_checkpoints: Annotated[int, at_least(1)]
     """Round checkpoints kept on disk (the newest ones); resume needs at least 1."""
     wandb: bool
     wandb_project: str
     wandb_mode: Literal["offline", "online", "disabled"]
     verbose: bool
     """Show Flower's and Ray's own logs instead of one line per round."""
-
-    def __post_init__(self) -> None:
-        require(self.keep_checkpoints >= 1, "tracking.keep_checkpoints must be >= 1")

@@ -6,63 +6,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+class _Under:
+    """A path below the run directory, read as an attribute: `layout.metrics`."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, layout: RunLayout, owner: type | None = None) -> Path:
+        return layout.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def data(self) -> Path:
-        """Validation blocks and the tokenizer (server side)."""
-        return self.root / "data"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.data / "tokenizer"
-
-    @property
-    def clients(self) -> Path:
-        """One folder per simulated client: `client-<i>/data` (its shard), `client-<i>/state`."""
-        return self.root / "clients"
+    config = _Under("config.yaml")  # the resolved config the run used
+    data = _Under("data")  # validation blocks and the tokenizer (server side)
+    tokenizer = _Under("data", "tokenizer")
+    clients = _Under("clients")  # client-<i>/data (its shard) and client-<i>/state
+    checkpoints = _Under("checkpoints")
+    metrics = _Under("metrics.jsonl")
+    summary = _Under("summary.json")
+    final_model = _Under("final_model")
+    initial_val_loss = _Under("initial_val_loss.json")  # kept for a resumed run's summary
+    val_loss_plot = _Under("val_loss.png")
+    epsilon_plot = _Under("privacy_epsilon.png")
+    loss_matrix_plot = _Under("loss_matrix.png")
 
     def client_data(self, partition_id: int) -> Path:
         return self.clients / f"client-{partition_id}" / "data"
 
     def client_state(self, partition_id: int) -> Path:
         return self.clients / f"client-{partition_id}" / "state"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def final_model(self) -> Path:
-        return self.root / "final_model"
-
-    @property
-    def initial_val_loss(self) -> Path:
-        """The round-0 validation loss, kept so a resumed run's summary still has it."""
-        return self.root / "initial_val_loss.json"
-
-    @property
-    def val_loss_plot(self) -> Path:
-        return self.root / "val_loss.png"
-
-    @property
-    def epsilon_plot(self) -> Path:
-        return self.root / "privacy_epsilon.png"
-
-    @property
-    def loss_matrix_plot(self) -> Path:
-        return self.root / "loss_matrix.png"
