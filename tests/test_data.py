@@ -191,3 +191,13 @@ def test_a_shard_too_small_for_its_clients_stops_before_training(tokenizer, tmp_
     )
     with pytest.raises(DataError, match="too few for a validation split and 4 clients"):
         prepare_splits(cfg, tokenizer, 4, seed=0)
+
+
+def test_the_per_domain_cap_holds_inside_one_large_file(tmp_path: Path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "big.txt").write_text("a" * 50_000)  # one domain that is one file
+    (site / "rows.jsonl").write_text("\n".join(json.dumps({"text": "b" * 300}) for _ in range(10)))
+    domains = {d.name: d for d in file_domains([str(site)], "text", 1_000, tmp_path / "cache")}
+    assert sum(len(t) for t in domains["big"].documents) == 1_000
+    assert [len(t) for t in domains["rows"].documents] == [300, 300, 300, 100]

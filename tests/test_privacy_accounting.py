@@ -119,3 +119,11 @@ def test_noise_for_a_schedule_of_rates_spends_the_target_and_merging_changes_not
     unmerged = PRVAccountant()
     unmerged.history = history  # four entries, as a ledger has them
     assert epsilon(history, 1e-5) == pytest.approx(unmerged.get_epsilon(1e-5), rel=1e-6)
+
+
+def test_a_calibration_that_cannot_settle_stops_with_a_clear_error():
+    from flowerbed.privacy.accounting import CalibrationError, noise_for_schedule
+
+    schedule = [(0.02, 50), (0.05, 100)]
+    with pytest.raises(CalibrationError, match=r"did not settle within 0\.0 after 5 halvings"):
+        noise_for_schedule(8.0, 1e-5, schedule, "rdp", tolerance=0.0, max_iterations=5)

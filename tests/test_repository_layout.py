@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,3 +33,22 @@ def test_the_apps_do_not_import_avalanche_or_opacus_until_they_need_them():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_platform_files_stay_short_and_the_test_harness_is_not_in_it():
+    platform = ROOT / "platform" / "flowerbed"
+    long = {
+        p.name: n for p in platform.rglob("*.py") if (n := len(p.read_text().splitlines())) > 250
+    }
+    assert not long, f"split these files: {long}"
+    assert not list(platform.rglob("loopback.py"))
+
+
+def test_a_supernode_without_its_folders_is_told_which_setting_is_missing():
+    from flwr.app import Context, RecordDict
+
+    from flowerbed.client.node import Node, NodeConfigError
+
+    context = Context(1, 1, {"partition-id": 0, "data-dir": "/srv/data"}, RecordDict(), {})
+    with pytest.raises(NodeConfigError, match="--node-config has no state-dir"):
+        Node.from_context(context)
