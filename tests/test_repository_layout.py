@@ -52,3 +52,30 @@ def test_a_supernode_without_its_folders_is_told_which_setting_is_missing():
     context = Context(1, 1, {"partition-id": 0, "data-dir": "/srv/data"}, RecordDict(), {})
     with pytest.raises(NodeConfigError, match="--node-config has no state-dir"):
         Node.from_context(context)
+
+
+LOWER = {"config", "data", "model", "privacy", "continual", "tracking", "atomic", "protocol"}
+
+
+def _imported_packages(source: Path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flowerbed."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("flowerbed.")}
+    return names
+
+
+def test_the_layers_point_one_way():
+    """The building blocks never import the apps; client and server never import each other."""
+    platform = ROOT / "platform" / "flowerbed"
+    for source in platform.rglob("*.py"):
+        package = source.relative_to(platform).parts[0].removesuffix(".py")
+        imported = _imported_packages(source)
+        if package in LOWER:
+            assert not imported & {"client", "server", "run", "cli"}, source
+        if package in {"client", "server"}:
+            assert not imported & ({"client", "server"} - {package}), source

@@ -101,8 +101,10 @@ def _supernode_key(args: argparse.Namespace) -> None:
 
 def _prepare(args: argparse.Namespace) -> None:
     from flowerbed.run.prepare import prepare_coordinator, write_client_shards
+    from flowerbed.run.simulation import preflight
 
     cfg = compose_config(*args.overrides)
+    preflight(cfg)  # the ServerApp evaluates on `device` on this machine
     layout = RunLayout(args.run_dir)
     if layout.config.is_file():
         raise FileExistsError(f"{layout.config} exists: resubmit it with `flowerbed deploy run`")
