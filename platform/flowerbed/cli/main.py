@@ -13,6 +13,8 @@ commands:
   deploy credentials|supernode-key|prepare|shard|run
                                a federation across institutions (Deployment Engine)
                                e.g. flowerbed deploy run runs/study --connection flowerbed
+  report <sweep dir>           a sweep's report again: report.md, report.csv, plots
+                               e.g. flowerbed report runs/default-sweep/2026-11-23_10-00-00
   privacy noise|epsilon|ledger  plan a privacy budget, or read a client's ledger
                                e.g. flowerbed privacy noise --records 20000 --batch-size 16 \
                                         --rounds 20 --local-steps 50 --target-epsilon 8
@@ -35,6 +37,11 @@ def main(argv: list[str] | None = None) -> None:
         from flowerbed.cli.deploy import main as deploy_main
 
         deploy_main(rest)
+        return
+    if command == "report":
+        from flowerbed.cli.report import main as report_main
+
+        report_main(rest)
         return
     if command == "privacy":
         from flowerbed.cli.privacy import main as privacy_main

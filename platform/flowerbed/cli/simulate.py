@@ -1,7 +1,8 @@
 """`flowerbed simulate`: compose the config with Hydra, check it, run the federation.
 
-The work is `flowerbed.run.simulation`; this module is Hydra's entry point and turns a
-user's mistake into one sentence and a non-zero exit.
+The work is `flowerbed.run.simulation`; this module is Hydra's entry point. A single run
+turns a user's mistake into one sentence and a non-zero exit; in a sweep (`-m`) a job
+that fails is recorded and the sweep goes on (`cli.sweep`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from flowerbed.cli.sweep import in_sweep_group, pin_gpu, record_outcome
 from flowerbed.config import ConfigError, load_config
 from flowerbed.config.conf_dir import conf_dir
 from flowerbed.data import DataError
 from flowerbed.run.simulation import SimulationFailed, continue_simulation, simulate
+from flowerbed.server.engine import NothingToTrain
 
 log = logging.getLogger("flowerbed")
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, SimulationFailed)
@@ -28,25 +32,49 @@ def ignored_by_resume(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.startswith(("resume=", "hydra.", "+hydra."))]
 
 
+def run(node: DictConfig, run_dir: Path) -> tuple[dict, Path]:
+    """A new run in `run_dir`, or the continuation of the run `resume=` names."""
+    hydra_cfg = HydraConfig.get()
+    if node.get("resume"):
+        ignored = ignored_by_resume(list(hydra_cfg.overrides.task))
+        if ignored:
+            raise ConfigError(
+                f"resume= continues a run with its saved config.yaml, so it would ignore "
+                f"{', '.join(ignored)}: drop them (or start a new run with them)"
+            )
+        run_dir = Path(str(node.resume)).expanduser()
+        return continue_simulation(load_config(run_dir / "config.yaml"), run_dir), run_dir
+    cfg = load_config(node)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        cfg = in_sweep_group(cfg, hydra_cfg.sweep.dir)
+    return simulate(cfg, run_dir), run_dir
+
+
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
 def hydra_simulate(node: DictConfig) -> float:
     """Hydra's task: returns the final validation loss, so sweepers can minimise it."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if in_sweep:
+        pin_gpu(int(hydra_cfg.job.num), int(hydra_cfg.launcher.get("n_jobs") or 1))
     try:
-        if node.get("resume"):
-            ignored = ignored_by_resume(list(HydraConfig.get().overrides.task))
-            if ignored:
-                raise ConfigError(
-                    f"resume= continues a run with its saved config.yaml, so it would ignore "
-                    f"{', '.join(ignored)}: drop them (or start a new run with them)"
-                )
-            run_dir = Path(str(node.resume)).expanduser()
-            summary = continue_simulation(load_config(run_dir / "config.yaml"), run_dir)
-        else:
-            summary = simulate(load_config(node), run_dir)
+        summary, run_dir = run(node, run_dir)
+    except NothingToTrain as err:
+        if not in_sweep:
+            log.error("%s", err)
+            sys.exit(1)
+        return record_outcome(run_dir, "infeasible", err)
     except USER_ERRORS as err:
-        log.error("%s", err)
-        sys.exit(1)
+        if not in_sweep:
+            log.error("%s", err)
+            sys.exit(1)
+        return record_outcome(run_dir, "failed", err)
+    except Exception as err:
+        if not in_sweep:
+            raise
+        log.exception("sweep job %s crashed", hydra_cfg.job.num)
+        return record_outcome(run_dir, "failed", err)
     log.info(
         "done: final val loss %.4f (ppl %.1f); outputs in %s",
         summary["final_val_loss"],

@@ -144,5 +144,7 @@ class TrackingConfig(Section):
     wandb: bool
     wandb_project: str
     wandb_mode: Literal["offline", "online", "disabled"]
+    wandb_group: str | None
+    """W&B group; the jobs of one sweep share one named after the sweep unless this is set."""
     verbose: bool
     """Show Flower's and Ray's own logs instead of one line per round."""

@@ -125,32 +125,36 @@ class SummaryFile(Callback):
 
 
 class WandbLog(Callback):
-    """Weights & Biases (offline by default): every record, then the summary."""
+    """Weights & Biases (offline by default): every record, then the summary, the plots and
+    the final model; the summary names the W&B run, so a sweep report can link it."""
 
     def __init__(self, cfg: FlowerbedConfig, layout: RunLayout, resume: bool) -> None:
         from flowerbed.tracking.wandb_run import WandbRun
 
-        self.run = WandbRun(cfg, layout.root, resume)
+        self.layout, self.run = layout, WandbRun(cfg, layout.root, resume)
 
     def on_round_end(self, record: RoundRecord) -> None:
         self.run.log(record.as_dict())
 
     def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
-        self.run.finish(summary)
+        summary["wandb_run_id"] = self.run.id
+        layout = self.layout
+        plots = [layout.val_loss_plot, layout.epsilon_plot, layout.loss_matrix_plot]
+        self.run.finish(summary, plots, layout.final_model)
 
 
 def default_callbacks(
     cfg: FlowerbedConfig, layout: RunLayout, model: torch.nn.Module, tokenizer: Any, resume: bool
 ) -> list[Callback]:
     """Every recorder a run has, in the order they run."""
-    callbacks: list[Callback] = [MetricsFile(layout)]
-    if cfg.tracking.wandb:
-        callbacks.append(WandbLog(cfg, layout, resume))
-    callbacks += [
+    callbacks: list[Callback] = [
+        MetricsFile(layout),
         ProgressLine(cfg.federation.rounds),
         Checkpoints(layout, model, cfg.tracking.keep_checkpoints),
         FinalModel(layout, model, tokenizer),
     ]
     if cfg.tracking.plots:
         callbacks.append(Plots(layout, f"{cfg.name}: continual={cfg.continual.mode}"))
+    if cfg.tracking.wandb:  # after the final model and plots, which it uploads
+        callbacks.append(WandbLog(cfg, layout, resume))
     return [*callbacks, SummaryFile(layout)]

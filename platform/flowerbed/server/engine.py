@@ -36,6 +36,10 @@ class FederationError(RuntimeError):
     """A round could not complete; the message says which round and why."""
 
 
+class NothingToTrain(FederationError):
+    """Every client's privacy budget was spent before round 1: the settings are infeasible."""
+
+
 class RoundEngine:
     """Holds the global model and runs rounds against a Flower Grid."""
 

@@ -25,7 +25,7 @@ from flowerbed.model.runtime import resolve_device
 from flowerbed.privacy.modes import privacy_mode
 from flowerbed.server.callbacks import default_callbacks
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
-from flowerbed.server.engine import FederationError, RoundEngine
+from flowerbed.server.engine import NothingToTrain, RoundEngine
 from flowerbed.server.records import RoundRecord, RunFacts, summarize
 from flowerbed.tracking import MetricsLog, RunLayout
 
@@ -68,7 +68,7 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         for callback in callbacks:
             callback.on_round_end(record)
     if not records:
-        raise FederationError(
+        raise NothingToTrain(
             "no round completed: every client's privacy budget was spent "
             "before round 1; raise the budget or start new ledgers"
         )
