@@ -69,6 +69,40 @@ def test_a_report_has_one_row_per_setting_with_seeds_aggregated(tmp_path: Path):
     assert all(p.stat().st_size > 0 for p in report.plots)
 
 
+def test_named_sweeps_and_the_search_compose_with_their_sweepers_and_launchers():
+    from hydra import compose, initialize_config_dir
+
+    from flowerbed.config.conf_dir import conf_dir
+
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        grid = compose("config", ["+sweep=privacy_replay"], return_hydra_config=True)
+        search = compose("config", ["+search=dp_budget"], return_hydra_config=True)
+        slurm = compose("config", ["hydra/launcher=slurm"], return_hydra_config=True)
+    assert dict(grid.hydra.sweeper.params) == {
+        "privacy.target_epsilon": "2,4,8",
+        "continual.replay_fraction": "0.01,0.05,0.25",
+        "seed": "0,1,2",
+    }
+    assert search.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert search.hydra.sweeper.direction == "minimize" and search.privacy.target_epsilon == 8
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+
+
+def test_parallel_jobs_take_one_gpu_each_round_robin(monkeypatch):
+    import os
+
+    import torch
+
+    from flowerbed.cli.sweep import pin_gpu
+
+    monkeypatch.setattr(os, "environ", {})  # this process's own environment stays as it was
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    pin_gpu(job_number=5, parallel_jobs=1)  # one job at a time: every GPU stays visible
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    pin_gpu(job_number=5, parallel_jobs=4)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+
+
 @pytest.mark.slow
 def test_a_grid_sweep_survives_a_failing_job_and_ends_in_a_report(tmp_path: Path):
     # experiences 3 cannot arrive in 2 rounds: exactly one of the four jobs is refused
@@ -78,6 +112,7 @@ def test_a_grid_sweep_survives_a_failing_job_and_ends_in_a_report(tmp_path: Path
         *TINY_SMOKE,
         "continual.experiences=2,3",
         "federation.rounds=2,3",
+        "tracking=wandb",
         f"hydra.sweep.dir={tmp_path}",
         f"data.cache_dir={tmp_path / 'cache'}",
     )
@@ -98,6 +133,9 @@ def test_a_grid_sweep_survives_a_failing_job_and_ends_in_a_report(tmp_path: Path
     assert all(float(r["final_val_loss_mean"]) > 0 for r in rows if r["status"] == "completed")
     assert (tmp_path / "report.md").is_file() and (tmp_path / "loss_over_rounds.png").is_file()
     assert (tmp_path / "forgetting_vs_replay.png").exists() is False  # replay was not swept
+    completed = [r for r in rows if r["status"] == "completed"]
+    assert all(r["wandb_runs"] for r in completed)  # each row links its W&B run
+    assert len({r["wandb_runs"] for r in completed}) == 3
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from flowerbed.tracking.sweep import METRICS, Setting, read_jobs, settings, swept_keys
+from flowerbed.tracking.sweep import METRICS, Setting, SweepJob, read_jobs, settings, swept_keys
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,7 @@ def write_report(sweep_dir: Path, max_epsilon: float | None = None) -> Report:
     keys = swept_keys(jobs)
     plots = plot_sweep(rows, keys, sweep_dir)
     failed = [
-        f"job {j.folder.name} ({' '.join(f'{k}={v}' for k, v in j.overrides.items())}): "
-        f"{j.status}: {j.summary.get('error', 'no summary.json')}"
+        f"job {_name(j)}: {j.status}: {j.summary.get('error', 'no summary.json')}"
         for j in jobs
         if j.status != "completed"
     ]
@@ -57,6 +56,13 @@ def write_report(sweep_dir: Path, max_epsilon: float | None = None) -> Report:
         lines += ["", "## Failed jobs", "", *[f"- {f}" for f in failed]]
     md_path.write_text("\n".join(lines) + "\n")
     return Report(md_path, csv_path, plots, failed)
+
+
+def _name(job: SweepJob) -> str:
+    """The job's folder, and its overrides unless the folder is named by them."""
+    if not job.folder.name.isdigit():
+        return job.folder.name
+    return f"{job.folder.name} ({' '.join(f'{k}={v}' for k, v in job.overrides.items())})"
 
 
 def best_setting(rows: list[Setting], max_epsilon: float | None) -> str:
