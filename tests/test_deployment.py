@@ -132,6 +132,8 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
     root = first_run.parent / "node-killed"
     for i in (0, 1):  # institutions of this test's own, with fresh state directories
         loopback.stop(f"site-{i}")
+    # The SuperLink refuses a key whose node it still holds active: wait out the heartbeat.
+    loopback.wait_for(lambda: loopback.online_nodes() == 0, "the old SuperNodes offline", 300)
     start_institutions(loopback, first_run, root)
     ledger_path = root / "site-1-state" / "privacy_ledger.json"
 
