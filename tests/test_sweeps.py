@@ -26,6 +26,18 @@ TINY_SMOKE = [
 ]
 
 
+def sweep(tmp_path: Path, *overrides: str):
+    """`flowerbed simulate -m` of the tiny smoke federation into `tmp_path`."""
+    return flowerbed(
+        "simulate",
+        "-m",
+        *TINY_SMOKE,
+        *overrides,
+        f"hydra.sweep.dir={tmp_path}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    )
+
+
 def fake_job(folder: Path, overrides: list[str], val: float | None, eps: float | None) -> None:
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
@@ -106,16 +118,7 @@ def test_parallel_jobs_take_one_gpu_each_round_robin(monkeypatch):
 @pytest.mark.slow
 def test_a_grid_sweep_survives_a_failing_job_and_ends_in_a_report(tmp_path: Path):
     # experiences 3 cannot arrive in 2 rounds: exactly one of the four jobs is refused
-    out = flowerbed(
-        "simulate",
-        "-m",
-        *TINY_SMOKE,
-        "continual.experiences=2,3",
-        "federation.rounds=2,3",
-        "tracking=wandb",
-        f"hydra.sweep.dir={tmp_path}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-    )
+    out = sweep(tmp_path, "continual.experiences=2,3", "federation.rounds=2,3", "tracking=wandb")
     log = out.stdout + out.stderr
     assert out.returncode == 1, log[-3000:]
     assert "1 sweep job(s) failed" in log and "experience 3 would arrive in round 3" in log
@@ -140,17 +143,13 @@ def test_a_grid_sweep_survives_a_failing_job_and_ends_in_a_report(tmp_path: Path
 
 @pytest.mark.slow
 def test_the_parallel_launcher_runs_two_jobs_at_once_with_separate_outputs(tmp_path: Path):
-    out = flowerbed(
-        "simulate",
-        "-m",
-        *TINY_SMOKE,
+    out = sweep(
+        tmp_path,
         "federation.rounds=1",
         "continual.experiences=1",
         "seed=0,1",
         "hydra/launcher=parallel",
         "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={tmp_path}",
-        f"data.cache_dir={tmp_path / 'cache'}",
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     summaries = [json.loads((tmp_path / j / "summary.json").read_text()) for j in ("0", "1")]

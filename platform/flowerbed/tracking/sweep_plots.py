@@ -45,14 +45,8 @@ def _privacy_utility(rows: list[Setting], path: Path) -> Path:
         by_replay.setdefault(row.keys.get(REPLAY_KEY, "-"), []).append(row)
     for replay, members in by_replay.items():
         name = f"replay {replay}" if replay != "-" else "runs"
-        points = sorted(
-            (r.stats("epsilon")[0], *r.stats("final_val_loss"))
-            for r in members
-            if r.stats("epsilon") and r.stats("final_val_loss")
-        )
-        if points:
-            eps, loss, spread = zip(*points, strict=True)
-            ax.errorbar(eps, loss, yerr=spread, marker="o", capsize=3, label=name)
+        private = [r for r in members if r.stats("epsilon") and r.stats("final_val_loss")]
+        _errorbar(ax, [(r.stats("epsilon")[0], *r.stats("final_val_loss")) for r in private], name)
         for r in members:
             if not r.stats("epsilon") and r.stats("final_val_loss"):
                 ax.axhline(
@@ -70,19 +64,22 @@ def _forgetting(rows: list[Setting], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
     for label, members in _lines(rows, leave_out=REPLAY_KEY).items():
-        points = sorted(
-            (float(r.keys[REPLAY_KEY]), *r.stats("forgetting"))
-            for r in members
-            if r.stats("forgetting")
+        measured = [r for r in members if r.stats("forgetting")]
+        _errorbar(
+            ax, [(float(r.keys[REPLAY_KEY]), *r.stats("forgetting")) for r in measured], label
         )
-        if points:
-            fraction, forgetting, spread = zip(*points, strict=True)
-            ax.errorbar(fraction, forgetting, yerr=spread, marker="o", capsize=3, label=label)
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("replayed share of each batch")
     ax.set_ylabel("forgetting (rise above the best loss)")
     ax.set_title("forgetting against replay (mean ± std over seeds)")
     return _save(fig, ax, path)
+
+
+def _errorbar(ax, points: list[tuple[float, float, float]], label: str) -> None:
+    """One line through (x, mean, std) points, sorted by x, with error bars."""
+    if points:
+        x, mean, spread = zip(*sorted(points), strict=True)
+        ax.errorbar(x, mean, yerr=spread, marker="o", capsize=3, label=label)
 
 
 def _loss_over_rounds(rows: list[Setting], path: Path) -> Path:
