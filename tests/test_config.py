@@ -20,15 +20,19 @@ from flowerbed.config import (
 from flowerbed.config.conf_dir import conf_dir
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
-GROUPS = sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "experiment")
+SECTIONS = {f.name for f in dataclasses.fields(FlowerbedConfig)}
+FOLDERS = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+GROUPS = sorted(FOLDERS & SECTIONS)
+"""Options of one config section each; the other folders are scenarios, sweeps and Hydra's."""
 REQUIRED = {
     ("model", "pretrained"): ["model.pretrained=/some/dir"],
     ("data", "files"): ["data.paths=[/some/file.txt]"],
 }
 
 
-def test_there_are_named_experiments():
+def test_there_are_named_experiments_and_no_unknown_config_folders():
     assert "smoke" in EXPERIMENTS
+    assert {"experiment", "sweep", "search", "hydra"} == FOLDERS - SECTIONS
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
