@@ -44,14 +44,13 @@ def _privacy_utility(rows: list[Setting], path: Path) -> Path:
     for row in rows:
         by_replay.setdefault(row.keys.get(REPLAY_KEY, "-"), []).append(row)
     for replay, members in by_replay.items():
-        name = f"replay {replay}" if replay != "-" else "runs"
+        name = f"replay {replay}" if replay != "-" else "DP"
         private = [r for r in members if r.stats("epsilon") and r.stats("final_val_loss")]
         _errorbar(ax, [(r.stats("epsilon")[0], *r.stats("final_val_loss")) for r in private], name)
         for r in members:
             if not r.stats("epsilon") and r.stats("final_val_loss"):
-                ax.axhline(
-                    r.stats("final_val_loss")[0], linestyle="--", alpha=0.6, label=f"{name}, no DP"
-                )
+                no_dp = f"replay {replay}, no DP" if replay != "-" else "no DP"
+                ax.axhline(r.stats("final_val_loss")[0], linestyle="--", alpha=0.6, label=no_dp)
     ax.set_xlabel("ε spent (worst client, whole life)")
     ax.set_ylabel("final validation loss")
     ax.set_title("privacy against utility (mean ± std over seeds)")
