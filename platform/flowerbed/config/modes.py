@@ -86,15 +86,16 @@ class ContinualConfig(Section):
     buffer_size: Annotated[int, at_least(1)]
     """replay: records (blocks) the buffer keeps, as references into the client's data."""
     replay_fraction: Annotated[float, between(0, 1)]
-    """replay: the share of each batch drawn from the buffer (expected share under DP)."""
+    """replay: the share of each batch drawn from the buffer (expected share under DP); 0
+    keeps the buffer and replays nothing, the no-replay point of a replay sweep."""
     rewarm: bool
     """Re-warm and re-decay the learning rate at each new experience (Ibrahim et al. 2024)."""
 
     def check(self) -> None:
         require(
-            self.mode != "replay" or 0.0 < self.replay_fraction < 1.0,
-            f"continual=replay needs continual.replay_fraction in (0, 1), "
-            f"got {self.replay_fraction}",
+            self.mode != "replay" or self.replay_fraction < 1.0,
+            "continual=replay needs continual.replay_fraction below 1 (0 keeps the buffer "
+            f"and replays nothing), got {self.replay_fraction}",
         )
 
     @property
