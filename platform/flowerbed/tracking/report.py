@@ -95,11 +95,20 @@ def _table(rows: list[Setting], keys: list[str]) -> list[str]:
     titles = [*keys, "seeds", *(title for _, title, _ in METRICS), "status", "W&B runs"]
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for row in rows:
-        cells = [row.keys[k] for k in keys] + [str(len(row.jobs))]
+        cells = [_short(row.keys[k]) for k in keys] + [str(len(row.jobs))]
         cells += [_cell(row.stats(key), form, len(row.jobs)) for key, _, form in METRICS]
         cells += [row.status, ", ".join(row.wandb_runs) or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _short(value: str) -> str:
+    """A swept value as a reader wants it: a searched float to 4 significant digits."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.4g}" if len(value) > 6 else value
 
 
 def _cell(stats: tuple[float, float] | None, form: str, seeds: int = 2) -> str:
