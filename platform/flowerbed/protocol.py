@@ -10,7 +10,6 @@ travels: the node's own config says it (`flowerbed.client.node`).
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
@@ -18,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from flowerbed.config import ContinualConfig, PrivacyConfig, TrainConfig, TransportDtype
 from flowerbed.config.loader import build_dataclass
+from flowerbed.config.rules import field_types
 
 ARRAYS = "arrays"  # where Flower's strategies put the weights (FedAvg's arrayrecord_key)
 CONFIG = "config"  # where they put the instructions (FedAvg's configrecord_key)
@@ -144,7 +144,7 @@ def _unflatten(cls: type[T], record: ConfigRecord) -> T:
 
 
 def _fields_of(cls: type, record: ConfigRecord, prefix: str) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
         key = prefix + _key(field.name)
@@ -175,8 +175,10 @@ def _reply_of(cls: type[T], content: RecordDict) -> T:
         for f in dataclasses.fields(cls)
         if f.name != "weights" and _key(f.name) in metrics
     }
-    if "budget_exhausted" in values:
-        values["budget_exhausted"] = bool(values["budget_exhausted"])
+    types = field_types(cls)
+    for name, value in values.items():
+        if types[name] is bool:  # MetricRecord holds no bools: they travel as 0/1
+            values[name] = bool(value)
     if ARRAYS in content.array_records:
         values["weights"] = content[ARRAYS]
     return cls(**values)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from flowerbed.config.rules import SchemaError
+from flowerbed.config.rules import SchemaError, field_types
 from flowerbed.config.schema import FlowerbedConfig
 
 T = TypeVar("T")
@@ -57,7 +56,7 @@ def build_dataclass(cls: type[T], data: Any, prefix: str = "") -> T:
     """Build dataclass `cls` from a mapping, checking keys and types; `prefix` names the keys."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:

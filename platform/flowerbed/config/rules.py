@@ -7,13 +7,23 @@ then the section's own rules that span several fields (`check`).
 
 from __future__ import annotations
 
+import functools
 import typing
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class SchemaError(ValueError):
     """A value breaks a rule of the schema; the message names the key."""
+
+
+@functools.cache
+def field_types(cls: type, extras: bool = False) -> dict[str, Any]:
+    """A dataclass's resolved field types, once per class (`extras`: keep `Annotated` rules).
+
+    The schema, the loader and the wire protocol all read them, for every Message.
+    """
+    return typing.get_type_hints(cls, include_extras=extras)
 
 
 def require(condition: bool, message: str) -> None:
@@ -61,7 +71,7 @@ class Section:
     key: ClassVar[str]
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self), include_extras=True)
+        hints = field_types(type(self), extras=True)
         for field in fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
             for rule in getattr(hints[field.name], "__metadata__", ()):

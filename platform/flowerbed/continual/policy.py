@@ -16,6 +16,7 @@ import numpy as np
 
 from flowerbed.config import ContinualConfig
 from flowerbed.continual.pool import TokenRows, TrainingPool, mix_rates
+from flowerbed.continual.replay import buffer_refs, storage_policy, update_buffer
 from flowerbed.continual.state import ContinualState
 
 
@@ -73,22 +74,16 @@ class Replay(ContinualPolicy):
     """`replay`: the newest experience, with `replay_fraction` of each batch from the buffer."""
 
     def sample_rate(self, sizes: list[int], e: int, batch_size: int) -> float:
-        from flowerbed.continual.replay import storage_policy
-
         held = storage_policy(self.cfg.policy).fill(self.cfg.buffer_size, sizes[:e])
         return max(mix_rates(sizes[e], held, self.cfg.replay_fraction, batch_size))
 
     def advance(self, state: ContinualState, past_sizes: list[int], seed: list[int]) -> None:
-        from flowerbed.continual.replay import update_buffer
-
         # The first experience has nothing to replay yet.
         state.buffer = (
             update_buffer(state.buffer, self.cfg, past_sizes, seed) if past_sizes else None
         )
 
     def pool(self, arrays: list[np.ndarray], state: ContinualState | None) -> TrainingPool:
-        from flowerbed.continual.replay import buffer_refs
-
         new = TokenRows.whole(arrays, self.trained(len(arrays) - 1))
         if state is None or state.buffer is None:
             return TrainingPool(new, None, self.cfg.replay_fraction)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowerbed.config.schema import ContinualConfig
+from flowerbed.config import ContinualConfig
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowerbed.config import PrivacyConfig
+from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
+from flowerbed.privacy.planning import life_noise_multiplier
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,6 @@ class PrivacyGuard:
     """DP-SGD's guard: the lifetime ledger in `state_dir`, read and written every round."""
 
     def __init__(self, cfg: PrivacyConfig, state_dir: Path) -> None:
-        from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
-
         self.cfg, self.path = cfg, state_dir / FILENAME
         self.ledger = PrivacyLedger.open(self.path, cfg.delta, cfg.accountant)
 
@@ -41,8 +41,6 @@ class PrivacyGuard:
     ) -> RoundPermit:
         """Noise calibrated once for the planned life (`planned`: (rate, steps) per round),
         or a refusal when `steps` more at `sample_rate` would pass the budget."""
-        from flowerbed.privacy.planning import life_noise_multiplier
-
         sigma = life_noise_multiplier(self.ledger, self.cfg, planned)
         budget = self.cfg.budget
         if budget is not None and self.ledger.epsilon_after(sigma, sample_rate, steps) > budget:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowerbed.config.schema import PrivacyConfig
+from flowerbed.config import PrivacyConfig
 from flowerbed.privacy.accounting import epsilon, noise_for_epsilon, noise_for_schedule
 from flowerbed.privacy.ledger import PrivacyLedger
 

@@ -40,7 +40,7 @@ def simulate(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     """Prepare `run_dir` and run a simulated federation in it; return its summary."""
     preflight(cfg)
     prepare_run(cfg, RunLayout(run_dir))
-    return continue_simulation(cfg, run_dir)
+    return _run_prepared(cfg, run_dir)
 
 
 def continue_simulation(cfg: FlowerbedConfig, run_dir: Path) -> dict:
@@ -49,13 +49,17 @@ def continue_simulation(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     Raises:
         SimulationFailed: the ServerApp did not finish (a client error, a crash).
     """
+    preflight(cfg)
+    return _run_prepared(cfg, run_dir)
+
+
+def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     import flwr.simulation
 
     from flowerbed.client.app import make_client_app
     from flowerbed.client.node import SimulatedNodes
     from flowerbed.server.app import make_server_app
 
-    preflight(cfg)
     layout = RunLayout(run_dir)
     if not layout.config.is_file() or not layout.data.is_dir():
         raise FileNotFoundError(

@@ -8,6 +8,7 @@ aggregated as mean and sample standard deviation.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -47,10 +48,12 @@ class SweepJob:
 
     def value(self, key: str) -> float | None:
         """One of `METRICS` for this job (None when it does not apply or the job failed)."""
-        if self.status != "completed":
-            return None
+        return self._values.get(key) if self.status == "completed" else None
+
+    @functools.cached_property
+    def _values(self) -> dict[str, Any]:
         continual = self.summary.get("continual") or {}
-        values = {
+        derived = {
             "epsilon": self.summary.get("epsilon_max") or self.summary.get("user_level_epsilon"),
             "average_loss": continual.get("average_loss"),
             "forgetting": continual.get("forgetting"),
@@ -59,7 +62,7 @@ class SweepJob:
             "client_seconds": sum(r.get("client_train_seconds") or 0 for r in self.records),
             "wall_seconds": sum(r.get("seconds") or 0 for r in self.records),
         }
-        return values[key] if key in values else self.summary.get(key)
+        return {**self.summary, **derived}
 
 
 @dataclass
