@@ -126,6 +126,14 @@ def test_wrong_values_are_named(override: str, message: str):
     assert message in str(err.value)
 
 
+def test_sequences_per_round_sets_local_steps_so_batch_sizes_train_equal_tokens():
+    for batch, steps in [(8, 64), (64, 8), (256, 2)]:
+        cfg = compose_config("train.sequences_per_round=512", f"train.batch_size={batch}")
+        assert cfg.train.local_steps == steps
+    with pytest.raises(ConfigError, match=r"train\.sequences_per_round=100 is not a multiple"):
+        compose_config("train.sequences_per_round=100", "train.batch_size=8")
+
+
 def test_files_corpus_needs_paths_and_a_pretrained_model_needs_its_path():
     with pytest.raises(ConfigError, match=r"data\.paths must list at least one"):
         compose_config("data=files")

@@ -123,6 +123,20 @@ class TrainConfig(Section):
     """Clip of the whole batch gradient's norm (0 turns it off)."""
     eval_batches: Annotated[int, at_least(0)]
     """Batches of held-out or validation blocks per evaluation (0: all of them)."""
+    sequences_per_round: Annotated[int | None, at_least(1)]
+    """Sequences a client trains on per round; when set, local_steps becomes this divided by
+    batch_size, so a sweep over batch_size compares batch sizes at equal tokens."""
+
+    def check(self) -> None:
+        if self.sequences_per_round is None:
+            return
+        require(
+            self.sequences_per_round % self.batch_size == 0,
+            f"train.sequences_per_round={self.sequences_per_round} is not a multiple of "
+            f"train.batch_size={self.batch_size}: choose values where it is, so every round "
+            "trains exactly that many sequences",
+        )
+        self.local_steps = self.sequences_per_round // self.batch_size
 
 
 @dataclass
