@@ -62,6 +62,8 @@ class TrainInstructions(_Instructions):
     """Rounds between experience arrivals (simulation's schedule); 0: every folder present."""
     uniform_weights: bool
     """Reply with weight 1: Flower's user-level DP accountant needs equal client weights."""
+    keep_inner_state: bool
+    """Restore the client's AdamW moments from its last round and save them after this one."""
     train: TrainConfig
     privacy: PrivacyConfig
     continual: ContinualConfig

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from flowerbed.client.inner_state import restore_inner_state, save_inner_state
 from flowerbed.client.node import Node
 from flowerbed.client.round_plan import plan_round
 from flowerbed.client.trainer import make_trainer
@@ -39,8 +40,12 @@ def train_round(
         )
         return reply, None
     trainer = make_trainer(model, job.train, job.privacy, device, permit, rng)
+    if job.keep_inner_state:
+        restore_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
     result = trainer.train(plan.pool, plan.schedule, rng)
     epsilon = guard.record(job.round, permit, steps)  # before the update leaves
+    if job.keep_inner_state:
+        save_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
     reply = TrainReply(
         partition_id=node.partition_id,
         num_examples=1 if mode.uniform_weights else plan.pool.num_records,

@@ -36,6 +36,7 @@ class TrainResult:
 
 class Trainer(Protocol):
     model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
 
     def train(
         self, pool: TrainingPool, schedule: Schedule, rng: np.random.Generator

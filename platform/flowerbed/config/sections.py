@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from flowerbed.config.rules import Section, at_least, between, positive, require
+from flowerbed.config.rules import Range, Section, at_least, between, positive, require
 
 ModelPreset = Literal["tiny", "small", "125m", "350m", "1b", "pretrained"]
 CorpusName = Literal["stdlib", "synthetic", "files"]
@@ -144,7 +144,16 @@ class StrategyConfig(Section):
     """How the server combines the clients' weights."""
 
     key = "strategy"
-    name: Literal["fedavg"]
+    name: Literal["fedavg", "fedavgm", "diloco", "fedadam"]
+    """The outer step on the clients' mean update (server/outer.py says each rule)."""
+    outer_lr: Annotated[float, positive()]
+    outer_momentum: Annotated[float, Range(0, 1, high_open=True)]
+    """Momentum of fedavgm and diloco; Adam's beta1 for fedadam."""
+    outer_beta2: Annotated[float, Range(0, 1, high_open=True)]
+    outer_tau: Annotated[float, positive()]
+    """fedadam's epsilon: the update is m / (sqrt(v) + tau)."""
+    keep_inner_state: bool
+    """Each client keeps its AdamW moments between rounds (in its state directory)."""
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 
 from flowerbed.config import FlowerbedConfig
 from flowerbed.server.checkpoint import save_checkpoint
+from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
 from flowerbed.tracking import MetricsLog, RunLayout
 
@@ -76,11 +77,13 @@ def progress_line(record: RoundRecord, rounds: int) -> str:
 class Checkpoints(Callback):
     """The global weights after every round; the newest `keep` are kept for resume."""
 
-    def __init__(self, layout: RunLayout, model: torch.nn.Module, keep: int) -> None:
-        self.layout, self.model, self.keep = layout, model, keep
+    def __init__(
+        self, layout: RunLayout, model: torch.nn.Module, outer: FedAvgOuter, keep: int
+    ) -> None:
+        self.layout, self.model, self.outer, self.keep = layout, model, outer, keep
 
     def on_round_end(self, record: RoundRecord) -> None:
-        save_checkpoint(self.layout.checkpoints, record.round, self.model, self.keep)
+        save_checkpoint(self.layout.checkpoints, record.round, self.model, self.outer, self.keep)
 
 
 class FinalModel(Callback):
@@ -144,13 +147,18 @@ class WandbLog(Callback):
 
 
 def default_callbacks(
-    cfg: FlowerbedConfig, layout: RunLayout, model: torch.nn.Module, tokenizer: Any, resume: bool
+    cfg: FlowerbedConfig,
+    layout: RunLayout,
+    model: torch.nn.Module,
+    outer: FedAvgOuter,
+    tokenizer: Any,
+    resume: bool,
 ) -> list[Callback]:
     """Every recorder a run has, in the order they run."""
     callbacks: list[Callback] = [
         MetricsFile(layout),
         ProgressLine(cfg.federation.rounds),
-        Checkpoints(layout, model, cfg.tracking.keep_checkpoints),
+        Checkpoints(layout, model, outer, cfg.tracking.keep_checkpoints),
         FinalModel(layout, model, tokenizer),
     ]
     if cfg.tracking.plots:

@@ -1,4 +1,5 @@
-"""Round checkpoints: the global weights and the round, written atomically, newest kept.
+"""Round checkpoints: the global weights, the outer optimizer's state and the round,
+written atomically, the newest kept.
 
 A run interrupted after round r resumes from `checkpoints/round-r` and, with the same
 seed, ends with the same weights as a run that was never interrupted.
@@ -11,20 +12,24 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from flowerbed.atomic import publish_folder
+from flowerbed.server.outer import FedAvgOuter
 
 PREFIX = "round-"
 
 
-def save_checkpoint(folder: Path, round_: int, model: torch.nn.Module, keep: int) -> Path:
-    """Write `round-<r>/` (weights, then state.json last) and prune older checkpoints."""
+def save_checkpoint(
+    folder: Path, round_: int, model: torch.nn.Module, outer: FedAvgOuter, keep: int
+) -> Path:
+    """Write `round-<r>/` (weights, outer state, then state.json last); prune older ones."""
     target = folder / f"{PREFIX}{round_:05d}"
     staging = folder / f".{target.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_model(model, str(staging / "model.safetensors"))
+    save_file(outer.state_dict(), str(staging / "outer.safetensors"))
     (staging / "state.json").write_text(json.dumps({"round": round_}))
     publish_folder(staging, target, durable=True)
     for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:
@@ -38,10 +43,11 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> int:
-    """Load the weights saved at `path` into `model`; return the round they end."""
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"checkpoint {path} has no model.safetensors; it is incomplete")
-    load_model(model, str(weights))
+def load_checkpoint(path: Path, model: torch.nn.Module, outer: FedAvgOuter) -> int:
+    """Load the weights and outer state saved at `path`; return the round they end."""
+    for name in ("model.safetensors", "outer.safetensors"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"checkpoint {path} has no {name}; it is incomplete")
+    load_model(model, str(path / "model.safetensors"))
+    outer.load_state_dict(load_file(str(path / "outer.safetensors")))
     return int(json.loads((path / "state.json").read_text())["round"])

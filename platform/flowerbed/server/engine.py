@@ -26,6 +26,7 @@ from flowerbed.model.runtime import mean_loss
 from flowerbed.model.transport import from_array_record, record_nbytes, to_array_record
 from flowerbed.protocol import EvaluateReply, TrainReply
 from flowerbed.server.instructions import evaluate_instructions, train_instructions
+from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
 from flowerbed.server.strategy import make_strategy
 
@@ -48,11 +49,12 @@ class RoundEngine:
         grid: Grid,
         cfg: FlowerbedConfig,
         model: torch.nn.Module,
+        outer: FedAvgOuter,
         validation: Blocks,
         device: torch.device,
         client_epsilon: dict[str, float],
     ) -> None:
-        self.grid, self.cfg, self.model = grid, cfg, model
+        self.grid, self.cfg, self.model, self.outer = grid, cfg, model, outer
         self.validation, self.device = validation, device
         self.strategy = make_strategy(cfg)
         self.client_epsilon = client_epsilon
@@ -93,7 +95,8 @@ class RoundEngine:
         aggregated, _ = self.strategy.aggregate_train(round_, replies)
         if aggregated is None:
             raise FederationError(f"round {round_}: the strategy aggregated nothing (see the log)")
-        self.model.load_state_dict(from_array_record(aggregated, "fp32"))
+        average = from_array_record(aggregated, "fp32")
+        self.model.load_state_dict(self.outer.step(self.model.state_dict(), average))
         evaluated = self._federated_evaluate(round_)
         val_loss = self.val_loss()
         seconds = time.perf_counter() - started

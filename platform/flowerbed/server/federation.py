@@ -18,6 +18,8 @@ import torch
 from flwr.serverapp import Grid
 
 from flowerbed.atomic import write_json_atomic
+from flowerbed.client.inner_state import KEEP as INNER_STATE_KEPT
+from flowerbed.client.inner_state import inner_state_bytes
 from flowerbed.config import FlowerbedConfig
 from flowerbed.data.blocks import Blocks
 from flowerbed.model.factory import build_model, num_parameters
@@ -26,6 +28,7 @@ from flowerbed.privacy.modes import privacy_mode
 from flowerbed.server.callbacks import default_callbacks
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
 from flowerbed.server.engine import NothingToTrain, RoundEngine
+from flowerbed.server.outer import FedAvgOuter, outer_optimizer
 from flowerbed.server.records import RoundRecord, RunFacts, summarize
 from flowerbed.tracking import MetricsLog, RunLayout
 
@@ -40,17 +43,19 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
     layout = RunLayout(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
     model = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
-    start_round, records = _restore(layout, model)
+    outer = outer_optimizer(cfg.strategy)
+    start_round, records = _restore(layout, model, outer)
     engine = RoundEngine(
         grid,
         cfg,
         model,
+        outer,
         Blocks.load(layout.data, "validation"),
         resolve_device(cfg.device),
         dict(records[-1].client_epsilon or {}) if records else {},
     )
     initial_val = _initial_val_loss(layout, engine, start_round)
-    callbacks = default_callbacks(cfg, layout, model, tokenizer, resume=start_round > 1)
+    callbacks = default_callbacks(cfg, layout, model, outer, tokenizer, resume=start_round > 1)
     log.info(
         "model: %s parameters on %s; %d clients; rounds %d..%d",
         f"{num_parameters(model):,}",
@@ -59,6 +64,16 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         start_round,
         cfg.federation.rounds,
     )
+    if cfg.strategy.keep_inner_state:
+        size = inner_state_bytes(model) / 2**20
+        log.info(
+            "strategy %s: each client keeps its AdamW moments between rounds: %.1f MiB, "
+            "and up to %d copies (%.1f MiB) in its state directory",
+            cfg.strategy.name,
+            size,
+            INNER_STATE_KEPT,
+            INNER_STATE_KEPT * size,
+        )
     started = time.perf_counter()
     for round_ in range(start_round, cfg.federation.rounds + 1):
         record = engine.run_round(round_, records)
@@ -91,14 +106,16 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
     return summary
 
 
-def _restore(layout: RunLayout, model: torch.nn.Module) -> tuple[int, list[RoundRecord]]:
+def _restore(
+    layout: RunLayout, model: torch.nn.Module, outer: FedAvgOuter
+) -> tuple[int, list[RoundRecord]]:
     """The first round to run and the records before it (from the newest checkpoint)."""
     metrics = MetricsLog(layout.metrics)
     checkpoint = latest_checkpoint(layout.checkpoints)
     if checkpoint is None:
         metrics.truncate_after(0)
         return 1, []
-    done = load_checkpoint(checkpoint, model)
+    done = load_checkpoint(checkpoint, model, outer)
     log.info("resuming after round %d from %s", done, checkpoint)
     return done + 1, [RoundRecord.from_dict(r) for r in metrics.truncate_after(done)]
 

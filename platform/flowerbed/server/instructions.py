@@ -21,6 +21,7 @@ def train_instructions(
         transport_dtype=cfg.federation.transport_dtype,
         arrival_every=cfg.continual.arrival_interval(cfg.federation.rounds),
         uniform_weights=privacy_mode(cfg.privacy).uniform_weights,
+        keep_inner_state=cfg.strategy.keep_inner_state,
         train=cfg.train,
         privacy=cfg.privacy,
         continual=cfg.continual,
