@@ -103,6 +103,7 @@ def client_job(mode: str, rewarm: bool = False, every: int = 2):
         transport_dtype="fp32",
         arrival_every=every,
         uniform_weights=False,
+        keep_inner_state=False,
         train=cfg.train,
         privacy=cfg.privacy,
         continual=cfg.continual,

@@ -32,6 +32,7 @@ def train_instructions(**privacy: str) -> TrainInstructions:
         transport_dtype="bf16",
         arrival_every=2,
         uniform_weights=False,
+        keep_inner_state=False,
         train=section("train", "train.lr=0.02"),
         privacy=section("privacy", "privacy=dp_sgd", *overrides),
         continual=section("continual", "continual=replay", "continual.arrival_every=null"),

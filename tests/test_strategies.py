@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flowerbed.client.inner_state import FOLDER
+from flowerbed.model.inner_state import FOLDER
 from flowerbed.run.simulation import continue_simulation, simulate
 from flowerbed.server.checkpoint import load_checkpoint, save_checkpoint
 from flowerbed.server.outer import outer_optimizer

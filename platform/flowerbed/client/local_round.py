@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from flowerbed.client.inner_state import restore_inner_state, save_inner_state
 from flowerbed.client.node import Node
 from flowerbed.client.round_plan import plan_round
 from flowerbed.client.trainer import make_trainer
 from flowerbed.continual.stream import arrived, scan_experiences
 from flowerbed.model.factory import model_from_architecture
+from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.runtime import mean_loss
 from flowerbed.privacy.modes import privacy_mode
 from flowerbed.protocol import EvaluateInstructions, EvaluateReply, TrainInstructions, TrainReply

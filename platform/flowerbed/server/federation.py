@@ -18,11 +18,11 @@ import torch
 from flwr.serverapp import Grid
 
 from flowerbed.atomic import write_json_atomic
-from flowerbed.client.inner_state import KEEP as INNER_STATE_KEPT
-from flowerbed.client.inner_state import inner_state_bytes
 from flowerbed.config import FlowerbedConfig
 from flowerbed.data.blocks import Blocks
 from flowerbed.model.factory import build_model, num_parameters
+from flowerbed.model.inner_state import KEEP as INNER_STATE_KEPT
+from flowerbed.model.inner_state import inner_state_bytes
 from flowerbed.model.runtime import resolve_device
 from flowerbed.privacy.modes import privacy_mode
 from flowerbed.server.callbacks import default_callbacks
