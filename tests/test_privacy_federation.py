@@ -107,6 +107,19 @@ def run_client(run_dir: Path, mode: str) -> int:
     ).returncode
 
 
+def test_the_outer_step_is_post_processing_and_leaves_every_ledger_as_it_was(
+    dp_run, cache_dir, tmp_path
+):
+    _, fedavg_dir, _ = dp_run
+    diloco = {"name": "diloco", "outer_lr": 0.7, "outer_momentum": 0.9, "keep_inner_state": True}
+    cfg = tiny_config(cache_dir, privacy=DP, train=TRAIN, strategy=diloco)
+    summary = simulate(cfg, tmp_path / "diloco")
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+    for client in range(cfg.federation.num_clients):
+        ours, theirs = ledger_of(tmp_path / "diloco", client), ledger_of(fedavg_dir, client)
+        assert ours.history == theirs.history and ours.epsilon == theirs.epsilon
+
+
 def test_a_client_killed_before_replying_never_undercounts(cache_dir, tmp_path):
     cfg = tiny_config(cache_dir, privacy=DP, train=TRAIN, federation={"rounds": 2})
     prepare_run(cfg, RunLayout(tmp_path))

@@ -88,14 +88,8 @@ class AdamOuter(FedAvgOuter):
         return new
 
 
-OUTER: dict[str, type[FedAvgOuter]] = {
-    "fedavg": FedAvgOuter,
-    "fedavgm": MomentumOuter,
-    "diloco": MomentumOuter,
-    "fedadam": AdamOuter,
-}
-
-
 def outer_optimizer(cfg: StrategyConfig) -> FedAvgOuter:
-    """The outer step `strategy.name` asks for."""
-    return OUTER[cfg.name](cfg)
+    """The outer step `strategy.name` asks for (diloco and fedavgm differ only in Nesterov)."""
+    if cfg.name == "fedadam":
+        return AdamOuter(cfg)
+    return MomentumOuter(cfg) if cfg.name in ("diloco", "fedavgm") else FedAvgOuter(cfg)
