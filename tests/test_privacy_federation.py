@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 
+from flowerbed.model.inner_state import FOLDER
 from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
 from flowerbed.privacy.planning import plan
 from flowerbed.run.prepare import prepare_run
@@ -118,6 +120,11 @@ def test_the_outer_step_is_post_processing_and_leaves_every_ledger_as_it_was(
     for client in range(cfg.federation.num_clients):
         ours, theirs = ledger_of(tmp_path / "diloco", client), ledger_of(fedavg_dir, client)
         assert ours.history == theirs.history and ours.epsilon == theirs.epsilon
+        # The AdamW moments of the private steps were carried across rounds, too.
+        inner = tmp_path / "diloco" / "clients" / f"client-{client}" / "state" / FOLDER
+        moments = load_file(inner / "round-00003.safetensors")
+        steps = {float(v) for k, v in moments.items() if k.startswith("step/")}
+        assert steps == {3 * cfg.train.local_steps}
 
 
 def test_a_client_killed_before_replying_never_undercounts(cache_dir, tmp_path):
