@@ -1,0 +1,164 @@
+"""Federated pretraining against centralized training: the table and the plot.
+
+Reads the jobs of `flowerbed simulate -m +sweep=pretraining ...` (see
+conf/sweep/pretraining.yaml for the three commands) and writes, next to them or where
+`--out` says, `comparison.md` and `val_loss_vs_tokens.png`. An arm is a strategy, a
+partition and a communication interval (local steps between syncs); the job with one
+client is the centralized reference every gap is measured against. Seeds are aggregated
+as mean ± sample standard deviation.
+
+    uv run python simulations/pretraining/compare.py runs/pretraining
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from flowerbed.tracking.sweep import SweepJob, read_jobs
+
+
+@dataclass
+class Arm:
+    """One strategy x partition x interval, over its seeds."""
+
+    strategy: str
+    partition: str
+    local_steps: int
+    clients: int
+    jobs: list[SweepJob] = field(default_factory=list)
+
+    @property
+    def centralized(self) -> bool:
+        return self.clients == 1
+
+    @property
+    def name(self) -> str:
+        if self.centralized:
+            return f"centralized ({self.local_steps} steps between evaluations)"
+        return f"{self.strategy}, {self.partition}, H={self.local_steps}"
+
+    def final(self, key: str) -> tuple[float, float]:
+        values = [j.records[-1][key] for j in self.jobs]
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.fmean(values), spread
+
+    @property
+    def syncs(self) -> int:
+        return len(self.jobs[0].records)
+
+    @property
+    def tokens(self) -> int:
+        return sum(r["tokens"] for r in self.jobs[0].records)
+
+    @property
+    def bytes_per_client(self) -> int:
+        """What one client sends over the run (it receives as much)."""
+        return sum(r["bytes_per_client"] for r in self.jobs[0].records)
+
+
+def arms(jobs: list[SweepJob]) -> list[Arm]:
+    """The completed jobs grouped by arm, centralized first."""
+    grouped: dict[tuple, Arm] = {}
+    for job in jobs:
+        if job.status != "completed":
+            continue
+        cfg = yaml.safe_load((job.folder / "config.yaml").read_text())
+        key = (
+            cfg["strategy"]["name"],
+            cfg["data"]["partition"],
+            cfg["train"]["local_steps"],
+            cfg["federation"]["num_clients"],
+        )
+        grouped.setdefault(key, Arm(*key)).jobs.append(job)
+    return sorted(grouped.values(), key=lambda a: (not a.centralized, a.local_steps, a.partition))
+
+
+def table(rows: list[Arm]) -> list[str]:
+    reference = next((a for a in rows if a.centralized), None)
+    lines = [
+        "| arm | seeds | val loss | val ppl | gap to centralized | syncs | tokens "
+        "| MB sent per client |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm in rows:
+        loss, spread = arm.final("val_loss")
+        cell = f"{loss:.4f}" + (f" ± {spread:.4f}" if len(arm.jobs) > 1 else "")
+        gap = "-"
+        if reference is not None and not arm.centralized:
+            gap = f"{100 * (loss / reference.final('val_loss')[0] - 1):+.1f}%"
+        lines.append(
+            f"| {arm.name} | {len(arm.jobs)} | {cell} | {math.exp(loss):.1f} | {gap} "
+            f"| {arm.syncs} | {arm.tokens:,} | {arm.bytes_per_client / 1e6:,.0f} |"
+        )
+    return lines
+
+
+def plot(rows: list[Arm], path: Path) -> None:
+    """Validation loss against tokens trained: one panel per partition, centralized in both."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    partitions = sorted({a.partition for a in rows if not a.centralized})
+    fig, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4.5), dpi=120)
+    colours = {"fedavg": "tab:blue", "diloco": "tab:red", "fedadam": "tab:green"}
+    for ax, partition in zip(list(axes) if len(partitions) > 1 else [axes], partitions):
+        for arm in rows:
+            if not arm.centralized and arm.partition != partition:
+                continue
+            records = arm.jobs[0].records
+            tokens = [sum(r["tokens"] for r in records[: i + 1]) for i in range(len(records))]
+            losses = [
+                statistics.fmean(j.records[i]["val_loss"] for j in arm.jobs)
+                for i in range(len(records))
+            ]
+            style = {
+                "color": "black" if arm.centralized else colours.get(arm.strategy, "tab:gray"),
+                "linestyle": "-" if arm.centralized or arm.local_steps > 10 else "--",
+                "marker": "o" if arm.local_steps > 10 else None,
+                "markersize": 3,
+            }
+            label = "centralized" if arm.centralized else f"{arm.strategy}, H={arm.local_steps}"
+            ax.plot(tokens, losses, label=label, **style)
+        ax.set_title(f"4 clients, {partition} (centralized: one client, all shards)")
+        ax.set_xlabel("tokens trained (all clients)")
+        ax.set_ylabel("validation loss")
+        ax.set_ylim(top=min(ax.get_ylim()[1], 5.0))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--out", type=Path, help="default: the sweep folder")
+    args = parser.parse_args()
+    out = args.out or args.sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rows = arms(read_jobs(args.sweep_dir))
+    plot(rows, out / "val_loss_vs_tokens.png")
+    text = [
+        "# Federated pretraining against centralized training",
+        "",
+        f"From `{args.sweep_dir}`; final validation loss after equal tokens.",
+        "",
+        *table(rows),
+        "",
+        "![validation loss against tokens](val_loss_vs_tokens.png)",
+    ]
+    (out / "comparison.md").write_text("\n".join(text) + "\n")
+    print("\n".join(table(rows)))
+
+
+if __name__ == "__main__":
+    main()
