@@ -29,9 +29,15 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def batches(tokens: np.ndarray, batch_size: int, limit: int) -> Iterator[np.ndarray]:
-    """Consecutive batches of blocks, at most `limit` of them (0: all)."""
+    """Batches of blocks: all of them, or `limit` batches of blocks spread evenly over the
+    set. Splits are ordered by domain, so the first blocks alone would measure one domain."""
     count = math.ceil(len(tokens) / batch_size)
-    for i in range(min(count, limit) if limit else count):
+    if limit and count > limit:
+        picked = np.linspace(0, len(tokens) - 1, limit * batch_size).round().astype(np.int64)
+        for i in range(limit):
+            yield np.asarray(tokens[picked[i * batch_size : (i + 1) * batch_size]])
+        return
+    for i in range(count):
         yield np.asarray(tokens[i * batch_size : (i + 1) * batch_size])
 
 
@@ -39,7 +45,7 @@ def batches(tokens: np.ndarray, batch_size: int, limit: int) -> Iterator[np.ndar
 def mean_loss(
     model: torch.nn.Module, blocks: Blocks, batch_size: int, limit: int, device: torch.device
 ) -> float:
-    """Token-weighted next-token loss over (the first `limit` batches of) `blocks`."""
+    """Token-weighted next-token loss over `blocks` (`limit` batches of them, spread out)."""
     was_training = model.training
     model.eval()
     total, count = torch.zeros((), device=device, dtype=torch.float64), 0
