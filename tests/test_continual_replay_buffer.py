@@ -13,6 +13,7 @@ import pytest
 
 from flowerbed.config import ContinualConfig, compose_config
 from flowerbed.continual.replay import buffer_refs, update_buffer
+from flowerbed.protocol import ModelSpec
 from tests.conftest import section
 
 SEED = [0, 1]
@@ -99,7 +100,7 @@ def client_job(mode: str, rewarm: bool = False, every: int = 2):
         round=1,
         total_rounds=6,
         seed=0,
-        architecture="{}",
+        model=ModelSpec("{}", cfg.adapter),
         transport_dtype="fp32",
         arrival_every=every,
         uniform_weights=False,

@@ -14,12 +14,15 @@ from flowerbed.protocol import (
     CONFIG,
     EvaluateInstructions,
     EvaluateReply,
+    ModelSpec,
     TrainInstructions,
     TrainReply,
 )
 from tests.conftest import section
 
 PLATFORM = Path(__file__).resolve().parents[1] / "platform" / "flowerbed"
+ADAPTER = section("adapter", "adapter=lora", "adapter.target_modules=[q_proj,v_proj]")
+LORA_ON_A_BASE = ModelSpec('{"model_type": "llama"}', ADAPTER, "runs/a/final_model", 3, "0123abcd")
 
 
 def train_instructions(**privacy: str) -> TrainInstructions:
@@ -28,7 +31,7 @@ def train_instructions(**privacy: str) -> TrainInstructions:
         round=3,
         total_rounds=6,
         seed=7,
-        architecture='{"model_type": "llama"}',
+        model=ModelSpec(architecture='{"model_type": "llama"}', adapter=ADAPTER),
         transport_dtype="bf16",
         arrival_every=2,
         uniform_weights=False,
@@ -48,9 +51,10 @@ def through_the_wire(instructions) -> RecordDict:
     [
         train_instructions(),  # target_epsilon given, noise_multiplier None
         train_instructions(target_epsilon="null", noise_multiplier="1.1", max_epsilon="5"),
-        EvaluateInstructions(3, "{}", "fp16", 0, 8, 0, per_experience=True),
+        EvaluateInstructions(3, ModelSpec("{}", ADAPTER), "fp16", 0, 8, 0, per_experience=True),
+        EvaluateInstructions(3, LORA_ON_A_BASE, "fp32", 0, 8, 0, per_experience=False),
     ],
-    ids=["train", "train-noise", "evaluate"],
+    ids=["train", "train-noise", "evaluate", "evaluate-lora"],
 )
 def test_instructions_round_trip(instructions):
     again = type(instructions).from_content(through_the_wire(instructions))

@@ -15,7 +15,13 @@ from typing import Any, Self, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from flowerbed.config import ContinualConfig, PrivacyConfig, TrainConfig, TransportDtype
+from flowerbed.config import (
+    AdapterConfig,
+    ContinualConfig,
+    PrivacyConfig,
+    TrainConfig,
+    TransportDtype,
+)
 from flowerbed.config.loader import build_dataclass
 from flowerbed.config.rules import field_types
 
@@ -49,14 +55,28 @@ class _Reply:
 
 
 @dataclass(frozen=True)
+class ModelSpec:
+    """How a client builds the model the global weights belong to."""
+
+    architecture: str
+    """The model's Hugging Face config as JSON: the client builds the same model."""
+    adapter: AdapterConfig
+    base_source: str | None = None
+    """Adapters: the pretrained directory or hub name of the frozen base (None: the
+    preset's initialisation from `base_seed`)."""
+    base_seed: int = 0
+    base_hash: str | None = None
+    """Adapters: the content hash of the server's base; a client with another refuses."""
+
+
+@dataclass(frozen=True)
 class TrainInstructions(_Instructions):
     """What the server asks of a client in a train Message."""
 
     round: int
     total_rounds: int
     seed: int
-    architecture: str
-    """The model's Hugging Face config as JSON: the client builds the same model."""
+    model: ModelSpec
     transport_dtype: TransportDtype
     arrival_every: int
     """Rounds between experience arrivals (simulation's schedule); 0: every folder present."""
@@ -74,7 +94,7 @@ class EvaluateInstructions(_Instructions):
     """What the server asks of a client in an evaluate Message: held-out losses."""
 
     round: int
-    architecture: str
+    model: ModelSpec
     transport_dtype: TransportDtype
     arrival_every: int
     batch_size: int

@@ -15,11 +15,18 @@ from flowerbed.client.node import Node
 from flowerbed.client.round_plan import plan_round
 from flowerbed.client.trainer import make_trainer
 from flowerbed.continual.stream import arrived, scan_experiences
-from flowerbed.model.factory import model_from_architecture
+from flowerbed.model.adapter import add_adapter, check_base, load_shared_state, shared_state
+from flowerbed.model.factory import base_from_architecture, model_from_architecture
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.runtime import mean_loss
 from flowerbed.privacy.modes import privacy_mode
-from flowerbed.protocol import EvaluateInstructions, EvaluateReply, TrainInstructions, TrainReply
+from flowerbed.protocol import (
+    EvaluateInstructions,
+    EvaluateReply,
+    ModelSpec,
+    TrainInstructions,
+    TrainReply,
+)
 
 
 def train_round(
@@ -28,7 +35,7 @@ def train_round(
     """Local steps from the global weights; the reply and the new weights (None: no training)."""
     device = node.torch_device()
     plan = plan_round(job, node)
-    model = model_from_architecture(job.architecture, weights)
+    model = global_model(job.model, weights)
     rng = np.random.default_rng([job.seed, job.round, node.partition_id])
     mode = privacy_mode(job.privacy)
     guard = mode.guard(job.privacy, node.state_dir)
@@ -55,7 +62,7 @@ def train_round(
         epsilon=epsilon,
         noise_multiplier=permit.noise_multiplier,
     )
-    return reply, trainer.model.state_dict()
+    return reply, shared_state(trainer.model)
 
 
 def evaluate_round(
@@ -63,7 +70,7 @@ def evaluate_round(
 ) -> EvaluateReply:
     """Loss of the global weights on the held-out blocks of every experience seen so far."""
     device = node.torch_device()
-    model = model_from_architecture(job.architecture, weights).to(device)
+    model = global_model(job.model, weights).to(device)
     losses, sizes = [], []
     for experience in arrived(scan_experiences(node.data_dir), job.round, job.arrival_every):
         heldout = experience.shard().heldout
@@ -76,3 +83,15 @@ def evaluate_round(
         experience_losses=losses if job.per_experience else None,
         experience_sizes=sizes if job.per_experience else None,
     )
+
+
+def global_model(spec: ModelSpec, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The model the server sent: its weights, or the client's own base plus its adapters."""
+    if not spec.adapter.enabled:
+        return model_from_architecture(spec.architecture, weights)
+    base = base_from_architecture(spec.architecture, spec.base_source, spec.base_seed)
+    source = spec.base_source or f"the preset's initialisation with seed {spec.base_seed}"
+    check_base(base, spec.base_hash or "", source)
+    model = add_adapter(base, spec.adapter)
+    load_shared_state(model, weights)
+    return model

@@ -5,6 +5,7 @@ from flowerbed.config.loader import ConfigError, load_config, to_plain_dict
 from flowerbed.config.modes import ContinualConfig, PrivacyConfig
 from flowerbed.config.schema import FlowerbedConfig
 from flowerbed.config.sections import (
+    AdapterConfig,
     DataConfig,
     FederationConfig,
     ModelConfig,
@@ -15,6 +16,7 @@ from flowerbed.config.sections import (
 )
 
 __all__ = [
+    "AdapterConfig",
     "ConfigError",
     "ContinualConfig",
     "DataConfig",

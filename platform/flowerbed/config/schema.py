@@ -21,6 +21,7 @@ class FlowerbedConfig:
     """A whole run: what `flowerbed simulate` composes with Hydra and validates."""
 
     model: sections.ModelConfig
+    adapter: sections.AdapterConfig
     data: sections.DataConfig
     federation: sections.FederationConfig
     train: sections.TrainConfig

@@ -38,6 +38,31 @@ class ModelConfig(Section):
 
 
 @dataclass
+class AdapterConfig(Section):
+    """Parameter-efficient fine-tuning: LoRA adapters (peft) on a frozen base model."""
+
+    key = "adapter"
+    mode: Literal["none", "lora"]
+    """`none`: every weight trains and travels; `lora`: only the adapters do."""
+    rank: Annotated[int, at_least(1)]
+    alpha: Annotated[float, positive()]
+    """LoRA's scale is alpha / rank."""
+    dropout: Annotated[float, Range(0, 1, high_open=True)]
+    target_modules: list[str]
+    """Names of the linear layers that get an adapter (the Llama presets' names)."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+    def check(self) -> None:
+        require(
+            not self.enabled or bool(self.target_modules),
+            "adapter.target_modules must name at least one layer, for example [q_proj,v_proj]",
+        )
+
+
+@dataclass
 class DataConfig(Section):
     """Where the text comes from, how it becomes blocks, and how clients share it."""
 
@@ -122,7 +147,8 @@ class TrainConfig(Section):
     grad_clip: Annotated[float, at_least(0)]
     """Clip of the whole batch gradient's norm (0 turns it off)."""
     eval_batches: Annotated[int, at_least(0)]
-    """Batches of held-out or validation blocks per evaluation (0: all of them)."""
+    """Batches of held-out or validation blocks per evaluation (0: all of them), spread
+    evenly over the set."""
     sequences_per_round: Annotated[int | None, at_least(1)]
     """Sequences a client trains on per round; when set, local_steps becomes this divided by
     batch_size, so a sweep over batch_size compares batch sizes at equal tokens."""

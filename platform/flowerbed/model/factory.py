@@ -62,14 +62,32 @@ def architecture_of(model: PreTrainedModel) -> str:
 
 def model_from_architecture(architecture: str, weights: dict[str, torch.Tensor]) -> PreTrainedModel:
     """The model `architecture_of` described, holding `weights`."""
+    model = model_from_config(_config_of(architecture))
+    model.load_state_dict(weights)
+    return model
+
+
+def base_from_architecture(architecture: str, pretrained: str | None, seed: int) -> PreTrainedModel:
+    """The frozen base a client puts adapters on: the pretrained weights the server loaded,
+    or the initialisation `build_model` made from the same seed."""
+    import json
+
+    if pretrained:
+        spec = json.loads(architecture)
+        return load_pretrained(
+            pretrained, spec["vocab_size"], spec.get("tie_word_embeddings", False)
+        )
+    torch.manual_seed(seed)
+    return model_from_config(_config_of(architecture))
+
+
+def _config_of(architecture: str) -> PretrainedConfig:
     import json
 
     from transformers import AutoConfig
 
     spec = json.loads(architecture)
-    model = model_from_config(AutoConfig.for_model(spec.pop("model_type"), **spec))
-    model.load_state_dict(weights)
-    return model
+    return AutoConfig.for_model(spec.pop("model_type"), **spec)
 
 
 def load_pretrained(name_or_path: str, vocab_size: int, tie_embeddings: bool) -> PreTrainedModel:

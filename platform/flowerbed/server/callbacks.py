@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from flowerbed.config import FlowerbedConfig
+from flowerbed.model.adapter import is_adapted, save_adapter_outputs
 from flowerbed.server.checkpoint import save_checkpoint
 from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
@@ -87,13 +88,18 @@ class Checkpoints(Callback):
 
 
 class FinalModel(Callback):
-    """The final global model and tokenizer in Hugging Face format."""
+    """The final global model and tokenizer in Hugging Face format; under LoRA the adapters
+    merged into it, and the adapter alone in PEFT's format too."""
 
     def __init__(self, layout: RunLayout, model: torch.nn.Module, tokenizer: Any) -> None:
         self.layout, self.model, self.tokenizer = layout, model, tokenizer
 
     def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
-        self.model.save_pretrained(self.layout.final_model)
+        if is_adapted(self.model):
+            save_adapter_outputs(self.model, self.layout.final_adapter, self.layout.final_model)
+            self.tokenizer.save_pretrained(self.layout.final_adapter)
+        else:
+            self.model.save_pretrained(self.layout.final_model)
         self.tokenizer.save_pretrained(self.layout.final_model)
 
 

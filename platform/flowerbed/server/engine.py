@@ -22,9 +22,10 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flowerbed.config import FlowerbedConfig
 from flowerbed.continual.matrix import continual_metrics, loss_matrix, merge_client_losses
 from flowerbed.data.blocks import Blocks
+from flowerbed.model.adapter import load_shared_state, shared_state
 from flowerbed.model.runtime import mean_loss
 from flowerbed.model.transport import from_array_record, record_nbytes, to_array_record
-from flowerbed.protocol import EvaluateReply, TrainReply
+from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply
 from flowerbed.server.instructions import evaluate_instructions, train_instructions
 from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
@@ -49,12 +50,14 @@ class RoundEngine:
         grid: Grid,
         cfg: FlowerbedConfig,
         model: torch.nn.Module,
+        spec: ModelSpec,
         outer: FedAvgOuter,
         validation: Blocks,
         device: torch.device,
         client_epsilon: dict[str, float],
     ) -> None:
         self.grid, self.cfg, self.model, self.outer = grid, cfg, model, outer
+        self.spec = spec
         self.validation, self.device = validation, device
         self.strategy = make_strategy(cfg)
         self.client_epsilon = client_epsilon
@@ -76,8 +79,8 @@ class RoundEngine:
         fed = self.cfg.federation
         started = time.perf_counter()
         random.seed(f"{self.cfg.seed}-{round_}")  # Flower samples clients with `random`
-        arrays = to_array_record(self.model.state_dict(), fed.transport_dtype)
-        instructions = train_instructions(self.cfg, self.model, round_).to_record()
+        arrays = to_array_record(shared_state(self.model), fed.transport_dtype)
+        instructions = train_instructions(self.cfg, self.spec, round_).to_record()
         try:
             messages = list(self.strategy.configure_train(round_, arrays, instructions, self.grid))
         except PrivacyBudgetExhausted as err:
@@ -96,7 +99,7 @@ class RoundEngine:
         if aggregated is None:
             raise FederationError(f"round {round_}: the strategy aggregated nothing (see the log)")
         average = from_array_record(aggregated, "fp32")
-        self.model.load_state_dict(self.outer.step(self.model.state_dict(), average))
+        load_shared_state(self.model, self.outer.step(shared_state(self.model), average))
         evaluated = self._federated_evaluate(round_)
         val_loss = self.val_loss()
         seconds = time.perf_counter() - started
@@ -167,8 +170,8 @@ class RoundEngine:
         cfg = self.cfg
         if cfg.federation.fraction_evaluate == 0:
             return []
-        arrays = to_array_record(self.model.state_dict(), cfg.federation.transport_dtype)
-        instructions = evaluate_instructions(cfg, self.model, round_).to_record()
+        arrays = to_array_record(shared_state(self.model), cfg.federation.transport_dtype)
+        instructions = evaluate_instructions(cfg, self.spec, round_).to_record()
         messages = list(self.strategy.configure_evaluate(round_, arrays, instructions, self.grid))
         replies = self.grid.send_and_receive(messages, timeout=cfg.federation.round_timeout)
         return [EvaluateReply.from_content(m.content) for m in replies if not m.has_error()]

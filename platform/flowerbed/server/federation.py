@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flowerbed.atomic import write_json_atomic
 from flowerbed.config import FlowerbedConfig
 from flowerbed.data.blocks import Blocks
+from flowerbed.model.adapter import add_adapter, shared_state
 from flowerbed.model.factory import build_model, num_parameters
 from flowerbed.model.inner_state import KEEP as INNER_STATE_KEPT
 from flowerbed.model.inner_state import inner_state_bytes
@@ -28,6 +29,7 @@ from flowerbed.privacy.modes import privacy_mode
 from flowerbed.server.callbacks import default_callbacks
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
 from flowerbed.server.engine import NothingToTrain, RoundEngine
+from flowerbed.server.instructions import model_spec
 from flowerbed.server.outer import FedAvgOuter, outer_optimizer
 from flowerbed.server.records import RoundRecord, RunFacts, summarize
 from flowerbed.tracking import MetricsLog, RunLayout
@@ -42,13 +44,16 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
     torch.manual_seed(cfg.seed)
     layout = RunLayout(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
-    model = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
+    base = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
+    spec = model_spec(cfg, base)
+    model = add_adapter(base, cfg.adapter)
     outer = outer_optimizer(cfg.strategy)
     start_round, records = _restore(layout, model, outer)
     engine = RoundEngine(
         grid,
         cfg,
         model,
+        spec,
         outer,
         Blocks.load(layout.data, "validation"),
         resolve_device(cfg.device),
@@ -64,6 +69,16 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         start_round,
         cfg.federation.rounds,
     )
+    if spec.base_hash:
+        adapters = shared_state(model)
+        log.info(
+            "adapter %s: %s of the parameters train and travel (%.2f MB per client and "
+            "direction in fp32); base model hash %s",
+            cfg.adapter.mode,
+            f"{sum(t.numel() for t in adapters.values()):,}",
+            sum(t.numel() * 4 for t in adapters.values()) / 1e6,
+            spec.base_hash,
+        )
     if cfg.strategy.keep_inner_state:
         size = inner_state_bytes(model) / 2**20
         log.info(

@@ -5,19 +5,31 @@ from __future__ import annotations
 import torch
 
 from flowerbed.config import FlowerbedConfig
+from flowerbed.model.adapter import base_fingerprint
 from flowerbed.model.factory import architecture_of
 from flowerbed.privacy.modes import privacy_mode
-from flowerbed.protocol import EvaluateInstructions, TrainInstructions
+from flowerbed.protocol import EvaluateInstructions, ModelSpec, TrainInstructions
 
 
-def train_instructions(
-    cfg: FlowerbedConfig, model: torch.nn.Module, round_: int
-) -> TrainInstructions:
+def model_spec(cfg: FlowerbedConfig, model: torch.nn.Module) -> ModelSpec:
+    """How clients build the global model; call it before adapters are added, on the base."""
+    if not cfg.adapter.enabled:
+        return ModelSpec(architecture_of(model), cfg.adapter)
+    return ModelSpec(
+        architecture_of(model),
+        cfg.adapter,
+        base_source=cfg.model.pretrained,
+        base_seed=cfg.seed,
+        base_hash=base_fingerprint(model),
+    )
+
+
+def train_instructions(cfg: FlowerbedConfig, spec: ModelSpec, round_: int) -> TrainInstructions:
     return TrainInstructions(
         round=round_,
         total_rounds=cfg.federation.rounds,
         seed=cfg.seed,
-        architecture=architecture_of(model),
+        model=spec,
         transport_dtype=cfg.federation.transport_dtype,
         arrival_every=cfg.continual.arrival_interval(cfg.federation.rounds),
         uniform_weights=privacy_mode(cfg.privacy).uniform_weights,
@@ -29,11 +41,11 @@ def train_instructions(
 
 
 def evaluate_instructions(
-    cfg: FlowerbedConfig, model: torch.nn.Module, round_: int
+    cfg: FlowerbedConfig, spec: ModelSpec, round_: int
 ) -> EvaluateInstructions:
     return EvaluateInstructions(
         round=round_,
-        architecture=architecture_of(model),
+        model=spec,
         transport_dtype=cfg.federation.transport_dtype,
         arrival_every=cfg.continual.arrival_interval(cfg.federation.rounds),
         batch_size=cfg.train.batch_size,

@@ -27,7 +27,8 @@ class RunLayout:
     checkpoints = _Under("checkpoints")
     metrics = _Under("metrics.jsonl")
     summary = _Under("summary.json")
-    final_model = _Under("final_model")
+    final_model = _Under("final_model")  # Hugging Face format (adapters merged in)
+    final_adapter = _Under("final_adapter")  # adapter=lora: PEFT format
     initial_val_loss = _Under("initial_val_loss.json")  # kept for a resumed run's summary
     val_loss_plot = _Under("val_loss.png")
     epsilon_plot = _Under("privacy_epsilon.png")
