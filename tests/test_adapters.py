@@ -158,3 +158,28 @@ def test_an_interrupted_lora_run_resumes_to_the_same_adapters(lora_run, tmp_path
     assert set(resumed) == set(original)
     for key, tensor in original.items():
         torch.testing.assert_close(resumed[key], tensor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_lora_fine_tunes_a_pretrained_base_each_client_loads_and_checks(
+    federated_run, cache_dir, tmp_path: Path
+):
+    from flowerbed.model.adapter import base_fingerprint
+    from flowerbed.model.factory import load_pretrained
+
+    _, pretrained_run = federated_run
+    base_dir = pretrained_run / "final_model"
+    model = {"preset": "pretrained", "pretrained": str(base_dir)}
+    cfg = tiny_config(cache_dir, model=model, adapter=LORA, federation={"rounds": 1})
+    summary = simulate(cfg, tmp_path / "run")
+    base = load_pretrained(str(base_dir), 257, False)
+    assert summary["base_hash"] == base_fingerprint(base)
+    assert summary["shared_parameters"] < summary["parameters"] / 10
+    # A node whose own copy of the base differs refuses before it trains.
+    with torch.no_grad():
+        base.get_input_embeddings().weight[0] += 1.0
+    base.save_pretrained(tmp_path / "other-base")
+    spec = model_spec(cfg, load_pretrained(str(base_dir), 257, False))
+    weights = shared_state(add_adapter(load_pretrained(str(base_dir), 257, False), cfg.adapter))
+    with pytest.raises(BaseModelMismatch, match="other-base"):
+        global_model(spec, weights, str(tmp_path / "other-base"))

@@ -35,7 +35,7 @@ def train_round(
     """Local steps from the global weights; the reply and the new weights (None: no training)."""
     device = node.torch_device()
     plan = plan_round(job, node)
-    model = global_model(job.model, weights)
+    model = global_model(job.model, weights, node.base_model)
     rng = np.random.default_rng([job.seed, job.round, node.partition_id])
     mode = privacy_mode(job.privacy)
     guard = mode.guard(job.privacy, node.state_dir)
@@ -70,7 +70,7 @@ def evaluate_round(
 ) -> EvaluateReply:
     """Loss of the global weights on the held-out blocks of every experience seen so far."""
     device = node.torch_device()
-    model = global_model(job.model, weights).to(device)
+    model = global_model(job.model, weights, node.base_model).to(device)
     losses, sizes = [], []
     for experience in arrived(scan_experiences(node.data_dir), job.round, job.arrival_every):
         heldout = experience.shard().heldout
@@ -85,12 +85,16 @@ def evaluate_round(
     )
 
 
-def global_model(spec: ModelSpec, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """The model the server sent: its weights, or the client's own base plus its adapters."""
+def global_model(
+    spec: ModelSpec, weights: dict[str, torch.Tensor], own_base: str | None = None
+) -> torch.nn.Module:
+    """The model the server sent: its weights, or the client's own base (`own_base`, else
+    where the server loaded it) plus the adapters it sent."""
     if not spec.adapter.enabled:
         return model_from_architecture(spec.architecture, weights)
-    base = base_from_architecture(spec.architecture, spec.base_source, spec.base_seed)
-    source = spec.base_source or f"the preset's initialisation with seed {spec.base_seed}"
+    pretrained = (own_base or spec.base_source) if spec.base_source else None
+    base = base_from_architecture(spec.architecture, pretrained, spec.base_seed)
+    source = pretrained or f"the preset's initialisation with seed {spec.base_seed}"
     check_base(base, spec.base_hash or "", source)
     model = add_adapter(base, spec.adapter)
     load_shared_state(model, weights)

@@ -32,6 +32,8 @@ class Node:
     """auto, cpu or cuda."""
     threads: int
     """CPU threads for torch; 0 leaves torch's default."""
+    base_model: str | None = None
+    """Adapters: where this node keeps the pretrained base (default: the server's path)."""
 
     @classmethod
     def from_context(cls, context: Context) -> Node:
@@ -49,6 +51,7 @@ class Node:
             state_dir=Path(str(config["state-dir"])).expanduser(),
             device=str(config.get("device", "auto")),
             threads=int(config.get("threads", 0)),
+            base_model=str(config["base-model"]) if "base-model" in config else None,
         )
 
     def torch_device(self) -> torch.device:

@@ -114,6 +114,9 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
             privacy=cfg.privacy.mode,
             delta=cfg.privacy.delta if privacy_mode(cfg.privacy).protects else None,
             continual_mode=cfg.continual.mode,
+            adapter=cfg.adapter.mode,
+            base_hash=spec.base_hash,
+            shared_parameters=sum(t.numel() for t in shared_state(model).values()),
         ),
     )
     for callback in callbacks:

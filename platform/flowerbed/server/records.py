@@ -61,6 +61,11 @@ class RunFacts:
     privacy: str
     delta: float | None
     continual_mode: str
+    adapter: str = "none"
+    base_hash: str | None = None
+    """Adapters: the content hash of the frozen base every client checked."""
+    shared_parameters: int | None = None
+    """Parameters that train and travel (the adapters', or all of them)."""
 
 
 def summarize(records: list[RoundRecord], facts: RunFacts) -> dict[str, Any]:
@@ -78,6 +83,9 @@ def summarize(records: list[RoundRecord], facts: RunFacts) -> dict[str, Any]:
         "total_tokens": sum(r.tokens for r in records),
         "seconds_this_session": facts.seconds_this_session,
         "parameters": facts.parameters,
+        "shared_parameters": facts.shared_parameters,
+        "adapter": facts.adapter,
+        "base_hash": facts.base_hash,
         "final_model": facts.final_model,
         "stop_reason": facts.stop_reason,
         "privacy": facts.privacy,
