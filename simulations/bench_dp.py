@@ -75,13 +75,13 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torc
     return base, batches.to(device), device
 
 
-def child_peak_rss(arm: str, argv: list[str]) -> float:
-    """GiB of peak resident memory of a fresh process that runs only `arm`.
+def child_peak_rss(arm: str, argv: list[str], script: str = __file__) -> float:
+    """GiB of peak resident memory of a fresh process of `script` that runs only `arm`.
 
     The child reports its own VmHWM: `ru_maxrss` would carry over the forked parent's peak.
     """
     out = subprocess.run(
-        [sys.executable, __file__, *argv, "--only", arm], capture_output=True, text=True, check=True
+        [sys.executable, script, *argv, "--only", arm], capture_output=True, text=True, check=True
     ).stdout
     return int(out.split("VmHWM:")[1].split()[0]) / 2**20
 

@@ -107,9 +107,11 @@ def plot(rows: list[Arm], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     partitions = sorted({a.partition for a in rows if not a.centralized})
-    fig, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4.5), dpi=120)
+    fig, axes = plt.subplots(
+        1, len(partitions), figsize=(6 * len(partitions), 4.5), dpi=120, squeeze=False
+    )
     colours = {"fedavg": "tab:blue", "diloco": "tab:red", "fedadam": "tab:green"}
-    for ax, partition in zip(list(axes) if len(partitions) > 1 else [axes], partitions):
+    for ax, partition in zip(axes[0], partitions, strict=True):
         for arm in rows:
             if not arm.centralized and arm.partition != partition:
                 continue
