@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from flowerbed.client.local_round import global_model, train_round
 from flowerbed.client.node import Node
+from flowerbed.config import ConfigError
 from flowerbed.model import build_model, record_nbytes, to_array_record
 from flowerbed.model.adapter import BaseModelMismatch, add_adapter, shared_state
 from flowerbed.privacy.dp_sgd import PrivateStep, per_sequence_loss
@@ -49,6 +50,12 @@ def test_only_the_adapters_train_and_the_base_stays_frozen():
     assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert any("embed_tokens" in n for n in frozen) and any("base_layer" in n for n in frozen)
+
+
+def test_adapters_on_layers_the_model_lacks_are_refused_naming_the_key():
+    cfg = section("adapter", "adapter=lora", "adapter.target_modules=[attn]")
+    with pytest.raises(ConfigError, match=r"adapter.target_modules=\['attn'\] does not fit"):
+        add_adapter(build_model(section("model", "model=tiny"), 257, 256, 0), cfg)
 
 
 @pytest.mark.parametrize("mode", ["ghost", "hooks"])

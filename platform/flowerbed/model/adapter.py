@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from flowerbed.config import AdapterConfig
+from flowerbed.config import AdapterConfig, ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -49,7 +49,7 @@ def add_adapter(model: PreTrainedModel, cfg: AdapterConfig) -> torch.nn.Module:
     try:
         return get_peft_model(model, lora)
     except ValueError as err:
-        raise ValueError(
+        raise ConfigError(
             f"adapter.target_modules={list(cfg.target_modules)} does not fit this model: "
             f"{err}; name its linear layers (the presets': q_proj, k_proj, v_proj, o_proj, "
             "gate_proj, up_proj, down_proj)"
