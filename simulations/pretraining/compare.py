@@ -31,6 +31,7 @@ class Arm:
     partition: str
     local_steps: int
     clients: int
+    batch_size: int
     jobs: list[SweepJob] = field(default_factory=list)
 
     @property
@@ -40,7 +41,7 @@ class Arm:
     @property
     def name(self) -> str:
         if self.centralized:
-            return f"centralized ({self.local_steps} steps between evaluations)"
+            return f"centralized, batch {self.batch_size}"
         return f"{self.strategy}, {self.partition}, H={self.local_steps}"
 
     def final(self, key: str) -> tuple[float, float]:
@@ -74,27 +75,39 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
             cfg["data"]["partition"],
             cfg["train"]["local_steps"],
             cfg["federation"]["num_clients"],
+            cfg["train"]["batch_size"],
         )
         grouped.setdefault(key, Arm(*key)).jobs.append(job)
-    return sorted(grouped.values(), key=lambda a: (not a.centralized, a.local_steps, a.partition))
+    return sorted(
+        grouped.values(),
+        key=lambda a: (not a.centralized, a.batch_size, -a.local_steps, a.partition, a.strategy),
+    )
 
 
 def table(rows: list[Arm]) -> list[str]:
-    reference = next((a for a in rows if a.centralized), None)
+    """One row per arm; one gap column per centralized arm (each batch size)."""
+    references = [a for a in rows if a.centralized]
+    gaps = [f"gap to {a.name}" for a in references]
     lines = [
-        "| arm | seeds | val loss | val ppl | gap to centralized | syncs | tokens "
+        "| arm | seeds | val loss | val ppl | " + " | ".join(gaps) + " | syncs | tokens "
         "| MB sent per client |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|" + "---|" * len(gaps) + "---|---|---|",
     ]
     for arm in rows:
         loss, spread = arm.final("val_loss")
         cell = f"{loss:.4f}" + (f" ± {spread:.4f}" if len(arm.jobs) > 1 else "")
-        gap = "-"
-        if reference is not None and not arm.centralized:
-            gap = f"{100 * (loss / reference.final('val_loss')[0] - 1):+.1f}%"
+        gap = [
+            "-" if ref is arm else f"{100 * (loss / ref.final('val_loss')[0] - 1):+.1f}%"
+            for ref in references
+        ]
         lines.append(
-            f"| {arm.name} | {len(arm.jobs)} | {cell} | {math.exp(loss):.1f} | {gap} "
-            f"| {arm.syncs} | {arm.tokens:,} | {arm.bytes_per_client / 1e6:,.0f} |"
+            f"| {arm.name} | {len(arm.jobs)} | {cell} | {math.exp(loss):.1f} | "
+            + " | ".join(gap)
+            + (
+                f" | - | {arm.tokens:,} | - |"  # one process: nothing travels
+                if arm.centralized
+                else f" | {arm.syncs} | {arm.tokens:,} | {arm.bytes_per_client / 1e6:,.0f} |"
+            )
         )
     return lines
 
@@ -123,11 +136,11 @@ def plot(rows: list[Arm], path: Path) -> None:
             ]
             style = {
                 "color": "black" if arm.centralized else colours.get(arm.strategy, "tab:gray"),
-                "linestyle": "-" if arm.centralized or arm.local_steps > 10 else "--",
-                "marker": "o" if arm.local_steps > 10 else None,
+                "linestyle": ":" if arm.batch_size > 8 else "-" if arm.local_steps > 10 else "--",
+                "marker": "o" if not arm.centralized and arm.local_steps > 10 else None,
                 "markersize": 3,
             }
-            label = "centralized" if arm.centralized else f"{arm.strategy}, H={arm.local_steps}"
+            label = arm.name if arm.centralized else f"{arm.strategy}, H={arm.local_steps}"
             ax.plot(tokens, losses, label=label, **style)
         ax.set_title(f"4 clients, {partition} (centralized: one client, all shards)")
         ax.set_xlabel("tokens trained (all clients)")
