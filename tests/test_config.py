@@ -37,7 +37,14 @@ def test_there_are_named_experiments_and_no_unknown_config_folders():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment: str):
-    assert compose_config(f"experiment={experiment}").name == experiment
+    # Fine-tuning experiments name no base model: the user gives theirs.
+    base = ["model.pretrained=runs/base/final_model"] if experiment == "finetuning" else []
+    assert compose_config(f"experiment={experiment}", *base).name == experiment
+
+
+def test_a_fine_tuning_experiment_without_a_base_says_what_to_give():
+    with pytest.raises(ConfigError, match="model=pretrained needs model.pretrained="):
+        compose_config("experiment=finetuning")
 
 
 def test_default_config_is_the_readme_run():
