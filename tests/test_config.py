@@ -43,7 +43,7 @@ def test_every_experiment_composes_and_validates(experiment: str):
 
 
 def test_a_fine_tuning_experiment_without_a_base_says_what_to_give():
-    with pytest.raises(ConfigError, match="model=pretrained needs model.pretrained="):
+    with pytest.raises(ConfigError, match=r"model=pretrained needs model\.pretrained="):
         compose_config("experiment=finetuning")
 
 
