@@ -32,6 +32,7 @@ class Arm:
     local_steps: int
     clients: int
     batch_size: int
+    keeps_inner_state: bool
     jobs: list[SweepJob] = field(default_factory=list)
 
     @property
@@ -42,7 +43,14 @@ class Arm:
     def name(self) -> str:
         if self.centralized:
             return f"centralized, batch {self.batch_size}"
-        return f"{self.strategy}, {self.partition}, H={self.local_steps}"
+        return f"{self.label}, {self.partition}, H={self.local_steps}"
+
+    @property
+    def label(self) -> str:
+        """The strategy, and whether clients keep AdamW where the strategy does not say so."""
+        if self.keeps_inner_state and self.strategy != "diloco":
+            return f"{self.strategy} + kept AdamW"
+        return self.strategy
 
     def final(self, key: str) -> tuple[float, float]:
         values = [j.records[-1][key] for j in self.jobs]
@@ -76,6 +84,7 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
             cfg["train"]["local_steps"],
             cfg["federation"]["num_clients"],
             cfg["train"]["batch_size"],
+            cfg["strategy"]["keep_inner_state"],
         )
         grouped.setdefault(key, Arm(*key)).jobs.append(job)
     return sorted(
@@ -124,6 +133,7 @@ def plot(rows: list[Arm], path: Path) -> None:
         1, len(partitions), figsize=(6 * len(partitions), 4.5), dpi=120, squeeze=False
     )
     colours = {"fedavg": "tab:blue", "diloco": "tab:red", "fedadam": "tab:green"}
+    colours["fedavg + kept AdamW"] = "tab:purple"
     for ax, partition in zip(axes[0], partitions, strict=True):
         for arm in rows:
             if not arm.centralized and arm.partition != partition:
@@ -135,12 +145,12 @@ def plot(rows: list[Arm], path: Path) -> None:
                 for i in range(len(records))
             ]
             style = {
-                "color": "black" if arm.centralized else colours.get(arm.strategy, "tab:gray"),
+                "color": "black" if arm.centralized else colours.get(arm.label, "tab:gray"),
                 "linestyle": ":" if arm.batch_size > 8 else "-" if arm.local_steps > 10 else "--",
                 "marker": "o" if not arm.centralized and arm.local_steps > 10 else None,
                 "markersize": 3,
             }
-            label = arm.name if arm.centralized else f"{arm.strategy}, H={arm.local_steps}"
+            label = arm.name if arm.centralized else f"{arm.label}, H={arm.local_steps}"
             ax.plot(tokens, losses, label=label, **style)
         ax.set_title(f"4 clients, {partition} (centralized: one client, all shards)")
         ax.set_xlabel("tokens trained (all clients)")
