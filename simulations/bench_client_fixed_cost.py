@@ -59,7 +59,7 @@ def main() -> None:
 
     from flowerbed.model.factory import build_model
     from flowerbed.run.prepare import prepare_run
-    from flowerbed.server.instructions import train_instructions
+    from flowerbed.server.instructions import model_spec, train_instructions
     from flowerbed.tracking import RunLayout
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +70,7 @@ def main() -> None:
         save_file(model.state_dict(), run_dir / "weights.safetensors")
         for privacy in ("off", "dp"):
             cfg = config(args.preset, args.local_steps, privacy)
-            settings = dict(train_instructions(cfg, model, 1).to_record())
+            settings = dict(train_instructions(cfg, model_spec(cfg, model), 1).to_record())
             (run_dir / f"settings-{privacy}.json").write_text(json.dumps(settings))
         print(f"preset {args.preset}, {args.local_steps} local steps, CPU, a fresh process each")
         print("| round | process s | imports s | in the call, besides training s | training s |")

@@ -78,7 +78,7 @@ from flowerbed.config import load_config
 from flowerbed.model.factory import build_model
 from flowerbed.model.transport import to_array_record
 from flowerbed.protocol import ARRAYS, CONFIG
-from flowerbed.server.instructions import train_instructions
+from flowerbed.server.instructions import model_spec, train_instructions
 from flowerbed.tracking import RunLayout
 
 TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # as Flower's runtime does
@@ -87,7 +87,7 @@ run_dir, crash = Path(sys.argv[1]), sys.argv[2] == "crash"
 layout, cfg = RunLayout(run_dir), load_config(run_dir / "config.yaml")
 tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
 model = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
-config = train_instructions(cfg, model, 1).to_record()
+config = train_instructions(cfg, model_spec(cfg, model), 1).to_record()
 content = RecordDict({ARRAYS: to_array_record(model.state_dict(), "fp32"), CONFIG: config})
 message = Message(content, dst_node_id=1, message_type=MessageType.TRAIN)
 if crash:  # die after training and after the ledger write, before the reply exists
