@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from flowerbed.tracking.sweep import SweepJob, read_jobs
+from flowerbed.tracking.sweep import Setting, SweepJob, read_jobs
 
 
 @dataclass
@@ -52,10 +52,10 @@ class Arm:
             return f"{self.strategy} + kept AdamW"
         return self.strategy
 
-    def final(self, key: str) -> tuple[float, float]:
-        values = [j.records[-1][key] for j in self.jobs]
-        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.fmean(values), spread
+    @property
+    def val_loss(self) -> tuple[float, float]:
+        """Final validation loss: mean and standard deviation over seeds."""
+        return Setting({}, self.jobs).stats("final_val_loss")
 
     @property
     def syncs(self) -> int:
@@ -103,10 +103,10 @@ def table(rows: list[Arm]) -> list[str]:
         "|---|---|---|---|" + "---|" * len(gaps) + "---|---|---|",
     ]
     for arm in rows:
-        loss, spread = arm.final("val_loss")
+        loss, spread = arm.val_loss
         cell = f"{loss:.4f}" + (f" ± {spread:.4f}" if len(arm.jobs) > 1 else "")
         gap = [
-            "-" if ref is arm else f"{100 * (loss / ref.final('val_loss')[0] - 1):+.1f}%"
+            "-" if ref is arm else f"{100 * (loss / ref.val_loss[0] - 1):+.1f}%"
             for ref in references
         ]
         lines.append(

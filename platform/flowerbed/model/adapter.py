@@ -23,8 +23,6 @@ from flowerbed.config import AdapterConfig, ConfigError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-ADAPTER_NAME = "default"  # peft's name for a model's only adapter
-
 
 class BaseModelMismatch(ValueError):
     """A client's base model is not the one the server's adapters were trained on."""

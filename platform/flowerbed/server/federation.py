@@ -69,14 +69,14 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         start_round,
         cfg.federation.rounds,
     )
+    shared = sum(t.numel() for t in shared_state(model).values())
     if spec.base_hash:
-        adapters = shared_state(model)
         log.info(
             "adapter %s: %s of the parameters train and travel (%.2f MB per client and "
             "direction in fp32); base model hash %s",
             cfg.adapter.mode,
-            f"{sum(t.numel() for t in adapters.values()):,}",
-            sum(t.numel() * 4 for t in adapters.values()) / 1e6,
+            f"{shared:,}",
+            shared * 4 / 1e6,
             spec.base_hash,
         )
     if cfg.strategy.keep_inner_state:
@@ -116,7 +116,7 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
             continual_mode=cfg.continual.mode,
             adapter=cfg.adapter.mode,
             base_hash=spec.base_hash,
-            shared_parameters=sum(t.numel() for t in shared_state(model).values()),
+            shared_parameters=shared,
         ),
     )
     for callback in callbacks:

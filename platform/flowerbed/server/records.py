@@ -61,10 +61,10 @@ class RunFacts:
     privacy: str
     delta: float | None
     continual_mode: str
-    adapter: str = "none"
-    base_hash: str | None = None
+    adapter: str
+    base_hash: str | None
     """Adapters: the content hash of the frozen base every client checked."""
-    shared_parameters: int | None = None
+    shared_parameters: int
     """Parameters that train and travel (the adapters', or all of them)."""
 
 
