@@ -27,7 +27,7 @@ from flowerbed.config import compose_config
 from flowerbed.model import autocast, build_model, resolve_device
 from flowerbed.privacy.dp_sgd import PrivateStep
 
-ARMS = ("non-DP", "DP ghost", "DP hooks")
+ARMS = ("non-DP", "DP ghost", "DP bookkeeping", "DP hooks")
 
 
 class Arm:

@@ -58,7 +58,7 @@ def test_adapters_on_layers_the_model_lacks_are_refused_naming_the_key():
         add_adapter(build_model(section("model", "model=tiny"), 257, 256, 0), cfg)
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", ["ghost", "bookkeeping", "hooks"])
 def test_dp_on_adapters_updates_by_the_mean_of_clipped_sequence_gradients(mode):
     model = lora_model()
     params = trainable(model)

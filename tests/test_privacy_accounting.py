@@ -104,9 +104,12 @@ def test_privacy_settings_are_checked(overrides, message):
     assert message in str(err.value)
 
 
-def test_ghost_clipping_refuses_tied_embeddings_at_the_start():
-    with pytest.raises(ConfigError, match="ghost cannot train tied embeddings"):
-        compose_config("model.tie_embeddings=true", "privacy=dp_sgd")
+@pytest.mark.parametrize("mode", ["ghost", "bookkeeping"])
+def test_norm_only_clipping_refuses_tied_embeddings_at_the_start(mode):
+    with pytest.raises(ConfigError, match=f"{mode} cannot train tied embeddings"):
+        compose_config(
+            "model.tie_embeddings=true", "privacy=dp_sgd", f"privacy.grad_sample_mode={mode}"
+        )
 
 
 def test_noise_for_a_schedule_of_rates_spends_the_target_and_merging_changes_nothing():

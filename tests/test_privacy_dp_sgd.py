@@ -1,4 +1,5 @@
-"""Opacus DP-SGD on a causal LM: clipping bounds each sequence; empty draws still step."""
+"""DP-SGD on a causal LM, in every clipping mode: clipping bounds each sequence; empty draws
+still step."""
 
 from __future__ import annotations
 
@@ -42,11 +43,17 @@ def clipped_mean_of_true_gradients(model: torch.nn.Module, ids: torch.Tensor) ->
     return total / len(ids)
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+MODES = ["ghost", "bookkeeping", "hooks"]
+
+
+# bookkeeping takes ghost norms at 24 tokens and explicit per-sample gradients at 80
+@pytest.mark.parametrize("mode, seq_len", [(m, 24) for m in MODES] + [("bookkeeping", 80)])
 @pytest.mark.parametrize("physical", [0, 2])
-def test_with_no_noise_the_update_is_the_mean_of_clipped_sequence_gradients(mode, physical):
+def test_with_no_noise_the_update_is_the_mean_of_clipped_sequence_gradients(
+    mode, seq_len, physical
+):
     model = build_model(TINY, 257, 256, seed=0)
-    ids = torch.randint(0, 257, (5, 24), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, 257, (5, seq_len), generator=torch.Generator().manual_seed(0))
     expected = clipped_mean_of_true_gradients(model, ids)
     before = flat(model)
     step = sgd_step(model, noise=0.0, batch=5, mode=mode, physical=physical, lr=1.0, clip=CLIP)
@@ -57,7 +64,7 @@ def test_with_no_noise_the_update_is_the_mean_of_clipped_sequence_gradients(mode
     assert float(update.norm()) <= CLIP + 1e-6
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", MODES)
 def test_one_sequence_moves_the_weights_by_at_most_the_clip(mode):
     model = build_model(TINY, 257, 256, seed=1)
     before = flat(model)
@@ -67,7 +74,7 @@ def test_one_sequence_moves_the_weights_by_at_most_the_clip(mode):
     assert float((before - flat(model)).norm()) == pytest.approx(CLIP, rel=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+@pytest.mark.parametrize("mode", MODES)
 def test_an_empty_poisson_draw_takes_a_noise_only_step(mode):
     model = build_model(TINY, 257, 256, seed=0)
     before = flat(model)
@@ -80,12 +87,45 @@ def test_an_empty_poisson_draw_takes_a_noise_only_step(mode):
     assert float(moved.std()) == pytest.approx(1.0 * CLIP / 4, rel=0.05)
 
 
-def test_hooks_come_off_so_the_model_can_be_made_private_again():
+@pytest.mark.parametrize("mode", MODES)
+def test_hooks_come_off_so_the_model_can_be_made_private_again(mode):
     model = build_model(TINY, 257, 256, seed=0)
     for _ in range(2):
-        step = sgd_step(model, noise=1.0, batch=2, mode="ghost", lr=0.1, clip=1.0)
+        step = sgd_step(model, noise=1.0, batch=2, mode=mode, lr=0.1, clip=1.0)
         step.step(torch.randint(0, 257, (2, 16)))
         step.close()
     assert not any(
         hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters()
     )
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_bookkeeping_under_bf16_autocast_clips_as_ghost_does():
+    """The GPU path's mixed dtypes (fp32 inputs, bf16 outputs), checked on CPU autocast."""
+    ids = torch.randint(0, 257, (4, 24), generator=torch.Generator().manual_seed(0))
+    updates = {}
+    for mode in ("ghost", "bookkeeping"):
+        model = build_model(TINY, 257, 256, seed=0)
+        before = flat(model)
+        step = sgd_step(model, noise=0.0, batch=4, mode=mode, lr=1.0, clip=CLIP)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            step.step(ids)
+        step.close()
+        updates[mode] = before - flat(model)
+    cosine = torch.nn.functional.cosine_similarity(updates["ghost"], updates["bookkeeping"], dim=0)
+    assert float(cosine) > 0.99
+    assert float(updates["bookkeeping"].norm()) <= CLIP * 1.01
+
+
+def test_bookkeeping_names_the_layers_it_cannot_clip_at_start():
+    model = build_model(TINY, 257, 256, seed=0)
+    model.model.layers[0].mlp.act_fn = torch.nn.PReLU()
+    with pytest.raises(ValueError, match=r"model.layers.0.mlp.act_fn \(PReLU\).*hooks"):
+        sgd_step(model, noise=1.0, batch=2, mode="bookkeeping")
+
+
+def test_bookkeeping_refuses_a_weight_shared_by_two_layers():
+    model = build_model(TINY, 257, 256, seed=0)
+    model.lm_head.weight = model.model.embed_tokens.weight
+    with pytest.raises(ValueError, match="tie_embeddings=false"):
+        sgd_step(model, noise=1.0, batch=2, mode="bookkeeping")

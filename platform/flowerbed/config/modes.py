@@ -31,8 +31,9 @@ class PrivacyConfig(Section):
     max_epsilon: Annotated[float | None, positive()]
     """Budget cap when noise_multiplier is given (target_epsilon is its own cap)."""
     accountant: Literal["prv", "rdp"]
-    grad_sample_mode: Literal["ghost", "hooks"]
-    """ghost: fast (ghost) clipping, less memory; hooks: per-sample gradients, any layer."""
+    grad_sample_mode: Literal["ghost", "bookkeeping", "hooks"]
+    """ghost: fast (ghost) clipping, two backward passes; bookkeeping: one backward pass
+    (Linear, Embedding, RMSNorm layers); hooks: per-sample gradients, any layer Opacus knows."""
     max_physical_batch: Annotated[int, at_least(0)]
     """Split each Poisson batch into chunks of at most this many sequences (0: no split)."""
 

@@ -41,11 +41,11 @@ class FlowerbedConfig:
         require(
             not (
                 self.privacy.mode == "dp_sgd"
-                and self.privacy.grad_sample_mode == "ghost"
+                and self.privacy.grad_sample_mode in ("ghost", "bookkeeping")
                 and self.model.tie_embeddings
             ),
-            "privacy.grad_sample_mode=ghost cannot train tied embeddings: set "
-            "model.tie_embeddings=false or privacy.grad_sample_mode=hooks",
+            f"privacy.grad_sample_mode={self.privacy.grad_sample_mode} cannot train tied "
+            "embeddings: set model.tie_embeddings=false or privacy.grad_sample_mode=hooks",
         )
         continual = self.continual
         require(

@@ -29,7 +29,8 @@ class ModelConfig(Section):
     """Local directory or hub name to fine-tune from (for example an earlier final_model);
     when given, it is loaded whatever the preset."""
     tie_embeddings: bool
-    """Tie input and output embeddings. Off by default: Opacus ghost clipping refuses them."""
+    """Tie input and output embeddings. Off by default: ghost and bookkeeping clipping
+    refuse them."""
 
     def check(self) -> None:
         if self.preset == "pretrained":

@@ -3,7 +3,8 @@
 The privacy unit is one sequence (block). Every step:
 - draws a Poisson sample of the client's blocks at rate q (the rate the ledger records),
 - computes a per-sequence loss (mean over its own tokens), so each sequence's gradient
-  is clipped to `max_grad_norm` (ghost clipping by default, per-sample hooks otherwise),
+  is clipped to `max_grad_norm` (ghost clipping by default; book-keeping in one backward
+  pass; per-sample hooks for any layer Opacus knows),
 - adds Gaussian noise once per logical batch, however many physical chunks it took,
 - takes a noise-only step when the Poisson draw is empty (HF attention cannot run on an
   empty batch, and skipping would make the step count depend on the data).
@@ -23,24 +24,42 @@ from flowerbed.model.runtime import autocast
 
 
 def per_sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy averaged within each sequence: shape [batch]."""
-    losses = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.size(-1)),
-        ids[:, 1:].reshape(-1),
-        reduction="none",
-    )
-    return losses.view(ids.shape[0], -1).mean(dim=1)
+    """Next-token cross-entropy averaged within each sequence: shape [batch].
+
+    The last position has no target (ignored), so the logits are never sliced and copied.
+    """
+    targets = F.pad(ids[:, 1:], (0, 1), value=-100)
+    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    return losses.view(ids.shape)[:, :-1].mean(dim=1)
 
 
 # Token ids never require gradients, so Opacus's full backward hooks always say so: benign.
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
 
 
+def _opacus_hooks(model: torch.nn.Module, mode: str, **settings):
+    from opacus.grad_sample.utils import prepare_module
+
+    return prepare_module(
+        model,
+        grad_sample_mode=mode,
+        wrap_model=False,
+        batch_first=True,
+        loss_reduction="mean",
+        **settings,
+    )
+
+
 class _GhostClipping:
     """`ghost`: per-sequence norms without per-sample gradients (two backward passes)."""
 
-    def hook_settings(self, max_grad_norm: float) -> dict:
-        return {"max_grad_norm": max_grad_norm}
+    def attach(self, model: torch.nn.Module, max_grad_norm: float):
+        return _opacus_hooks(model, "ghost", max_grad_norm=max_grad_norm)
+
+    def optimizer_class(self) -> type:
+        from opacus.optimizers import get_optimizer_class
+
+        return get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode="ghost")
 
     def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
         from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
@@ -54,8 +73,13 @@ class _GhostClipping:
 class _PerSampleHooks:
     """`hooks`: explicit per-sample gradients, clipped one by one (any layer Opacus knows)."""
 
-    def hook_settings(self, max_grad_norm: float) -> dict:
-        return {}
+    def attach(self, model: torch.nn.Module, max_grad_norm: float):
+        return _opacus_hooks(model, "hooks")
+
+    def optimizer_class(self) -> type:
+        from opacus.optimizers import get_optimizer_class
+
+        return get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode="hooks")
 
     def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
         loss_per_sequence.mean().backward()
@@ -64,7 +88,25 @@ class _PerSampleHooks:
         p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
 
 
-CLIPPING = {"ghost": _GhostClipping, "hooks": _PerSampleHooks}
+class _Bookkeeping(_GhostClipping):
+    """`bookkeeping`: norms and the clipped sum from one backward pass (`bookkeeping.py`);
+    it leaves `p.grad` as ghost clipping does, so the noise step is the same."""
+
+    def attach(self, model: torch.nn.Module, max_grad_norm: float):
+        from flowerbed.privacy.bookkeeping import Bookkeeping
+
+        return Bookkeeping(model, max_grad_norm)
+
+    def optimizer_class(self) -> type:
+        from flowerbed.privacy.bookkeeping import FusedNoiseOptimizer
+
+        return FusedNoiseOptimizer
+
+    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
+        hooks.backward(loss_per_sequence)
+
+
+CLIPPING = {"ghost": _GhostClipping, "hooks": _PerSampleHooks, "bookkeeping": _Bookkeeping}
 
 
 class PrivateStep:
@@ -83,22 +125,10 @@ class PrivateStep:
         max_physical_batch: int,
         generator: torch.Generator | None = None,
     ) -> None:
-        from opacus.grad_sample.utils import prepare_module
-        from opacus.optimizers import get_optimizer_class
-
         self.clipping = CLIPPING[mode]()  # the one place a grad_sample_mode is looked up
         self.model, self.max_physical_batch = model, max_physical_batch
-        self.hooks = prepare_module(
-            model,
-            grad_sample_mode=mode,
-            wrap_model=False,
-            batch_first=True,
-            loss_reduction="mean",
-            **self.clipping.hook_settings(max_grad_norm),
-        )
-        self.optimizer = get_optimizer_class(
-            clipping="flat", distributed=False, grad_sample_mode=mode
-        )(
+        self.hooks = self.clipping.attach(model, max_grad_norm)
+        self.optimizer = self.clipping.optimizer_class()(
             optimizer,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
@@ -140,5 +170,5 @@ class PrivateStep:
         self.optimizer.zero_grad(set_to_none=True)
 
     def close(self) -> None:
-        """Remove Opacus's hooks and per-sample state from the model."""
+        """Remove the clipping hooks and per-sample state from the model."""
         self.hooks.cleanup()
