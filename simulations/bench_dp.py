@@ -1,10 +1,12 @@
-"""Benchmark: the DP-SGD step against the non-DP step, for ghost and hooks clipping.
+"""Benchmark: the DP-SGD step against the non-DP step, for ghost, bookkeeping and hooks.
 
 Same model (same initial weights), batch, sequence length, device and optimizer; the
 arms alternate over several repeats in one process and the median of each is reported.
 Peak memory: `torch.cuda.max_memory_allocated` per arm on a GPU; on CPU each arm also
-runs alone in a child process and its peak resident memory is read with `wait4`.
-Goal (issue 3): DP >= 0.85 of non-DP throughput at <= 1.1x the memory.
+runs alone in a child process and its peak resident memory is read from /proc.
+A second table splits the non-DP and the bookkeeping step into phases (median ms), so
+where the remaining gap goes is visible. Goal (issue 12): bookkeeping >= 0.75x non-DP
+tokens/s at <= 1.2x its memory.
 
     uv run python simulations/bench_dp.py                                    # CPU, small
     uv run python simulations/bench_dp.py --preset 125m --seq-len 512 --batch-size 16 --device cuda
@@ -25,7 +27,7 @@ from bench_common import bench_parser, describe, sync
 from flowerbed.client.trainer import make_optimizer
 from flowerbed.config import compose_config
 from flowerbed.model import autocast, build_model, resolve_device
-from flowerbed.privacy.dp_sgd import PrivateStep
+from flowerbed.privacy.dp_sgd import PrivateStep, per_sequence_loss
 
 ARMS = ("non-DP", "DP ghost", "DP bookkeeping", "DP hooks")
 
@@ -65,6 +67,72 @@ class Arm:
             self.optimizer.zero_grad(set_to_none=True)
         sync(self.device)
         return time.perf_counter() - start
+
+
+class Phases:
+    """Wall-clock milliseconds of each phase of a step, synchronised at every boundary."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.ms = device, {}
+
+    def __call__(self, name: str) -> None:
+        sync(self.device)
+        now = time.perf_counter()
+        if name != "start":
+            self.ms.setdefault(name, []).append(1000 * (now - self.last))
+        self.last = now
+
+
+def step_in_phases(arm: Arm, ids: torch.Tensor, clock: Phases) -> None:
+    """One step of `arm` (non-DP or bookkeeping), the same work as `Arm.run`, with a clock
+    read between phases (the non-DP loss here is the per-sequence one, averaged)."""
+    clock("start")
+    positions = torch.arange(ids.shape[1], device=ids.device).repeat(ids.shape[0], 1)
+    with autocast(arm.device):
+        logits = arm.model(input_ids=ids, position_ids=positions).logits
+    clock("forward")
+    loss = per_sequence_loss(logits, ids)
+    clock("per-sequence loss")
+    if arm.private is None:
+        loss.mean().backward()
+        clock("backward")
+        torch.nn.utils.clip_grad_norm_(arm.model.parameters(), 1.0)
+        arm.optimizer.step()
+    else:
+        hooks, optimizer = arm.private.hooks, arm.private.optimizer
+        grads = hooks.output_grads(loss)
+        clock("backward")
+        scale = hooks.clip_factors(grads)
+        clock("per-sequence norms")
+        hooks.add_clipped(grads, scale)
+        clock("clipped, summed gradients")
+        optimizer.signal_skip_step(do_skip=False)
+        optimizer.pre_step()
+        clock("noise")
+        optimizer.original_optimizer.step()
+        optimizer.zero_grad(set_to_none=True)  # the DP optimizer's: clears the running sums
+    arm.optimizer.zero_grad(set_to_none=True)
+    clock("optimizer step")
+
+
+def phase_table(arms: list[Arm], batches: torch.Tensor, repeats: int) -> str:
+    """Median ms per phase, non-DP and bookkeeping side by side (after a warm-up step)."""
+    clocks = {arm.name: Phases(arm.device) for arm in arms}
+    for repeat in range(repeats + 1):
+        for arm in arms:
+            for ids in batches:
+                step_in_phases(arm, ids, clocks[arm.name] if repeat else Phases(arm.device))
+    names = list(clocks["DP bookkeeping"].ms)
+    median = {a: {k: statistics.median(v) for k, v in c.ms.items()} for a, c in clocks.items()}
+    rows = ["", "| phase | non-DP ms | bookkeeping ms | difference ms |", "|---|---|---|---|"]
+    for name in [*names, "total"]:
+        plain, private = (
+            (sum(m.values()) for m in median.values())
+            if name == "total"
+            else (median[a].get(name, 0.0) for a in median)
+        )
+        rows.append(f"| {name} | {plain:.0f} | {private:.0f} | {private - plain:+.0f} |")
+    return "\n".join(rows)
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.device]:
@@ -125,6 +193,7 @@ def main() -> None:
         if device.type == "cuda"
         else "peak GiB resident (whole process)"
     )
+    phases = phase_table([arms[0], arms[ARMS.index("DP bookkeeping")]], batches, args.repeats)
     print(describe(args, base, device))
     print(f"| step | tokens/s (median) | vs non-DP | {memory} | vs non-DP |")
     print("|---|---|---|---|---|")
@@ -133,6 +202,7 @@ def main() -> None:
             f"| {name} | {rate[name]:,.0f} | {rate[name] / rate['non-DP']:.2f}x | "
             f"{peak[name]:.2f} | {peak[name] / peak['non-DP']:.2f}x |"
         )
+    print(phases)
 
 
 if __name__ == "__main__":
