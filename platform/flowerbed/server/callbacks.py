@@ -8,13 +8,14 @@ callback only records; it never changes what the federation does.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 from flowerbed.config import FlowerbedConfig
 from flowerbed.model.adapter import is_adapted, save_adapter_outputs
-from flowerbed.server.checkpoint import save_checkpoint
+from flowerbed.server.checkpoint import snapshot, write_checkpoint
 from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
 from flowerbed.tracking import MetricsLog, RunLayout
@@ -23,13 +24,16 @@ log = logging.getLogger("flowerbed")
 
 
 class Callback:
-    """The interface: both hooks do nothing unless a recorder overrides them."""
+    """The interface: every hook does nothing unless a recorder overrides it."""
 
     def on_round_end(self, record: RoundRecord) -> None:
         """After a round's record is complete."""
 
     def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
         """After the last round, with every record of the run and its summary."""
+
+    def close(self) -> None:
+        """When the run ends, finished or failed: let go of what the recorder holds."""
 
 
 class MetricsFile(Callback):
@@ -76,15 +80,40 @@ def progress_line(record: RoundRecord, rounds: int) -> str:
 
 
 class Checkpoints(Callback):
-    """The global weights after every round; the newest `keep` are kept for resume."""
+    """The global weights after every round; the newest `keep` are kept for resume.
+
+    Written by a background thread from a snapshot, so the next round does not wait for
+    the disk (0.4-1 s at 125M on 2 cores). Each write waits for the one before; the run's
+    end, finished or failed, waits for the last. A crash mid-write leaves the previous
+    checkpoint (writes are atomic), so resume stays exact.
+    """
 
     def __init__(
         self, layout: RunLayout, model: torch.nn.Module, outer: FedAvgOuter, keep: int
     ) -> None:
         self.layout, self.model, self.outer, self.keep = layout, model, outer, keep
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self.pending: Future | None = None
 
     def on_round_end(self, record: RoundRecord) -> None:
-        save_checkpoint(self.layout.checkpoints, record.round, self.model, self.outer, self.keep)
+        self._wait()
+        weights, outer_state = snapshot(self.model, self.outer)
+        self.pending = self.writer.submit(
+            write_checkpoint, self.layout.checkpoints, record.round, weights, outer_state, self.keep
+        )
+
+    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        self._wait()
+
+    def close(self) -> None:
+        self._wait()
+        self.writer.shutdown()
+
+    def _wait(self) -> None:
+        """Until the write in flight is on disk; a failed write raises here."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
 
 
 class FinalModel(Callback):

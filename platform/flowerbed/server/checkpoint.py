@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file
 
 from flowerbed.atomic import publish_folder
 from flowerbed.server.outer import FedAvgOuter
@@ -20,16 +20,41 @@ from flowerbed.server.outer import FedAvgOuter
 PREFIX = "round-"
 
 
+Weights = dict[str, torch.Tensor]
+
+
 def save_checkpoint(
     folder: Path, round_: int, model: torch.nn.Module, outer: FedAvgOuter, keep: int
+) -> Path:
+    """Write `round-<r>/` now; see `write_checkpoint`."""
+    return write_checkpoint(folder, round_, *snapshot(model, outer), keep)
+
+
+def snapshot(model: torch.nn.Module, outer: FedAvgOuter) -> tuple[Weights, Weights]:
+    """Copies of what a checkpoint holds, to write while the next round changes the model.
+
+    A weight under two names (tied embeddings) is kept once, under its first name, as
+    safetensors' `save_model` keeps it; `load_model` restores both.
+    """
+    weights, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape)
+        if where not in seen:
+            seen.add(where)
+            weights[name] = tensor.detach().to("cpu", copy=True).contiguous()
+    return weights, {k: v.detach().clone() for k, v in outer.state_dict().items()}
+
+
+def write_checkpoint(
+    folder: Path, round_: int, weights: Weights, outer_state: Weights, keep: int
 ) -> Path:
     """Write `round-<r>/` (weights, outer state, then state.json last); prune older ones."""
     target = folder / f"{PREFIX}{round_:05d}"
     staging = folder / f".{target.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_model(model, str(staging / "model.safetensors"))
-    save_file(outer.state_dict(), str(staging / "outer.safetensors"))
+    save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    save_file(outer_state, str(staging / "outer.safetensors"))
     (staging / "state.json").write_text(json.dumps({"round": round_}))
     publish_folder(staging, target, durable=True)
     for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:

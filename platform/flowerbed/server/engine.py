@@ -24,12 +24,12 @@ from flowerbed.continual.matrix import continual_metrics, loss_matrix, merge_cli
 from flowerbed.data.blocks import Blocks
 from flowerbed.model.adapter import load_shared_state, shared_state
 from flowerbed.model.runtime import mean_loss
-from flowerbed.model.transport import from_array_record, record_nbytes, to_array_record
+from flowerbed.model.transport import read_only, record_nbytes, to_array_record
 from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply
 from flowerbed.server.instructions import evaluate_instructions, train_instructions
 from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
-from flowerbed.server.strategy import make_strategy
+from flowerbed.server.strategy import TorchFedAvg, make_strategy
 
 log = logging.getLogger("flowerbed")
 
@@ -95,10 +95,7 @@ class RoundEngine:
         trained = sorted(
             (r for r in answered if r.weights is not None), key=lambda r: r.partition_id
         )
-        aggregated, _ = self.strategy.aggregate_train(round_, replies)
-        if aggregated is None:
-            raise FederationError(f"round {round_}: the strategy aggregated nothing (see the log)")
-        average = from_array_record(aggregated, "fp32")
+        average = self._aggregate(round_, replies)
         load_shared_state(self.model, self.outer.step(shared_state(self.model), average))
         evaluated = self._federated_evaluate(round_)
         val_loss = self.val_loss()
@@ -127,6 +124,18 @@ class RoundEngine:
         if evaluated and self.cfg.continual.enabled:
             self._add_continual(record, evaluated, history)
         return record
+
+    def _aggregate(self, round_: int, replies: list[Message]) -> dict[str, torch.Tensor]:
+        """TorchFedAvg's fp32 average as it is (no encoding to decode again), or another
+        strategy's aggregate read in place; the outer step reads it, the load copies it."""
+        if isinstance(self.strategy, TorchFedAvg):
+            average = self.strategy.average(replies)
+        else:
+            aggregated, _ = self.strategy.aggregate_train(round_, replies)
+            average = None if aggregated is None else read_only(aggregated, "fp32")
+        if average is None:
+            raise FederationError(f"round {round_}: the strategy aggregated nothing (see the log)")
+        return average
 
     def _answered(self, round_: int, replies: list[Message]) -> list[TrainReply]:
         """The successful replies; fewer than `federation.min_clients` stops the run."""

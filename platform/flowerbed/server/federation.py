@@ -26,7 +26,7 @@ from flowerbed.model.inner_state import KEEP as INNER_STATE_KEPT
 from flowerbed.model.inner_state import inner_state_bytes
 from flowerbed.model.runtime import resolve_device
 from flowerbed.privacy.modes import privacy_mode
-from flowerbed.server.callbacks import default_callbacks
+from flowerbed.server.callbacks import Callback, default_callbacks
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
 from flowerbed.server.engine import NothingToTrain, RoundEngine
 from flowerbed.server.instructions import model_spec
@@ -90,13 +90,11 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
             INNER_STATE_KEPT * size,
         )
     started = time.perf_counter()
-    for round_ in range(start_round, cfg.federation.rounds + 1):
-        record = engine.run_round(round_, records)
-        if record is None:
-            break
-        records.append(record)
+    try:
+        _run_rounds(engine, range(start_round, cfg.federation.rounds + 1), records, callbacks)
+    finally:
         for callback in callbacks:
-            callback.on_round_end(record)
+            callback.close()
     if not records:
         raise NothingToTrain(
             "no round completed: every client's privacy budget was spent "
@@ -122,6 +120,18 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
     for callback in callbacks:
         callback.on_finish(records, summary)
     return summary
+
+
+def _run_rounds(
+    engine: RoundEngine, rounds: range, records: list[RoundRecord], callbacks: list[Callback]
+) -> None:
+    for round_ in rounds:
+        record = engine.run_round(round_, records)
+        if record is None:
+            return
+        records.append(record)
+        for callback in callbacks:
+            callback.on_round_end(record)
 
 
 def _restore(

@@ -1,9 +1,9 @@
 """Aggregation strategies: FedAvg in torch, or Flower's user-level DP wrapper around FedAvg.
 
 Flower's own FedAvg averages in numpy in the transport dtype (slow for fp16, wrong for
-bf16 carried as int16 bit patterns). `TorchFedAvg` decodes every reply to fp32 and adds
-it into one accumulator, in partition order, so the result does not depend on arrival
-order.
+bf16 carried as int16 bit patterns). `TorchFedAvg` reads every reply in place and adds it
+into one fp32 accumulator, in partition order, so the result does not depend on arrival
+order; the round engine takes that accumulator as it is (`average`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from flowerbed.config import FlowerbedConfig, TransportDtype
-from flowerbed.model.transport import from_array_record, to_array_record
+from flowerbed.model.transport import read_only, to_array_record
 from flowerbed.privacy.modes import privacy_mode
 from flowerbed.protocol import TrainReply
 
@@ -31,21 +31,27 @@ class TorchFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The weighted mean of the replies' weights; the metrics are the engine's to read."""
+        average = self.average(replies)
+        return (None if average is None else to_array_record(average, "fp32")), None
+
+    def average(self, replies: Iterable[Message]) -> dict[str, torch.Tensor] | None:
+        """The weighted mean of the replies' weights, in fp32; None when nobody trained."""
         trained = sorted(
             (r for r in _train_replies(replies) if r.weights is not None),
             key=lambda r: r.partition_id,
         )
         if not trained:
-            return None, None
+            return None
         weights = torch.tensor([float(r.num_examples) for r in trained], dtype=torch.float64)
         weights = (weights / weights.sum()).tolist()
         average: dict[str, torch.Tensor] = {}
         for weight, reply in zip(weights, trained, strict=True):
-            for name, tensor in from_array_record(reply.weights, self.transport_dtype).items():
+            # read in place, in the transport dtype, accumulated straight into fp32
+            for name, tensor in read_only(reply.weights, self.transport_dtype).items():
                 if name not in average:
-                    average[name] = torch.zeros_like(tensor, dtype=torch.float32)
-                average[name].add_(tensor.float(), alpha=weight)
-        return to_array_record(average, "fp32"), None
+                    average[name] = torch.zeros(tensor.shape, dtype=torch.float32)
+                average[name].add_(tensor, alpha=weight)
+        return average
 
 
 def _train_replies(replies: Iterable[Message]) -> list[TrainReply]:

@@ -1,0 +1,155 @@
+"""Benchmark: what a round costs the server, with clients that do no compute.
+
+The real ServerApp (flowerbed's round engine, strategy, validation and checkpoints) runs
+a simulated federation on Flower's Simulation Engine whose ClientApps echo the weights
+they receive: everything measured is the server's side of a round and Flower's transport
+(sending, receiving, decoding, aggregating in torch, loading the new weights, the
+validation loss, the checkpoint). The model is the 125m preset with a 32,000-token
+vocabulary (134M parameters), saved once to a temporary folder and loaded as a pretrained
+model; data is the synthetic corpus with the byte tokenizer. Each phase is timed by
+wrapping the function that does it; `transport` is the rest of the round (Flower's
+send and receive). Goal (issue 12): 4 s or less per round with 16-bit transport.
+
+    uv run python simulations/bench_server_round.py                          # fp16, 5 rounds
+    uv run python simulations/bench_server_round.py --dtype fp32 --rounds 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from flowerbed.config import compose_config
+from flowerbed.model import build_model, num_parameters
+from flowerbed.protocol import EvaluateReply, TrainReply, global_weights
+from flowerbed.run.prepare import prepare_run
+from flowerbed.server import callbacks, engine, strategy
+from flowerbed.tracking import RunLayout
+
+SECONDS: dict[str, list[float]] = defaultdict(list)
+
+
+def timed(owner: object, name: str, phase: str) -> None:
+    """Replace `owner.name` with itself plus a timer that adds to `phase` of this round."""
+    original = getattr(owner, name)
+
+    @functools.wraps(original)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            SECONDS[phase].append(time.perf_counter() - start)
+
+    setattr(owner, name, wrapper)
+
+
+def echo_client_app() -> ClientApp:
+    """Clients that train nothing: each replies with the weights it received."""
+    app = ClientApp()
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        reply = TrainReply(
+            partition_id=int(context.node_config["partition-id"]),
+            num_examples=1,
+            tokens=0,
+            train_seconds=0.0,
+            train_loss=0.0,
+            weights=global_weights(msg.content),
+        )
+        return Message(reply.to_content(), reply_to=msg)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        partition = int(context.node_config["partition-id"])
+        reply = EvaluateReply(partition_id=partition, num_examples=1, heldout_loss=0.0)
+        return Message(reply.to_content(), reply_to=msg)
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dtype", default="fp16", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--preset", default="125m")
+    parser.add_argument("--vocab", type=int, default=32000)
+    args = parser.parse_args()
+    import flwr.simulation
+
+    from flowerbed.server.app import make_server_app
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = build_model(compose_config(f"model={args.preset}").model, args.vocab, 0, seed=0)
+        parameters = num_parameters(base)
+        base.save_pretrained(Path(tmp) / "base")
+        del base
+        cfg = compose_config(
+            f"model.pretrained={tmp}/base",
+            "data=synthetic",
+            "data.tokenizer=byte",
+            f"data.cache_dir={tmp}/cache",
+            "privacy=off",
+            "continual=off",
+            f"federation.num_clients={args.clients}",
+            f"federation.rounds={args.rounds}",
+            f"federation.transport_dtype={args.dtype}",
+            "federation.fraction_evaluate=0",
+            "train.eval_batches=1",
+            "device=cpu",
+        )
+        run_dir = Path(tmp) / "run"
+        prepare_run(cfg, RunLayout(run_dir))
+        timed(engine.RoundEngine, "run_round", "round (engine)")
+        timed(engine.RoundEngine, "val_loss", "validation")
+        timed(engine, "to_array_record", "encode")
+        timed(engine, "read_only", "decode")
+        timed(engine, "load_shared_state", "load new weights")
+        timed(strategy.TorchFedAvg, "aggregate_train", "aggregate")
+        timed(callbacks.Checkpoints, "on_round_end", "checkpoint")
+        flwr.simulation.run_simulation(
+            server_app=make_server_app(cfg, run_dir),
+            client_app=echo_client_app(),
+            num_supernodes=args.clients,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0}},
+        )
+    report(args, parameters)
+
+
+def report(args: argparse.Namespace, parameters: int) -> None:
+    """Median seconds per phase over the rounds after the first (the first warms up)."""
+    rounds = SECONDS["round (engine)"]
+    per_round = {phase: s[-len(rounds) :] for phase, s in SECONDS.items()}
+    # the initial validation loss (before round 1) is timed too; keep one per round
+    per_round["validation"] = SECONDS["validation"][-len(rounds) :]
+    later = slice(1, None) if len(rounds) > 1 else slice(None)
+    median = {phase: statistics.median(s[later]) for phase, s in per_round.items()}
+    inside = ("encode", "decode", "aggregate", "load new weights", "validation")
+    median["transport (the rest)"] = median["round (engine)"] - sum(median[p] for p in inside)
+    total = median["round (engine)"] + median["checkpoint"]
+    print(
+        f"\nserver round, {args.clients} echo clients, {args.preset} ({parameters:,} "
+        f"parameters), {args.dtype} transport, CPU ({torch.get_num_threads()} threads); "
+        f"median of rounds 2..{len(rounds)}"
+    )
+    print("| phase | s |\n|---|---|")
+    for phase in (*inside, "transport (the rest)", "checkpoint"):
+        print(f"| {phase} | {median[phase]:.2f} |")
+    print(f"| **round, checkpoint included** | **{total:.2f}** |")
+
+
+if __name__ == "__main__":
+    main()
