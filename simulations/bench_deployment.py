@@ -7,6 +7,11 @@ client receives per round (it sends as many back) and the seconds of round 2 (ro
 also starts the ServerApp side).
 
     uv run python simulations/bench_deployment.py --presets small 125m
+    uv run python simulations/bench_deployment.py --experiment smoke_dp   # README's walk-through
+
+With `--experiment`, the shards and the one run use that experiment, as README's
+deployment walk-through does (`deploy prepare --shards ... experiment=smoke_dp`), and
+the table gives every round's seconds.
 """
 
 from __future__ import annotations
@@ -26,10 +31,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["small", "125m"])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16"])
+    parser.add_argument("--experiment", help="run README's walk-through with this experiment")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         loopback = Loopback(Path(tmp))
         try:
+            if args.experiment:
+                settings = [f"experiment={args.experiment}"]
+                start_institutions(loopback, settings)
+                walkthrough(loopback, settings)
+                return
+            start_institutions(loopback, _settings())
             rows = measure(loopback, args.presets, args.dtypes)
         finally:
             loopback.close()
@@ -42,7 +54,8 @@ def main() -> None:
         )
 
 
-def measure(loopback: Loopback, presets: list[str], dtypes: list[str]) -> list[dict]:
+def start_institutions(loopback: Loopback, shard_settings: list[str]) -> None:
+    """Credentials, one shard per institution, the SuperLink and two SuperNodes."""
     root = loopback.root
     made = loopback.flowerbed(
         "deploy", "credentials", str(loopback.certs), "--host", "127.0.0.1",
@@ -50,7 +63,8 @@ def measure(loopback: Loopback, presets: list[str], dtypes: list[str]) -> list[d
     )  # fmt: skip
     _check(made, "credentials")
     shards = root / "shards"
-    _check(loopback.flowerbed("deploy", "prepare", "--shards", str(shards), *_settings()), "shards")
+    prepared = loopback.flowerbed("deploy", "prepare", "--shards", str(shards), *shard_settings)
+    _check(prepared, "shards")
     loopback.start_superlink()
     for i in (0, 1):
         key = loopback.certs / "supernodes" / f"site-{i}"
@@ -62,6 +76,25 @@ def measure(loopback: Loopback, presets: list[str], dtypes: list[str]) -> list[d
             f"state-dir='{root}/site-{i}-state' device='cpu'",
         )
     loopback.wait_for(lambda: loopback.online_nodes() == 2, "two SuperNodes online")
+
+
+def walkthrough(loopback: Loopback, settings: list[str]) -> None:
+    """One run of `settings` on the institutions; every round's seconds."""
+    run_dir = loopback.root / "walkthrough"
+    _check(loopback.flowerbed("deploy", "prepare", str(run_dir), *settings), "prepare")
+    _check(loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback"), "run")
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    print(f"{' '.join(settings)}, 2 institutions over loopback with TLS")
+    print("| round | s | train loss | val loss | epsilon max |\n|---|---|---|---|---|")
+    for r in records:
+        print(
+            f"| {r['round']} | {r['seconds']:.1f} | {r['train_loss']:.4f} | {r['val_loss']:.4f} "
+            f"| {r['epsilon_max'] if r['epsilon_max'] is None else round(r['epsilon_max'], 2)} |"
+        )
+
+
+def measure(loopback: Loopback, presets: list[str], dtypes: list[str]) -> list[dict]:
+    root = loopback.root
     rows = []
     for preset in presets:
         for dtype in dtypes:
