@@ -6,9 +6,10 @@ they receive: everything measured is the server's side of a round and Flower's t
 (encoding, sending, receiving, aggregating in torch, loading the new weights, the
 validation loss, the checkpoint: its snapshot; the write runs in the background). The
 model is the 125m preset with a 32,000-token vocabulary (134M parameters), saved once to
-a temporary folder and loaded as a pretrained model; data is the synthetic corpus with the byte tokenizer. Each phase is timed by
-wrapping the function that does it; `transport` is the rest of the round (Flower's
-send and receive). Goal (issue 12): 4 s or less per round with 16-bit transport.
+a temporary folder and loaded as a pretrained model; data is the synthetic corpus with
+the byte tokenizer. Each phase is timed by wrapping the function that does it;
+`transport` is the rest of the round (Flower's send and receive). Goal (issue 12): 4 s
+or less per round with 16-bit transport.
 
     uv run python simulations/bench_server_round.py                          # fp16, 5 rounds
     uv run python simulations/bench_server_round.py --dtype fp32 --rounds 4
