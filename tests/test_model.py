@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from flowerbed.model import (
     to_array_record,
 )
 from flowerbed.model.factory import load_pretrained, model_from_config, preset_config
+from flowerbed.model.transport import read_only
 from tests.conftest import section
 
 VOCAB, EOS = 257, 256
@@ -89,3 +91,18 @@ def test_every_embedding_row_trains_including_end_of_text():
     ids = torch.tensor([[1, 2, EOS, 3, EOS, 4]])
     model(input_ids=ids, labels=ids).loss.backward()
     assert model.get_input_embeddings().weight.grad[EOS].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_records_are_read_in_place_and_decoded_into_tensors_of_their_own(state, dtype):
+    record = to_array_record(state, dtype)
+    views = read_only(record, dtype)
+    for name, view in views.items():  # over the record's own bytes, after the .npy header
+        start = np.frombuffer(record[name].data, np.uint8).ctypes.data
+        assert start < view.data_ptr() < start + len(record[name].data)
+    decoded = from_array_record(record, dtype)
+    assert all(torch.equal(decoded[k], views[k].float()) for k in state)
+    name = next(iter(state))
+    before = views[name].clone()
+    decoded[name].add_(1.0)  # writable, and the record is untouched
+    assert torch.equal(read_only(record, dtype)[name], before)
