@@ -30,3 +30,28 @@ def test_auto_device_picks_cuda_and_trains_under_bf16_autocast():
     state = {k: v.to(torch.bfloat16) for k, v in trainer.model.state_dict().items()}
     back = from_array_record(to_array_record(state, "bf16"), "bf16")
     assert all(torch.equal(back[k], state[k].float().cpu()) for k in state)
+
+
+def test_bookkeeping_clips_under_cuda_bf16_autocast_as_ghost_does():
+    from flowerbed.privacy.dp_sgd import PrivateStep
+
+    ids = torch.randint(0, 257, (4, 64), generator=torch.Generator().manual_seed(0)).cuda()
+    updates = {}
+    for mode in ("ghost", "bookkeeping"):
+        model = build_model(section("model", "model=tiny"), 257, 256, 0).cuda()
+        before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        step = PrivateStep(
+            model,
+            torch.optim.SGD(model.parameters(), lr=1.0),
+            noise_multiplier=0.0,
+            max_grad_norm=0.05,
+            expected_batch_size=4,
+            mode=mode,
+            max_physical_batch=2,
+        )
+        step.step(ids)  # PrivateStep's own bf16 autocast on CUDA
+        step.close()
+        updates[mode] = before - torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    cosine = torch.nn.functional.cosine_similarity(updates["ghost"], updates["bookkeeping"], dim=0)
+    assert float(cosine) > 0.99
+    assert float(updates["bookkeeping"].norm()) <= 0.05 * 1.01
