@@ -211,6 +211,12 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):
     preallocated buffer (Opacus draws per parameter, allocating each time), and the first
     physical chunk's gradient taken as the running sum rather than copied."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sizes = [p.numel() for p in self.params]
+        like = self.params[0] if self.params else torch.empty(0)
+        self._noise = torch.empty(sum(self._sizes), device=like.device, dtype=like.dtype)
+
     def accumulate(self) -> None:
         for p in self.params:
             if p.summed_grad is None:
@@ -222,16 +228,11 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):
         std = self.noise_multiplier * self.max_grad_norm
         if self.secure_mode:
             return super().add_noise()
-        params = self.params
-        if getattr(self, "_noise", None) is None:
-            self._noise = torch.empty(
-                sum(p.numel() for p in params), device=params[0].device, dtype=params[0].dtype
-            )
         if std > 0:
             self._noise.normal_(0, std, generator=self.generator)
         else:
             self._noise.zero_()
-        for p, noise in zip(params, self._noise.split([p.numel() for p in params]), strict=True):
+        for p, noise in zip(self.params, self._noise.split(self._sizes), strict=True):
             _check_processed_flag(p.summed_grad)
             p.grad = p.summed_grad.add_(noise.view_as(p))  # summed_grad is dropped after
             _mark_as_processed(p.summed_grad)

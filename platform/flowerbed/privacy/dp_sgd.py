@@ -3,8 +3,8 @@
 The privacy unit is one sequence (block). Every step:
 - draws a Poisson sample of the client's blocks at rate q (the rate the ledger records),
 - computes a per-sequence loss (mean over its own tokens), so each sequence's gradient
-  is clipped to `max_grad_norm` (ghost clipping by default; book-keeping in one backward
-  pass; per-sample hooks for any layer Opacus knows),
+  is clipped to `max_grad_norm` (book-keeping in one backward pass by default; Opacus's
+  ghost clipping; per-sample hooks for any layer Opacus knows),
 - adds Gaussian noise once per logical batch, however many physical chunks it took,
 - takes a noise-only step when the Poisson draw is empty (HF attention cannot run on an
   empty batch, and skipping would make the step count depend on the data).
@@ -37,29 +37,39 @@ def per_sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients")
 
 
-def _opacus_hooks(model: torch.nn.Module, mode: str, **settings):
-    from opacus.grad_sample.utils import prepare_module
+class _OpacusClipping:
+    """A clipping mode Opacus implements: its hooks and its optimizer, by mode name."""
 
-    return prepare_module(
-        model,
-        grad_sample_mode=mode,
-        wrap_model=False,
-        batch_first=True,
-        loss_reduction="mean",
-        **settings,
-    )
+    mode: str
 
-
-class _GhostClipping:
-    """`ghost`: per-sequence norms without per-sample gradients (two backward passes)."""
+    def hook_settings(self, max_grad_norm: float) -> dict:
+        return {}
 
     def attach(self, model: torch.nn.Module, max_grad_norm: float):
-        return _opacus_hooks(model, "ghost", max_grad_norm=max_grad_norm)
+        from opacus.grad_sample.utils import prepare_module
+
+        return prepare_module(
+            model,
+            grad_sample_mode=self.mode,
+            wrap_model=False,
+            batch_first=True,
+            loss_reduction="mean",
+            **self.hook_settings(max_grad_norm),
+        )
 
     def optimizer_class(self) -> type:
         from opacus.optimizers import get_optimizer_class
 
-        return get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode="ghost")
+        return get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode=self.mode)
+
+
+class _GhostClipping(_OpacusClipping):
+    """`ghost`: per-sequence norms without per-sample gradients (two backward passes)."""
+
+    mode = "ghost"
+
+    def hook_settings(self, max_grad_norm: float) -> dict:
+        return {"max_grad_norm": max_grad_norm}
 
     def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
         from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
@@ -70,16 +80,10 @@ class _GhostClipping:
         p.grad = torch.zeros_like(p)
 
 
-class _PerSampleHooks:
+class _PerSampleHooks(_OpacusClipping):
     """`hooks`: explicit per-sample gradients, clipped one by one (any layer Opacus knows)."""
 
-    def attach(self, model: torch.nn.Module, max_grad_norm: float):
-        return _opacus_hooks(model, "hooks")
-
-    def optimizer_class(self) -> type:
-        from opacus.optimizers import get_optimizer_class
-
-        return get_optimizer_class(clipping="flat", distributed=False, grad_sample_mode="hooks")
+    mode = "hooks"
 
     def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
         loss_per_sequence.mean().backward()
