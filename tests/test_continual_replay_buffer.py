@@ -105,6 +105,7 @@ def client_job(mode: str, rewarm: bool = False, every: int = 2):
         arrival_every=every,
         uniform_weights=False,
         keep_inner_state=False,
+        evaluate_incoming=False,
         train=cfg.train,
         privacy=cfg.privacy,
         continual=cfg.continual,

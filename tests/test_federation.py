@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from flowerbed.run.prepare import prepare_run
 from flowerbed.run.simulation import continue_simulation, simulate
-from flowerbed.server.engine import FederationError
+from flowerbed.server.replies import FederationError
 from flowerbed.tracking import RunLayout
 from tests.conftest import tiny_config
 
@@ -84,6 +84,83 @@ def test_an_interrupted_run_resumes_to_the_same_weights(federated_run, copy_run)
     resumed, original = final_weights(crashed), final_weights(complete)
     for name, tensor in original.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_interrupted_before_its_heldout_losses_came_back_resumes_to_the_same_records(
+    federated_run, copy_run
+):
+    cfg, complete = federated_run
+    crashed = copy_run(complete)
+    # As if the process died after checkpointing round 2 but before round 3's replies
+    # brought the clients' held-out losses of round 2's model: its metrics line is missing.
+    shutil.rmtree(crashed / "checkpoints" / "round-00003")
+    shutil.rmtree(crashed / "final_model")
+    (crashed / "summary.json").unlink()
+    lines = (crashed / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (crashed / "metrics.jsonl").write_text(lines[0])
+    continue_simulation(cfg, crashed)
+    resumed, original = records(crashed), records(complete)
+    assert [r["round"] for r in resumed] == [1, 2, 3]
+    for again, before in zip(resumed, original, strict=True):
+        for key in ("train_loss", "val_loss", "heldout_loss"):
+            assert again[key] == pytest.approx(before[key], rel=1e-5), (again["round"], key)
+
+
+class CountingGrid:
+    """Flower's Grid, noting the type of every Message each `send_and_receive` sends."""
+
+    def __init__(self, grid) -> None:
+        self.grid, self.sent = grid, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.grid, name)
+
+    def send_and_receive(self, messages, timeout=None):
+        messages = list(messages)
+        self.sent.append(sorted(m.metadata.message_type for m in messages))
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("fraction_train", "expected"),
+    [
+        (1.0, [["train"] * 2, ["train"] * 2, ["evaluate"] * 2]),
+        (0.5, [["train"], ["evaluate", "train"], ["evaluate"] * 2]),
+    ],
+    ids=["every-client-trains", "half-train"],
+)
+def test_a_round_sends_each_client_one_message_and_the_final_model_one_evaluation(
+    cache_dir, tmp_path, fraction_train, expected
+):
+    import flwr.simulation
+    from flwr.serverapp import ServerApp
+
+    from flowerbed.client.app import make_client_app
+    from flowerbed.client.node import SimulatedNodes
+    from flowerbed.server.federation import run_federation
+
+    cfg = tiny_config(
+        cache_dir, federation={"rounds": 2, "fraction_train": fraction_train, "min_clients": 1}
+    )
+    prepare_run(cfg, RunLayout(tmp_path))
+    grids: list[CountingGrid] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid, context) -> None:
+        grids.append(CountingGrid(grid))
+        run_federation(grids[0], cfg, tmp_path)
+
+    flwr.simulation.run_simulation(
+        server_app=server_app,
+        client_app=make_client_app(SimulatedNodes(tmp_path, "cpu", 1).node),
+        num_supernodes=2,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0}},
+    )
+    assert grids[0].sent == expected
+    rows = records(tmp_path)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["heldout_loss"] is not None for r in rows)
 
 
 def test_fine_tuning_starts_from_a_saved_model(federated_run, cache_dir, tmp_path):

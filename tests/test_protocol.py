@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MessageType, RecordDict
 
 from flowerbed.protocol import (
     CONFIG,
@@ -17,6 +17,8 @@ from flowerbed.protocol import (
     ModelSpec,
     TrainInstructions,
     TrainReply,
+    ask_heldout,
+    global_weights,
 )
 from tests.conftest import section
 
@@ -36,6 +38,7 @@ def train_instructions(**privacy: str) -> TrainInstructions:
         arrival_every=2,
         uniform_weights=False,
         keep_inner_state=False,
+        evaluate_incoming=False,
         train=section("train", "train.lr=0.02"),
         privacy=section("privacy", "privacy=dp_sgd", *overrides),
         continual=section("continual", "continual=replay", "continual.arrival_every=null"),
@@ -68,18 +71,45 @@ def test_instructions_travel_as_flat_typed_values_with_the_round_where_flower_pu
     assert all(not isinstance(v, dict) for v in record.values())
 
 
+PER_EXPERIENCE = EvaluateReply(0, 8, 2.5, experience_losses=[2.5], experience_sizes=[8])
+
+
 @pytest.mark.parametrize(
     "reply",
     [
         TrainReply(1, 120, 4096, 1.5, train_loss=3.25, epsilon=2.5, noise_multiplier=0.9),
         TrainReply(0, 0, 0, 0.0, epsilon=8.0, budget_exhausted=True),
+        TrainReply(1, 120, 4096, 1.5, train_loss=3.25, heldout=EvaluateReply(1, 30, 2.75)),
+        TrainReply(0, 0, 0, 0.0, budget_exhausted=True, heldout=PER_EXPERIENCE),
         EvaluateReply(2, 30, 2.75, experience_losses=[2.5, 3.0], experience_sizes=[10, 20]),
         EvaluateReply(2, 30, 2.75),
     ],
-    ids=["trained", "budget-exhausted", "per-experience", "mean-only"],
+    ids=[
+        "trained",
+        "budget-exhausted",
+        "trained-with-heldout",
+        "exhausted-with-heldout",
+        "per-experience",
+        "mean-only",
+    ],
 )
 def test_replies_round_trip(reply):
     assert type(reply).from_content(reply.to_content()) == reply
+
+
+def test_asking_one_node_for_heldout_losses_leaves_the_shared_payload_alone(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):  # as a running ServerApp has them
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    weights = ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))})
+    shared = RecordDict({"arrays": weights, CONFIG: train_instructions().to_record()})
+    message = Message(shared, dst_node_id=5, message_type=MessageType.TRAIN)
+    asked = ask_heldout(message)
+    assert TrainInstructions.from_content(asked.content).evaluate_incoming
+    assert not TrainInstructions.from_content(message.content).evaluate_incoming
+    assert asked.metadata.dst_node_id == 5 and asked.metadata.message_type == MessageType.TRAIN
+    assert global_weights(asked.content) is weights  # the weights are not copied
 
 
 def test_a_train_reply_carries_its_weights_and_none_when_it_did_not_train():
@@ -91,8 +121,9 @@ def test_a_train_reply_carries_its_weights_and_none_when_it_did_not_train():
 
 
 def test_no_other_module_spells_a_message_key():
+    heldout = EvaluateReply(1, 1, 1.0, [1.0], [1])
     keys = set(train_instructions().to_record()) | set(
-        TrainReply(1, 1, 1, 1.0, 1.0, 1.0, 1.0, True).to_content()["metrics"]
+        TrainReply(1, 1, 1, 1.0, 1.0, 1.0, 1.0, True, heldout).to_content()["metrics"]
     )
     keys |= set(EvaluateReply(1, 1, 1.0, [1.0], [1]).to_content()["metrics"])
     keys -= {"partition-id"}  # also Flower's node-config key, which client/node.py reads

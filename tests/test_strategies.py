@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from flowerbed.model.inner_state import FOLDER
 from flowerbed.run.simulation import continue_simulation, simulate
-from flowerbed.server.checkpoint import load_checkpoint, save_checkpoint
+from flowerbed.server.checkpoint import load_checkpoint, snapshot, write_checkpoint
 from flowerbed.server.outer import outer_optimizer
 from tests.conftest import section, tiny_config
 
@@ -81,7 +81,7 @@ def test_the_outer_state_survives_a_checkpoint(name: str, tmp_path: Path):
     for _ in range(2):
         x = outer.step(x, {k: v - 0.05 for k, v in x.items()})
     model.load_state_dict(x)
-    saved = save_checkpoint(tmp_path, 2, model, outer, keep=2)
+    saved = write_checkpoint(tmp_path, 2, *snapshot(model, outer), keep=2)
     restored = outer_optimizer(strategy(name))
     load_checkpoint(saved, torch.nn.Linear(3, 2), restored)
     average = {k: v + 0.03 for k, v in x.items()}

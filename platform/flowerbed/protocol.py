@@ -3,17 +3,19 @@
 Server to client, beside the global weights: `TrainInstructions` (a train Message) and
 `EvaluateInstructions` (an evaluate Message). Client to server: `TrainReply` and
 `EvaluateReply`. Each has one encode/decode pair, and no other module spells a Message
-key. What a client's machine is (its data and state directories, device, threads) never
-travels: the node's own config says it (`flowerbed.client.node`).
+key. One Message per client per round: a train Message can also ask for the held-out
+losses of the weights it carries (`ask_heldout`), which the reply brings back in
+`TrainReply.heldout`. What a client's machine is (its data and state directories,
+device, threads) never travels: the node's own config says it (`flowerbed.client.node`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, get_args
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from flowerbed.config import (
     AdapterConfig,
@@ -84,6 +86,9 @@ class TrainInstructions(_Instructions):
     """Reply with weight 1: Flower's user-level DP accountant needs equal client weights."""
     keep_inner_state: bool
     """Restore the client's AdamW moments from its last round and save them after this one."""
+    evaluate_incoming: bool
+    """Before training, report the held-out losses of the weights received: the global
+    model after round `round - 1`, on the experiences that had arrived by then."""
     train: TrainConfig
     privacy: PrivacyConfig
     continual: ContinualConfig
@@ -104,9 +109,34 @@ class EvaluateInstructions(_Instructions):
     """Report the loss of every experience seen (continual learning), not only the mean."""
 
 
+def ask_heldout(message: Message) -> Message:
+    """The same train Message, asking also for the held-out losses of its weights.
+
+    Flower's strategies give every sampled node one shared payload; this one gets its own
+    copy of the instructions, so only the nodes sampled for evaluation pay for it.
+    """
+    content = RecordDict(dict(message.content.items()))
+    content[CONFIG] = ConfigRecord({**message.content[CONFIG], _key("evaluate_incoming"): True})
+    meta = message.metadata
+    return Message(content, dst_node_id=meta.dst_node_id, message_type=meta.message_type)
+
+
 def global_weights(content: RecordDict) -> ArrayRecord:
     """The weights a train or evaluate Message carries."""
     return content[ARRAYS]
+
+
+@dataclass(frozen=True)
+class EvaluateReply(_Reply):
+    """A client's held-out losses of the global weights."""
+
+    partition_id: int
+    num_examples: int
+    """Held-out blocks evaluated (the weight of `heldout_loss`)."""
+    heldout_loss: float
+    experience_losses: list[float] | None = None
+    """Per experience seen, oldest first (when asked for `per_experience`)."""
+    experience_sizes: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,20 +156,9 @@ class TrainReply(_Reply):
     noise_multiplier: float | None = None
     budget_exhausted: bool = False
     """DP-SGD: the next round would pass the client's budget, so it did not train."""
+    heldout: EvaluateReply | None = None
+    """Held-out losses of the weights received (when the Message asked for them)."""
     weights: ArrayRecord | None = None
-
-
-@dataclass(frozen=True)
-class EvaluateReply(_Reply):
-    """A client's held-out losses of the global weights."""
-
-    partition_id: int
-    num_examples: int
-    """Held-out blocks evaluated (the weight of `heldout_loss`)."""
-    heldout_loss: float
-    experience_losses: list[float] | None = None
-    """Per experience seen, oldest first (when asked for `per_experience`)."""
-    experience_sizes: list[int] | None = None
 
 
 def _key(name: str) -> str:
@@ -179,28 +198,48 @@ def _fields_of(cls: type, record: ConfigRecord, prefix: str) -> dict[str, Any]:
 
 
 def _reply_content(reply: Any) -> RecordDict:
-    metrics = {}
-    for field in dataclasses.fields(reply):
-        value = getattr(reply, field.name)
-        if field.name != "weights" and value is not None:
-            metrics[_key(field.name)] = int(value) if isinstance(value, bool) else value
-    content = RecordDict({METRICS: MetricRecord(metrics)})
+    content = RecordDict({METRICS: MetricRecord(_reply_metrics(reply, ""))})
     if getattr(reply, "weights", None) is not None:
         content[ARRAYS] = reply.weights
     return content
 
 
+def _reply_metrics(reply: Any, prefix: str) -> dict[str, Any]:
+    """A reply's fields as flat metrics; a nested reply under its field's prefix."""
+    metrics: dict[str, Any] = {}
+    for field in dataclasses.fields(reply):
+        value = getattr(reply, field.name)
+        key = prefix + _key(field.name)
+        if field.name == "weights" or value is None:
+            continue
+        if dataclasses.is_dataclass(value):
+            metrics |= _reply_metrics(value, f"{key}.")
+        else:
+            metrics[key] = int(value) if isinstance(value, bool) else value
+    return metrics
+
+
 def _reply_of(cls: type[T], content: RecordDict) -> T:
-    metrics = content[METRICS]
-    values = {
-        f.name: metrics[_key(f.name)]
-        for f in dataclasses.fields(cls)
-        if f.name != "weights" and _key(f.name) in metrics
-    }
-    types = field_types(cls)
-    for name, value in values.items():
-        if types[name] is bool:  # MetricRecord holds no bools: they travel as 0/1
-            values[name] = bool(value)
+    values = _reply_values(cls, content[METRICS], "")
     if ARRAYS in content.array_records:
         values["weights"] = content[ARRAYS]
     return cls(**values)
+
+
+def _reply_values(cls: type, metrics: MetricRecord, prefix: str) -> dict[str, Any]:
+    """The inverse of `_reply_metrics`: absent keys keep their defaults."""
+    types = field_types(cls)
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        key = prefix + _key(field.name)
+        nested = [t for t in get_args(types[field.name]) if dataclasses.is_dataclass(t)]
+        if field.name == "weights":
+            continue
+        if nested:
+            inner = _reply_values(nested[0], metrics, f"{key}.")
+            if inner:
+                values[field.name] = nested[0](**inner)
+        elif key in metrics:
+            value = metrics[key]  # MetricRecord holds no bools: they travel as 0/1
+            values[field.name] = bool(value) if types[field.name] is bool else value
+    return values

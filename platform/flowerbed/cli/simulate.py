@@ -21,7 +21,7 @@ from flowerbed.config import ConfigError, load_config
 from flowerbed.config.conf_dir import conf_dir
 from flowerbed.data import DataError
 from flowerbed.run.simulation import SimulationFailed, continue_simulation, simulate
-from flowerbed.server.engine import NothingToTrain
+from flowerbed.server.replies import NothingToTrain
 
 log = logging.getLogger("flowerbed")
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, SimulationFailed)

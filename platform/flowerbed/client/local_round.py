@@ -1,7 +1,8 @@
 """One client round, framework-agnostic: from the instructions and global weights to a reply.
 
-Train: plan the round (continual state, pool, schedule), ask the privacy guard for a
-permit, train, record the round in the ledger, reply. Evaluate: the held-out loss of the
+Train: plan the round (continual state, pool, schedule), report the held-out losses of
+the weights received when asked, ask the privacy guard for a permit, train, record the
+round in the ledger, reply. Evaluate (the final model only): the held-out loss of the
 global weights on every experience that has arrived. `client.app` only translates
 Flower Messages to these calls and back.
 """
@@ -36,6 +37,7 @@ def train_round(
     device = node.torch_device()
     plan = plan_round(job, node)
     model = global_model(job.model, weights, node.base_model)
+    heldout = incoming_heldout(job, model, node, device) if job.evaluate_incoming else None
     rng = np.random.default_rng([job.seed, job.round, node.partition_id])
     mode = privacy_mode(job.privacy)
     guard = mode.guard(job.privacy, node.state_dir)
@@ -43,7 +45,13 @@ def train_round(
     permit = guard.permit(plan.pool.accounting_rate(job.train.batch_size), steps, plan.planned)
     if not permit.allowed:
         reply = TrainReply(
-            node.partition_id, 0, 0, 0.0, epsilon=guard.epsilon, budget_exhausted=True
+            node.partition_id,
+            0,
+            0,
+            0.0,
+            epsilon=guard.epsilon,
+            budget_exhausted=True,
+            heldout=heldout,
         )
         return reply, None
     trainer = make_trainer(model, job.train, job.privacy, device, permit, rng)
@@ -61,6 +69,7 @@ def train_round(
         train_loss=result.loss,
         epsilon=epsilon,
         noise_multiplier=permit.noise_multiplier,
+        heldout=heldout,
     )
     return reply, shared_state(trainer.model)
 
@@ -70,18 +79,59 @@ def evaluate_round(
 ) -> EvaluateReply:
     """Loss of the global weights on the held-out blocks of every experience seen so far."""
     device = node.torch_device()
-    model = global_model(job.model, weights, node.base_model).to(device)
+    model = global_model(job.model, weights, node.base_model)
+    return heldout_losses(
+        model,
+        node,
+        device,
+        job.round,
+        job.arrival_every,
+        job.batch_size,
+        job.eval_batches,
+        job.per_experience,
+    )
+
+
+def incoming_heldout(
+    job: TrainInstructions, model: torch.nn.Module, node: Node, device: torch.device
+) -> EvaluateReply:
+    """The held-out losses of the weights a train Message brought: round `round - 1`'s."""
+    train = job.train
+    return heldout_losses(
+        model,
+        node,
+        device,
+        job.round - 1,
+        job.arrival_every,
+        train.batch_size,
+        train.eval_batches,
+        per_experience=job.continual.enabled,
+    )
+
+
+def heldout_losses(
+    model: torch.nn.Module,
+    node: Node,
+    device: torch.device,
+    round_: int,
+    arrival_every: int,
+    batch_size: int,
+    eval_batches: int,
+    per_experience: bool,
+) -> EvaluateReply:
+    """The mean held-out loss over the experiences arrived by `round_`, and each one's."""
+    model.to(device)
     losses, sizes = [], []
-    for experience in arrived(scan_experiences(node.data_dir), job.round, job.arrival_every):
+    for experience in arrived(scan_experiences(node.data_dir), round_, arrival_every):
         heldout = experience.shard().heldout
-        losses.append(mean_loss(model, heldout, job.batch_size, job.eval_batches, device))
+        losses.append(mean_loss(model, heldout, batch_size, eval_batches, device))
         sizes.append(len(heldout))
     return EvaluateReply(
         partition_id=node.partition_id,
         num_examples=sum(sizes),
         heldout_loss=float(np.average(losses, weights=sizes)),
-        experience_losses=losses if job.per_experience else None,
-        experience_sizes=sizes if job.per_experience else None,
+        experience_losses=losses if per_experience else None,
+        experience_sizes=sizes if per_experience else None,
     )
 
 

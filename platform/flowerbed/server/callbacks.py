@@ -1,8 +1,10 @@
 """What a run records as it goes, one callback each (composer's shape).
 
-The round engine knows nothing of these: after each round every callback's
-`on_round_end` sees the new record, and at the end `on_finish` sees the summary. A
-callback only records; it never changes what the federation does.
+The round engine knows nothing of these: once a round is trained every callback's
+`on_round_trained` sees its record, and `on_round_end` sees it again once the clients'
+held-out losses of the round's model are in (they ride on the next round's Messages);
+at the end `on_finish` sees the summary. A callback only records; it never changes what
+the federation does.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ log = logging.getLogger("flowerbed")
 class Callback:
     """The interface: every hook does nothing unless a recorder overrides it."""
 
+    def on_round_trained(self, record: RoundRecord) -> None:
+        """After a round's aggregation and validation; `heldout_loss` is not known yet."""
+
     def on_round_end(self, record: RoundRecord) -> None:
-        """After a round's record is complete."""
+        """After a round's record is complete, held-out losses included."""
 
     def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
         """After the last round, with every record of the run and its summary."""
@@ -47,13 +52,18 @@ class MetricsFile(Callback):
 
 
 class ProgressLine(Callback):
-    """One log line per round: losses, throughput, clients, experience, epsilon."""
+    """A log line when a round is trained (losses, throughput, clients, epsilon), and one
+    when the clients' held-out losses of its model arrive (with the next round)."""
 
     def __init__(self, rounds: int) -> None:
         self.rounds = rounds
 
-    def on_round_end(self, record: RoundRecord) -> None:
+    def on_round_trained(self, record: RoundRecord) -> None:
         log.info(progress_line(record, self.rounds))
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if record.heldout_loss is not None:
+            log.info(heldout_line(record, self.rounds))
 
 
 def progress_line(record: RoundRecord, rounds: int) -> str:
@@ -61,26 +71,31 @@ def progress_line(record: RoundRecord, rounds: int) -> str:
         f"round {record.round}/{rounds}",
         f"train {record.train_loss:.4f}",
         f"val {record.val_loss:.4f} (ppl {record.val_perplexity:.1f})",
+        f"{record.tokens_per_s:,.0f} tok/s",
+        f"{record.seconds:.1f} s",
+        f"{record.clients} clients",
     ]
-    if record.heldout_loss is not None:
-        parts.append(f"held-out {record.heldout_loss:.4f}")
-    parts += [f"{record.tokens_per_s:,.0f} tok/s", f"{record.seconds:.1f} s"]
-    parts.append(f"{record.clients} clients")
     if record.failed_clients:
         parts.append(f"{record.failed_clients} failed")
+    if record.epsilon_max is not None:
+        parts.append(f"ε {record.epsilon_max:.2f}")
+    return " | ".join(parts)
+
+
+def heldout_line(record: RoundRecord, rounds: int) -> str:
+    parts = [f"round {record.round}/{rounds}", f"held-out {record.heldout_loss:.4f}"]
     if record.continual:
         seen = record.continual
         experience = f"exp {record.experience} seen-avg {seen['average_loss']:.4f}"
         if seen["forgetting"] is not None:
             experience += f" forgetting {seen['forgetting']:+.4f}"
         parts.append(experience)
-    if record.epsilon_max is not None:
-        parts.append(f"ε {record.epsilon_max:.2f}")
     return " | ".join(parts)
 
 
 class Checkpoints(Callback):
-    """The global weights after every round; the newest `keep` are kept for resume.
+    """The global weights after every round, with the round's record (its held-out losses
+    not yet known); the newest `keep` are kept for resume.
 
     Written by a background thread from a snapshot, so the next round does not wait for
     the disk (0.4-1 s at 125M on 2 cores). Each write waits for the one before; the run's
@@ -95,11 +110,17 @@ class Checkpoints(Callback):
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
         self.pending: Future | None = None
 
-    def on_round_end(self, record: RoundRecord) -> None:
+    def on_round_trained(self, record: RoundRecord) -> None:
         self._wait()
         weights, outer_state = snapshot(self.model, self.outer)
         self.pending = self.writer.submit(
-            write_checkpoint, self.layout.checkpoints, record.round, weights, outer_state, self.keep
+            write_checkpoint,
+            self.layout.checkpoints,
+            record.round,
+            weights,
+            outer_state,
+            self.keep,
+            record.as_dict(),
         )
 
     def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Round checkpoints: the global weights, the outer optimizer's state and the round,
-written atomically, the newest kept.
+"""Round checkpoints: the global weights, the outer optimizer's state, the round and its
+record (which may still wait for held-out losses), written atomically, the newest kept.
 
 A run interrupted after round r resumes from `checkpoints/round-r` and, with the same
 seed, ends with the same weights as a run that was never interrupted.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, load_model, save_file
@@ -21,13 +22,6 @@ PREFIX = "round-"
 
 
 Weights = dict[str, torch.Tensor]
-
-
-def save_checkpoint(
-    folder: Path, round_: int, model: torch.nn.Module, outer: FedAvgOuter, keep: int
-) -> Path:
-    """Write `round-<r>/` now; see `write_checkpoint`."""
-    return write_checkpoint(folder, round_, *snapshot(model, outer), keep)
 
 
 def snapshot(model: torch.nn.Module, outer: FedAvgOuter) -> tuple[Weights, Weights]:
@@ -46,16 +40,22 @@ def snapshot(model: torch.nn.Module, outer: FedAvgOuter) -> tuple[Weights, Weigh
 
 
 def write_checkpoint(
-    folder: Path, round_: int, weights: Weights, outer_state: Weights, keep: int
+    folder: Path,
+    round_: int,
+    weights: Weights,
+    outer_state: Weights,
+    keep: int,
+    record: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `round-<r>/` (weights, outer state, then state.json last); prune older ones."""
+    """Write `round-<r>/` (weights, outer state, then state.json with the round's record
+    last); prune older ones."""
     target = folder / f"{PREFIX}{round_:05d}"
     staging = folder / f".{target.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_file(weights, str(staging / "model.safetensors"), metadata={"format": "pt"})
     save_file(outer_state, str(staging / "outer.safetensors"))
-    (staging / "state.json").write_text(json.dumps({"round": round_}))
+    (staging / "state.json").write_text(json.dumps({"round": round_, "record": record}))
     publish_folder(staging, target, durable=True)
     for old in sorted(folder.glob(f"{PREFIX}*"))[:-keep]:
         shutil.rmtree(old)
@@ -68,11 +68,15 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, outer: FedAvgOuter) -> int:
-    """Load the weights and outer state saved at `path`; return the round they end."""
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, outer: FedAvgOuter
+) -> tuple[int, dict[str, Any] | None]:
+    """Load the weights and outer state saved at `path`; return the round they end and its
+    record as it was when the round was trained (None: a checkpoint without one)."""
     for name in ("model.safetensors", "outer.safetensors"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"checkpoint {path} has no {name}; it is incomplete")
     load_model(model, str(path / "model.safetensors"))
     outer.load_state_dict(load_file(str(path / "outer.safetensors")))
-    return int(json.loads((path / "state.json").read_text())["round"])
+    state = json.loads((path / "state.json").read_text())
+    return int(state["round"]), state.get("record")

@@ -1,9 +1,13 @@
 """One federated round after another, as the ServerApp runs it.
 
-A round: send the global weights to the sampled clients, apply the failure and budget
-policies to their replies, aggregate, collect the clients' held-out losses, evaluate on
-the validation split, and return a `RoundRecord`. Everything that only records (files,
-log lines, checkpoints, plots, W&B) is a callback; see `server.callbacks`.
+A round is one Message per sampled client: `exchange` sends the global weights to the
+clients sampled for training (and, on those sampled for evaluation, asks for the held-out
+losses of the weights sent, which are the previous round's model); `conclude` applies
+the failure and budget policies to the replies, aggregates, evaluates on the validation
+split and returns the round's `RoundRecord`, whose held-out losses the next round's
+replies bring (`complete`), or for the last round an evaluate-only Message
+(`final_heldout`). Everything that only records (files, log lines, checkpoints, plots,
+W&B) is a callback; see `server.callbacks`.
 """
 
 from __future__ import annotations
@@ -11,11 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import time
+from dataclasses import dataclass
 
 import torch
-from flwr.app import Message
+from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
@@ -25,21 +29,28 @@ from flowerbed.data.blocks import Blocks
 from flowerbed.model.adapter import load_shared_state, shared_state
 from flowerbed.model.runtime import mean_loss
 from flowerbed.model.transport import read_only, record_nbytes, to_array_record
-from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply
+from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply, ask_heldout
 from flowerbed.server.instructions import evaluate_instructions, train_instructions
 from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
+from flowerbed.server.replies import FederationError, heldout_replies, successful_replies
 from flowerbed.server.strategy import TorchFedAvg, make_strategy
 
 log = logging.getLogger("flowerbed")
 
 
-class FederationError(RuntimeError):
-    """A round could not complete; the message says which round and why."""
+@dataclass(frozen=True)
+class Exchange:
+    """What one round's Messages brought back."""
 
-
-class NothingToTrain(FederationError):
-    """Every client's privacy budget was spent before round 1: the settings are infeasible."""
+    round: int
+    started: float
+    """perf_counter when the round began."""
+    arrays: ArrayRecord
+    """The global weights sent to each client."""
+    train_replies: list[Message]
+    heldout: list[EvaluateReply]
+    """Held-out losses of the weights sent, from the clients sampled for evaluation."""
 
 
 class RoundEngine:
@@ -74,8 +85,17 @@ class RoundEngine:
         self.model.cpu()
         return loss
 
-    def run_round(self, round_: int, history: list[RoundRecord]) -> RoundRecord | None:
-        """One round; None when no sampled client may train (every budget is spent)."""
+    @property
+    def evaluates(self) -> bool:
+        """Whether clients report held-out losses (`federation.fraction_evaluate` > 0)."""
+        return self.cfg.federation.fraction_evaluate > 0
+
+    def exchange(self, round_: int, heldout_of: int | None) -> Exchange | None:
+        """Round `round_`'s Messages and replies; None when the user-level budget is spent.
+
+        `heldout_of`: the round whose model the clients receive and whose record still
+        lacks held-out losses (None: no record waits).
+        """
         fed = self.cfg.federation
         started = time.perf_counter()
         random.seed(f"{self.cfg.seed}-{round_}")  # Flower samples clients with `random`
@@ -87,8 +107,17 @@ class RoundEngine:
             return self._stop(
                 round_, f"the user-level budget (privacy.max_epsilon) is spent: {err}"
             )
+        if heldout_of is not None and self.evaluates:
+            messages = self._ask_heldout(heldout_of, arrays, messages)
         replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout))
-        answered = self._answered(round_, replies)
+        train = [m for m in replies if m.metadata.message_type == MessageType.TRAIN]
+        return Exchange(round_, started, arrays, train, heldout_replies(replies))
+
+    def conclude(self, exchange: Exchange) -> RoundRecord | None:
+        """Aggregate the round's updates and evaluate on the validation split; None when no
+        sampled client may train (every budget is spent). Held-out losses come later."""
+        round_, replies = exchange.round, exchange.train_replies
+        answered = successful_replies(round_, replies, self.cfg.federation.min_clients)
         exhausted = self._note_privacy(round_, answered)
         if len(exhausted) == len(answered):
             return self._stop(round_, "no sampled client may train any more")
@@ -97,18 +126,15 @@ class RoundEngine:
         )
         average = self._aggregate(round_, replies)
         load_shared_state(self.model, self.outer.step(shared_state(self.model), average))
-        evaluated = self._federated_evaluate(round_)
         val_loss = self.val_loss()
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - exchange.started
         tokens = sum(r.tokens for r in trained)
-        record = RoundRecord(
+        return RoundRecord(
             round=round_,
             train_loss=_weighted_mean([(r.train_loss, r.num_examples) for r in trained]),
             val_loss=val_loss,
             val_perplexity=math.exp(min(val_loss, 50.0)),
-            heldout_loss=_weighted_mean([(r.heldout_loss, r.num_examples) for r in evaluated])
-            if evaluated
-            else None,
+            heldout_loss=None,
             tokens=tokens,
             tokens_per_s=tokens / seconds,
             client_train_seconds=max(r.train_seconds for r in trained),
@@ -116,14 +142,46 @@ class RoundEngine:
             clients=len(answered) - len(exhausted),
             failed_clients=len(replies) - len(answered),
             budget_exhausted_clients=len(exhausted),
-            bytes_per_client=record_nbytes(arrays),
+            bytes_per_client=record_nbytes(exchange.arrays),
             client_epsilon=dict(self.client_epsilon) or None,
             epsilon_max=max(self.client_epsilon.values()) if self.client_epsilon else None,
             user_level_epsilon=self._user_level_epsilon(),
         )
-        if evaluated and self.cfg.continual.enabled:
-            self._add_continual(record, evaluated, history)
-        return record
+
+    def complete(
+        self, record: RoundRecord, heldout: list[EvaluateReply], history: list[RoundRecord]
+    ) -> None:
+        """Add the clients' held-out losses of the round's model (none: left None)."""
+        if not heldout:
+            return
+        record.heldout_loss = _weighted_mean([(r.heldout_loss, r.num_examples) for r in heldout])
+        if self.cfg.continual.enabled:
+            self._add_continual(record, heldout, history)
+
+    def final_heldout(self, round_: int) -> list[EvaluateReply]:
+        """The held-out losses of the global model as it is, after round `round_`: the one
+        evaluate-only Message of the run, to the clients sampled for evaluation."""
+        if not self.evaluates:
+            return []
+        random.seed(f"{self.cfg.seed}-final")
+        arrays = to_array_record(shared_state(self.model), self.cfg.federation.transport_dtype)
+        messages = self._evaluate_messages(round_, arrays)
+        replies = self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
+        return [EvaluateReply.from_content(m.content) for m in replies if not m.has_error()]
+
+    def _ask_heldout(self, round_: int, arrays: ArrayRecord, train: list[Message]) -> list[Message]:
+        """The train Messages, those to nodes sampled for evaluation asking also for the
+        held-out losses of round `round_`'s model; an evaluate Message to any other."""
+        evaluate = {m.metadata.dst_node_id: m for m in self._evaluate_messages(round_, arrays)}
+        messages = []
+        for message in train:
+            asked = evaluate.pop(message.metadata.dst_node_id, None) is not None
+            messages.append(ask_heldout(message) if asked else message)
+        return messages + list(evaluate.values())
+
+    def _evaluate_messages(self, round_: int, arrays: ArrayRecord) -> list[Message]:
+        instructions = evaluate_instructions(self.cfg, self.spec, round_).to_record()
+        return list(self.strategy.configure_evaluate(round_, arrays, instructions, self.grid))
 
     def _aggregate(self, round_: int, replies: list[Message]) -> dict[str, torch.Tensor]:
         """TorchFedAvg's fp32 average as it is (no encoding to decode again), or another
@@ -136,24 +194,6 @@ class RoundEngine:
         if average is None:
             raise FederationError(f"round {round_}: the strategy aggregated nothing (see the log)")
         return average
-
-    def _answered(self, round_: int, replies: list[Message]) -> list[TrainReply]:
-        """The successful replies; fewer than `federation.min_clients` stops the run."""
-        failures = [
-            f"node {m.metadata.src_node_id}: {short_reason(m.error.reason)}"
-            for m in replies
-            if m.has_error()
-        ]
-        answered = [TrainReply.from_content(m.content) for m in replies if not m.has_error()]
-        if len(answered) < self.cfg.federation.min_clients:
-            raise FederationError(
-                f"round {round_}: {len(answered)} client(s) replied successfully, fewer than "
-                f"federation.min_clients={self.cfg.federation.min_clients}; "
-                f"failures: {'; '.join(failures) or 'none'}"
-            )
-        for failure in failures:
-            log.warning("round %d: a client failed and was left out: %s", round_, failure)
-        return answered
 
     def _note_privacy(self, round_: int, answered: list[TrainReply]) -> list[int]:
         """Update the federation's view of each client's epsilon; return who declined."""
@@ -170,20 +210,10 @@ class RoundEngine:
         return exhausted
 
     def _stop(self, round_: int, why: str) -> None:
+        """Log why the run ends before round `round_`; the caller returns None."""
         log.warning("round %d: %s; the run ends after round %d", round_, why, round_ - 1)
         self.stop_reason = "privacy budget spent"
         return None
-
-    def _federated_evaluate(self, round_: int) -> list[EvaluateReply]:
-        """Clients' held-out losses of the new global model."""
-        cfg = self.cfg
-        if cfg.federation.fraction_evaluate == 0:
-            return []
-        arrays = to_array_record(shared_state(self.model), cfg.federation.transport_dtype)
-        instructions = evaluate_instructions(cfg, self.spec, round_).to_record()
-        messages = list(self.strategy.configure_evaluate(round_, arrays, instructions, self.grid))
-        replies = self.grid.send_and_receive(messages, timeout=cfg.federation.round_timeout)
-        return [EvaluateReply.from_content(m.content) for m in replies if not m.has_error()]
 
     def _add_continual(
         self, record: RoundRecord, evaluated: list[EvaluateReply], history: list[RoundRecord]
@@ -205,12 +235,3 @@ class RoundEngine:
 def _weighted_mean(pairs: list[tuple[float, float]]) -> float:
     total = sum(float(w) for _, w in pairs)
     return sum(float(w) * float(x) for x, w in pairs) / total
-
-
-def short_reason(reason: str) -> str:
-    """The client's own exception message out of the traceback Flower wraps around it."""
-    messages = re.findall(r"Message: (.+)", reason)
-    if messages:
-        return messages[-1].strip().rstrip("'>")
-    lines = [line for line in reason.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else reason

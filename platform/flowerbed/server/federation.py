@@ -2,7 +2,9 @@
 
 Builds the global model and the round engine, continues after the newest round
 checkpoint if the run directory has one (so `resume` needs nothing more), runs the
-remaining rounds, and hands every record to the callbacks.
+remaining rounds, and hands every record to the callbacks: when the round is trained
+(`on_round_trained`), and again once the clients' held-out losses of its model have come
+back with the next round's replies (`on_round_end`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from flowerbed.model.inner_state import KEEP as INNER_STATE_KEPT
 from flowerbed.model.inner_state import inner_state_bytes
 from flowerbed.model.runtime import resolve_device
 from flowerbed.privacy.modes import privacy_mode
+from flowerbed.protocol import EvaluateReply
 from flowerbed.server.callbacks import Callback, default_callbacks
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
-from flowerbed.server.engine import NothingToTrain, RoundEngine
+from flowerbed.server.engine import RoundEngine
 from flowerbed.server.instructions import model_spec
 from flowerbed.server.outer import FedAvgOuter, outer_optimizer
 from flowerbed.server.records import RoundRecord, RunFacts, summarize
+from flowerbed.server.replies import NothingToTrain
 from flowerbed.tracking import MetricsLog, RunLayout
 
 log = logging.getLogger("flowerbed")
@@ -48,7 +52,8 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
     spec = model_spec(cfg, base)
     model = add_adapter(base, cfg.adapter)
     outer = outer_optimizer(cfg.strategy)
-    start_round, records = _restore(layout, model, outer)
+    start_round, records, pending = _restore(layout, model, outer)
+    latest = pending or (records[-1] if records else None)
     engine = RoundEngine(
         grid,
         cfg,
@@ -57,7 +62,7 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         outer,
         Blocks.load(layout.data, "validation"),
         resolve_device(cfg.device),
-        dict(records[-1].client_epsilon or {}) if records else {},
+        dict(latest.client_epsilon or {}) if latest else {},
     )
     initial_val = _initial_val_loss(layout, engine, start_round)
     callbacks = default_callbacks(cfg, layout, model, outer, tokenizer, resume=start_round > 1)
@@ -91,7 +96,8 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         )
     started = time.perf_counter()
     try:
-        _run_rounds(engine, range(start_round, cfg.federation.rounds + 1), records, callbacks)
+        rounds = range(start_round, cfg.federation.rounds + 1)
+        _run_rounds(engine, rounds, records, pending, callbacks)
     finally:
         for callback in callbacks:
             callback.close()
@@ -123,29 +129,57 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
 
 
 def _run_rounds(
-    engine: RoundEngine, rounds: range, records: list[RoundRecord], callbacks: list[Callback]
+    engine: RoundEngine,
+    rounds: range,
+    records: list[RoundRecord],
+    pending: RoundRecord | None,
+    callbacks: list[Callback],
 ) -> None:
-    for round_ in rounds:
-        record = engine.run_round(round_, records)
-        if record is None:
-            return
+    """Every round; a round's record is finished by the next round's replies (or by the
+    final evaluation), which carry the held-out losses of the model it made."""
+
+    def finish(record: RoundRecord, heldout: list[EvaluateReply]) -> None:
+        engine.complete(record, heldout, records)
         records.append(record)
         for callback in callbacks:
             callback.on_round_end(record)
 
+    for round_ in rounds:
+        exchange = engine.exchange(round_, pending.round if pending else None)
+        if exchange is None:
+            break
+        if pending is not None:
+            finish(pending, exchange.heldout)
+            pending = None
+        record = engine.conclude(exchange)
+        if record is None:
+            break
+        for callback in callbacks:
+            callback.on_round_trained(record)
+        if engine.evaluates:
+            pending = record
+        else:
+            finish(record, [])
+    if pending is not None:
+        finish(pending, engine.final_heldout(pending.round))
+
 
 def _restore(
     layout: RunLayout, model: torch.nn.Module, outer: FedAvgOuter
-) -> tuple[int, list[RoundRecord]]:
-    """The first round to run and the records before it (from the newest checkpoint)."""
+) -> tuple[int, list[RoundRecord], RoundRecord | None]:
+    """The first round to run, the finished records before it, and the newest checkpoint's
+    record if it still waits for its held-out losses (from the newest checkpoint)."""
     metrics = MetricsLog(layout.metrics)
     checkpoint = latest_checkpoint(layout.checkpoints)
     if checkpoint is None:
         metrics.truncate_after(0)
-        return 1, []
-    done = load_checkpoint(checkpoint, model, outer)
+        return 1, [], None
+    done, saved = load_checkpoint(checkpoint, model, outer)
     log.info("resuming after round %d from %s", done, checkpoint)
-    return done + 1, [RoundRecord.from_dict(r) for r in metrics.truncate_after(done)]
+    records = [RoundRecord.from_dict(r) for r in metrics.truncate_after(done)]
+    finished = bool(records) and records[-1].round == done
+    pending = None if finished or saved is None else RoundRecord.from_dict(saved)
+    return done + 1, records, pending
 
 
 def _initial_val_loss(layout: RunLayout, engine: RoundEngine, start_round: int) -> float | None:

@@ -34,6 +34,7 @@ def train_instructions(cfg: FlowerbedConfig, spec: ModelSpec, round_: int) -> Tr
         arrival_every=cfg.continual.arrival_interval(cfg.federation.rounds),
         uniform_weights=privacy_mode(cfg.privacy).uniform_weights,
         keep_inner_state=cfg.strategy.keep_inner_state,
+        evaluate_incoming=False,  # asked per node: protocol.ask_heldout
         train=cfg.train,
         privacy=cfg.privacy,
         continual=cfg.continual,
