@@ -6,9 +6,12 @@ to the real ClientApp `train` function, each in a fresh process, over one client
 (2 experiences, 2 rounds each, continual replay), and splits each process's wall time:
 
 - imports: Python, torch, transformers, Flower and flowerbed's client modules;
-- in the call, besides training: model build, data and state load, and what is imported
-  lazily (Opacus under DP, Avalanche when the buffer takes in a new experience), the
-  privacy calibration (once in a client's life) and the ledger.
+- held-out evaluation: from round 2 on, the train Message asks for the held-out losses
+  of the weights it brings, as the server asks every node sampled for evaluation (one
+  Message per round); `train.eval_batches` batches per experience seen;
+- in the call, besides training and evaluation: model build, data and state load, and
+  what is imported lazily (Opacus under DP, Avalanche when the buffer takes in a new
+  experience), the privacy calibration (once in a client's life) and the ledger.
 
 The server's part (the global weights and settings) is built once, up front, and each
 process only reads it from disk before its Message is made.
@@ -73,8 +76,11 @@ def main() -> None:
             settings = dict(train_instructions(cfg, model_spec(cfg, model), 1).to_record())
             (run_dir / f"settings-{privacy}.json").write_text(json.dumps(settings))
         print(f"preset {args.preset}, {args.local_steps} local steps, CPU, a fresh process each")
-        print("| round | process s | imports s | in the call, besides training s | training s |")
-        print("|---|---|---|---|---|")
+        print(
+            "| round | process s | imports s | in the call, besides training and evaluation s "
+            "| held-out evaluation s | training s |"
+        )
+        print("|---|---|---|---|---|---|")
         for round_, privacy, label in ROUNDS:
             started = time.perf_counter()
             out = subprocess.run(
@@ -86,9 +92,10 @@ def main() -> None:
             if out.returncode != 0:
                 sys.exit(f"round {round_} failed:\n{out.stderr[-3000:]}")
             t = json.loads(out.stdout.strip().splitlines()[-1])
+            besides = t["call"] - t["train"] - t["heldout"]
             print(
-                f"| {label} | {wall:.1f} | {t['imports']:.1f} | {t['call'] - t['train']:.1f} "
-                f"| {t['train']:.1f} |"
+                f"| {label} | {wall:.1f} | {t['imports']:.1f} | {besides:.1f} "
+                f"| {t['heldout']:.1f} | {t['train']:.1f} |"
             )
 
 
@@ -98,12 +105,24 @@ def child(run_dir: Path, privacy: str, round_: int) -> None:
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
+    from flowerbed.client import local_round
     from flowerbed.client.app import app
     from flowerbed.model.transport import to_array_record
-    from flowerbed.protocol import ARRAYS, CONFIG, SERVER_ROUND, TrainReply
+    from flowerbed.protocol import ARRAYS, CONFIG, SERVER_ROUND, TrainReply, ask_heldout
     from flowerbed.tracking import RunLayout
 
     imported = time.perf_counter()
+    heldout_seconds = []
+    incoming_heldout = local_round.incoming_heldout
+
+    def timed_heldout(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return incoming_heldout(*args, **kwargs)
+        finally:
+            heldout_seconds.append(time.perf_counter() - start)
+
+    local_round.incoming_heldout = timed_heldout
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # as Flower's runtime
     from safetensors.torch import load_file
 
@@ -113,6 +132,8 @@ def child(run_dir: Path, privacy: str, round_: int) -> None:
     message = Message(
         RecordDict({ARRAYS: arrays, CONFIG: settings}), dst_node_id=1, message_type="train"
     )
+    if round_ > 1:
+        message = ask_heldout(message)
     layout = RunLayout(run_dir)
     node_config = {
         "partition-id": 0,
@@ -126,7 +147,8 @@ def child(run_dir: Path, privacy: str, round_: int) -> None:
     reply = app(message, context)
     done = time.perf_counter()
     train_seconds = TrainReply.from_content(reply.content).train_seconds
-    print(json.dumps({"imports": imported - started, "call": done - built, "train": train_seconds}))
+    timings = {"imports": imported - started, "call": done - built, "train": train_seconds}
+    print(json.dumps(timings | {"heldout": sum(heldout_seconds)}))
 
 
 if __name__ == "__main__":

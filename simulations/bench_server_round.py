@@ -114,12 +114,13 @@ def main() -> None:
         )
         run_dir = Path(tmp) / "run"
         prepare_run(cfg, RunLayout(run_dir))
-        timed(engine.RoundEngine, "run_round", "round (engine)")
+        timed(engine.RoundEngine, "exchange", "exchange")
+        timed(engine.RoundEngine, "conclude", "conclude")
         timed(engine.RoundEngine, "val_loss", "validation")
         timed(engine, "to_array_record", "encode")
         timed(engine, "load_shared_state", "load new weights")
         timed(strategy.TorchFedAvg, "average", "aggregate")
-        timed(callbacks.Checkpoints, "on_round_end", "checkpoint")
+        timed(callbacks.Checkpoints, "on_round_trained", "checkpoint")
         flwr.simulation.run_simulation(
             server_app=make_server_app(cfg, run_dir),
             client_app=echo_client_app(),
@@ -131,7 +132,8 @@ def main() -> None:
 
 def report(args: argparse.Namespace, parameters: int) -> None:
     """Median seconds per phase over the rounds after the first (the first warms up)."""
-    rounds = SECONDS["round (engine)"]
+    exchange, conclude = SECONDS["exchange"], SECONDS["conclude"]
+    rounds = SECONDS["round (engine)"] = [a + b for a, b in zip(exchange, conclude, strict=True)]
     per_round = {phase: s[-len(rounds) :] for phase, s in SECONDS.items()}
     # the initial validation loss (before round 1) is timed too; keep one per round
     per_round["validation"] = SECONDS["validation"][-len(rounds) :]
