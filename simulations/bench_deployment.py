@@ -73,7 +73,7 @@ def start_institutions(loopback: Loopback, shard_settings: list[str]) -> None:
             f"site-{i}",
             key,
             f"partition-id={i} data-dir='{shards}/clients/client-{i}/data' "
-            f"state-dir='{root}/site-{i}-state' device='cpu'",
+            f"state-dir='{root}/site-{i}-state' device='cpu' threads=1",
         )
     loopback.wait_for(lambda: loopback.online_nodes() == 2, "two SuperNodes online")
 

@@ -66,7 +66,7 @@ def start_institutions(loopback: Loopback, run_dir: Path, state_root: Path, site
             f"site-{i}",
             loopback.certs / "supernodes" / f"site-{i}",
             f"partition-id={i} data-dir='{run_dir}/clients/client-{i}/data' "
-            f"state-dir='{state_root}/site-{i}-state'",
+            f"state-dir='{state_root}/site-{i}-state' threads=1",  # two on one machine
         )
     loopback.wait_for(lambda: loopback.online_nodes() == 2, "two SuperNodes online")
 
