@@ -76,6 +76,28 @@ def test_the_ledger_is_cumulative_and_reloads(tmp_path):
     assert second == pytest.approx(epsilon([(1.0, 0.05, 200)], 1e-5, "rdp"))
 
 
+def test_the_guard_computes_a_rounds_epsilon_once_and_records_that_value(tmp_path, monkeypatch):
+    from flowerbed.privacy import ledger as ledger_module
+    from flowerbed.privacy.guard import PrivacyGuard
+
+    cfg = compose_config(
+        "privacy=dp_sgd",
+        "privacy.accountant=rdp",
+        "privacy.target_epsilon=null",
+        "privacy.noise_multiplier=1.0",
+        "privacy.max_epsilon=50",
+    ).privacy
+    computed = []
+    monkeypatch.setattr(
+        ledger_module, "epsilon", lambda *args: computed.append(args) or epsilon(*args)
+    )
+    guard = PrivacyGuard(cfg, tmp_path)
+    spent = guard.record(1, guard.permit(0.05, 100, [(0.05, 100)]), 100)
+    assert len(computed) == 1  # the budget check's value is the one recorded
+    assert spent == epsilon([(1.0, 0.05, 100)], cfg.delta, "rdp")
+    assert PrivacyLedger.open(tmp_path / "privacy_ledger.json", cfg.delta, "rdp").epsilon == spent
+
+
 def test_a_ledger_keeps_its_delta(tmp_path):
     path = tmp_path / "privacy_ledger.json"
     PrivacyLedger.open(path, 1e-5, "prv").record(path, 1, 1.0, 0.05, 10)

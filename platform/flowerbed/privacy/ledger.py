@@ -61,10 +61,18 @@ class PrivacyLedger:
         )
 
     def record(
-        self, path: Path, round_: int, noise_multiplier: float, sample_rate: float, steps: int
+        self,
+        path: Path,
+        round_: int,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        spent: float | None = None,
     ) -> float:
-        """Append a round and write the ledger atomically; return the lifetime epsilon."""
-        spent = self.epsilon_after(noise_multiplier, sample_rate, steps)
+        """Append a round and write the ledger atomically; return the lifetime epsilon
+        (`spent`: `epsilon_after` of the same round, when already computed)."""
+        if spent is None:
+            spent = self.epsilon_after(noise_multiplier, sample_rate, steps)
         self.entries.append(
             LedgerEntry(round_, noise_multiplier, sample_rate, steps, spent, time.time())
         )
