@@ -79,59 +79,42 @@ def evaluate_round(
 ) -> EvaluateReply:
     """Loss of the global weights on the held-out blocks of every experience seen so far."""
     device = node.torch_device()
-    model = global_model(job.model, weights, node.base_model)
-    return heldout_losses(
-        model,
-        node,
-        device,
-        job.round,
-        job.arrival_every,
-        job.batch_size,
-        job.eval_batches,
-        job.per_experience,
-    )
+    return heldout_losses(job, global_model(job.model, weights, node.base_model), node, device)
 
 
 def incoming_heldout(
     job: TrainInstructions, model: torch.nn.Module, node: Node, device: torch.device
 ) -> EvaluateReply:
-    """The held-out losses of the weights a train Message brought: round `round - 1`'s."""
-    train = job.train
-    return heldout_losses(
-        model,
-        node,
-        device,
-        job.round - 1,
-        job.arrival_every,
-        train.batch_size,
-        train.eval_batches,
+    """The held-out losses of the weights a train Message brought: round `round - 1`'s
+    model, on the experiences that had arrived by then, as an evaluate Message would ask."""
+    asked = EvaluateInstructions(
+        round=job.round - 1,
+        model=job.model,
+        transport_dtype=job.transport_dtype,
+        arrival_every=job.arrival_every,
+        batch_size=job.train.batch_size,
+        eval_batches=job.train.eval_batches,
         per_experience=job.continual.enabled,
     )
+    return heldout_losses(asked, model, node, device)
 
 
 def heldout_losses(
-    model: torch.nn.Module,
-    node: Node,
-    device: torch.device,
-    round_: int,
-    arrival_every: int,
-    batch_size: int,
-    eval_batches: int,
-    per_experience: bool,
+    job: EvaluateInstructions, model: torch.nn.Module, node: Node, device: torch.device
 ) -> EvaluateReply:
-    """The mean held-out loss over the experiences arrived by `round_`, and each one's."""
+    """The mean held-out loss over the experiences arrived by `job.round`, and each one's."""
     model.to(device)
     losses, sizes = [], []
-    for experience in arrived(scan_experiences(node.data_dir), round_, arrival_every):
+    for experience in arrived(scan_experiences(node.data_dir), job.round, job.arrival_every):
         heldout = experience.shard().heldout
-        losses.append(mean_loss(model, heldout, batch_size, eval_batches, device))
+        losses.append(mean_loss(model, heldout, job.batch_size, job.eval_batches, device))
         sizes.append(len(heldout))
     return EvaluateReply(
         partition_id=node.partition_id,
         num_examples=sum(sizes),
         heldout_loss=float(np.average(losses, weights=sizes)),
-        experience_losses=losses if per_experience else None,
-        experience_sizes=sizes if per_experience else None,
+        experience_losses=losses if job.per_experience else None,
+        experience_sizes=sizes if job.per_experience else None,
     )
 
 
