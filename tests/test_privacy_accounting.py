@@ -155,3 +155,22 @@ def test_a_calibration_that_cannot_settle_stops_with_a_clear_error():
     schedule = [(0.02, 50), (0.05, 100)]
     with pytest.raises(CalibrationError, match=r"did not settle within 0\.0 after 5 halvings"):
         noise_for_schedule(8.0, 1e-5, schedule, "rdp", tolerance=0.0, max_iterations=5)
+
+
+def test_one_rdp_curve_per_mechanism_gives_opacus_own_numbers_to_the_bit():
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis import rdp
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from flowerbed.privacy.accounting import noise_for_epsilon
+
+    original = rdp.compute_rdp
+    history = [(1.1, 0.01, 200), (0.9, 0.03, 100)]
+    opacus_own = PRVAccountant()
+    opacus_own.history = list(history)
+    assert epsilon(history, 1e-5) == opacus_own.get_epsilon(delta=1e-5)
+    expected = get_noise_multiplier(
+        target_epsilon=4.0, target_delta=1e-5, sample_rate=0.05, steps=50, accountant="prv"
+    )
+    assert noise_for_epsilon(4.0, 1e-5, 0.05, 50) == expected
+    assert rdp.compute_rdp is original  # the cache lives only inside a computation
