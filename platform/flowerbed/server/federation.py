@@ -168,7 +168,7 @@ def _restore(
     layout: RunLayout, model: torch.nn.Module, outer: FedAvgOuter
 ) -> tuple[int, list[RoundRecord], RoundRecord | None]:
     """The first round to run, the finished records before it, and the newest checkpoint's
-    record if it still waits for its held-out losses (from the newest checkpoint)."""
+    record when metrics.jsonl does not have it (it still waits for its held-out losses)."""
     metrics = MetricsLog(layout.metrics)
     checkpoint = latest_checkpoint(layout.checkpoints)
     if checkpoint is None:
