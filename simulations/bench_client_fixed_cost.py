@@ -165,16 +165,16 @@ def child(run_dir: Path, privacy: str, round_: int) -> None:
 
     imported = time.perf_counter()
     heldout_seconds = []
-    incoming_heldout = local_round.incoming_heldout
+    heldout_losses = local_round.heldout_losses
 
     def timed_heldout(*args, **kwargs):
         start = time.perf_counter()
         try:
-            return incoming_heldout(*args, **kwargs)
+            return heldout_losses(*args, **kwargs)
         finally:
             heldout_seconds.append(time.perf_counter() - start)
 
-    local_round.incoming_heldout = timed_heldout
+    local_round.heldout_losses = timed_heldout
     TaskIdentity.run_id = TaskIdentity.task_id = TaskIdentity.node_id = 1  # as Flower's runtime
     from safetensors.torch import load_file
 

@@ -93,6 +93,19 @@ class TrainInstructions(_Instructions):
     privacy: PrivacyConfig
     continual: ContinualConfig
 
+    def evaluation(self, round_: int) -> EvaluateInstructions:
+        """What an evaluate Message asks about round `round_`'s model in this run: the
+        one mapping from the run's settings, for the server and for `evaluate_incoming`."""
+        return EvaluateInstructions(
+            round=round_,
+            model=self.model,
+            transport_dtype=self.transport_dtype,
+            arrival_every=self.arrival_every,
+            batch_size=self.train.batch_size,
+            eval_batches=self.train.eval_batches,
+            per_experience=self.continual.enabled,
+        )
+
 
 @dataclass(frozen=True)
 class EvaluateInstructions(_Instructions):
@@ -231,10 +244,10 @@ def _reply_values(cls: type, metrics: MetricRecord, prefix: str) -> dict[str, An
     types = field_types(cls)
     values: dict[str, Any] = {}
     for field in dataclasses.fields(cls):
-        key = prefix + _key(field.name)
-        nested = [t for t in get_args(types[field.name]) if dataclasses.is_dataclass(t)]
         if field.name == "weights":
             continue
+        key = prefix + _key(field.name)
+        nested = [t for t in get_args(types[field.name]) if dataclasses.is_dataclass(t)]
         if nested:
             inner = _reply_values(nested[0], metrics, f"{key}.")
             if inner:

@@ -37,7 +37,9 @@ def train_round(
     device = node.torch_device()
     plan = plan_round(job, node)
     model = global_model(job.model, weights, node.base_model)
-    heldout = incoming_heldout(job, model, node, device) if job.evaluate_incoming else None
+    heldout = None
+    if job.evaluate_incoming:  # the weights received are round `round - 1`'s model
+        heldout = heldout_losses(job.evaluation(job.round - 1), model, node, device)
     rng = np.random.default_rng([job.seed, job.round, node.partition_id])
     mode = privacy_mode(job.privacy)
     guard = mode.guard(job.privacy, node.state_dir)
@@ -80,23 +82,6 @@ def evaluate_round(
     """Loss of the global weights on the held-out blocks of every experience seen so far."""
     device = node.torch_device()
     return heldout_losses(job, global_model(job.model, weights, node.base_model), node, device)
-
-
-def incoming_heldout(
-    job: TrainInstructions, model: torch.nn.Module, node: Node, device: torch.device
-) -> EvaluateReply:
-    """The held-out losses of the weights a train Message brought: round `round - 1`'s
-    model, on the experiences that had arrived by then, as an evaluate Message would ask."""
-    asked = EvaluateInstructions(
-        round=job.round - 1,
-        model=job.model,
-        transport_dtype=job.transport_dtype,
-        arrival_every=job.arrival_every,
-        batch_size=job.train.batch_size,
-        eval_batches=job.train.eval_batches,
-        per_experience=job.continual.enabled,
-    )
-    return heldout_losses(asked, model, node, device)
 
 
 def heldout_losses(

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, Message, MessageType
+from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
@@ -33,7 +33,12 @@ from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply, ask_heldout
 from flowerbed.server.instructions import evaluate_instructions, train_instructions
 from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
-from flowerbed.server.replies import FederationError, heldout_replies, successful_replies
+from flowerbed.server.replies import (
+    FederationError,
+    heldout_replies,
+    successful_replies,
+    train_replies,
+)
 from flowerbed.server.strategy import TorchFedAvg, make_strategy
 
 log = logging.getLogger("flowerbed")
@@ -110,8 +115,7 @@ class RoundEngine:
         if heldout_of is not None and self.evaluates:
             messages = self._ask_heldout(heldout_of, arrays, messages)
         replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout))
-        train = [m for m in replies if m.metadata.message_type == MessageType.TRAIN]
-        return Exchange(round_, started, arrays, train, heldout_replies(replies))
+        return Exchange(round_, started, arrays, train_replies(replies), heldout_replies(replies))
 
     def conclude(self, exchange: Exchange) -> RoundRecord | None:
         """Aggregate the round's updates and evaluate on the validation split; None when no

@@ -44,12 +44,4 @@ def train_instructions(cfg: FlowerbedConfig, spec: ModelSpec, round_: int) -> Tr
 def evaluate_instructions(
     cfg: FlowerbedConfig, spec: ModelSpec, round_: int
 ) -> EvaluateInstructions:
-    return EvaluateInstructions(
-        round=round_,
-        model=spec,
-        transport_dtype=cfg.federation.transport_dtype,
-        arrival_every=cfg.continual.arrival_interval(cfg.federation.rounds),
-        batch_size=cfg.train.batch_size,
-        eval_batches=cfg.train.eval_batches,
-        per_experience=cfg.continual.enabled,
-    )
+    return train_instructions(cfg, spec, round_).evaluation(round_)

@@ -40,6 +40,11 @@ def successful_replies(round_: int, replies: list[Message], min_clients: int) ->
     return answered
 
 
+def train_replies(replies: list[Message]) -> list[Message]:
+    """The replies to train Messages, failed ones included (evaluate replies left out)."""
+    return [m for m in replies if m.metadata.message_type == MessageType.TRAIN]
+
+
 def heldout_replies(replies: list[Message]) -> list[EvaluateReply]:
     """The held-out losses in a round's successful replies, of either type."""
     heldout = []
