@@ -3,9 +3,8 @@
 Server to client, beside the global weights: `TrainInstructions` (a train Message) and
 `EvaluateInstructions` (an evaluate Message). Client to server: `TrainReply` and
 `EvaluateReply`. Each has one encode/decode pair, and no other module spells a Message
-key. One Message per client per round: a train Message can also ask for the held-out
-losses of the weights it carries (`ask_heldout`), which the reply brings back in
-`TrainReply.heldout`. What a client's machine is (its data and state directories,
+key. A train Message can also ask for the held-out losses of its weights (`ask_heldout`;
+they come back in `TrainReply.heldout`). What a client's machine is (its directories,
 device, threads) never travels: the node's own config says it (`flowerbed.client.node`).
 """
 
@@ -49,11 +48,17 @@ class _Reply:
     """Client to server: values in the reply's MetricRecord, weights in its ArrayRecord."""
 
     def to_content(self) -> RecordDict:
-        return _reply_content(self)
+        content = RecordDict({METRICS: MetricRecord(_reply_metrics(self, ""))})
+        if getattr(self, "weights", None) is not None:
+            content[ARRAYS] = self.weights
+        return content
 
     @classmethod
     def from_content(cls, content: RecordDict) -> Self:
-        return _reply_of(cls, content)
+        values = _reply_values(cls, content[METRICS], "")
+        if ARRAYS in content.array_records:
+            values["weights"] = content[ARRAYS]
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -123,11 +128,8 @@ class EvaluateInstructions(_Instructions):
 
 
 def ask_heldout(message: Message) -> Message:
-    """The same train Message, asking also for the held-out losses of its weights.
-
-    Flower's strategies give every sampled node one shared payload; this one gets its own
-    copy of the instructions, so only the nodes sampled for evaluation pay for it.
-    """
+    """The same train Message, asking also for the held-out losses of its weights, with
+    its own copy of the instructions (Flower's strategies share one payload among nodes)."""
     content = RecordDict(dict(message.content.items()))
     content[CONFIG] = ConfigRecord({**message.content[CONFIG], _key("evaluate_incoming"): True})
     meta = message.metadata
@@ -210,13 +212,6 @@ def _fields_of(cls: type, record: ConfigRecord, prefix: str) -> dict[str, Any]:
     return values
 
 
-def _reply_content(reply: Any) -> RecordDict:
-    content = RecordDict({METRICS: MetricRecord(_reply_metrics(reply, ""))})
-    if getattr(reply, "weights", None) is not None:
-        content[ARRAYS] = reply.weights
-    return content
-
-
 def _reply_metrics(reply: Any, prefix: str) -> dict[str, Any]:
     """A reply's fields as flat metrics; a nested reply under its field's prefix."""
     metrics: dict[str, Any] = {}
@@ -230,13 +225,6 @@ def _reply_metrics(reply: Any, prefix: str) -> dict[str, Any]:
         else:
             metrics[key] = int(value) if isinstance(value, bool) else value
     return metrics
-
-
-def _reply_of(cls: type[T], content: RecordDict) -> T:
-    values = _reply_values(cls, content[METRICS], "")
-    if ARRAYS in content.array_records:
-        values["weights"] = content[ARRAYS]
-    return cls(**values)
 
 
 def _reply_values(cls: type, metrics: MetricRecord, prefix: str) -> dict[str, Any]:
