@@ -15,6 +15,7 @@ from flowerbed.run.simulation import continue_simulation, simulate
 from flowerbed.server.replies import FederationError
 from flowerbed.tracking import RunLayout
 from tests.conftest import tiny_config
+from tests.recording import recorded_simulation
 
 pytestmark = pytest.mark.slow
 
@@ -106,21 +107,6 @@ def test_a_run_interrupted_before_its_heldout_losses_came_back_resumes_to_the_sa
             assert again[key] == pytest.approx(before[key], rel=1e-5), (again["round"], key)
 
 
-class CountingGrid:
-    """Flower's Grid, noting the type of every Message each `send_and_receive` sends."""
-
-    def __init__(self, grid) -> None:
-        self.grid, self.sent = grid, []
-
-    def __getattr__(self, name: str):
-        return getattr(self.grid, name)
-
-    def send_and_receive(self, messages, timeout=None):
-        messages = list(messages)
-        self.sent.append(sorted(m.metadata.message_type for m in messages))
-        return self.grid.send_and_receive(messages, timeout=timeout)
-
-
 @pytest.mark.parametrize(
     ("fraction_train", "expected"),
     [
@@ -132,32 +118,12 @@ class CountingGrid:
 def test_a_round_sends_each_client_one_message_and_the_final_model_one_evaluation(
     cache_dir, tmp_path, fraction_train, expected
 ):
-    import flwr.simulation
-    from flwr.serverapp import ServerApp
-
-    from flowerbed.client.app import make_client_app
-    from flowerbed.client.node import SimulatedNodes
-    from flowerbed.server.federation import run_federation
-
     cfg = tiny_config(
         cache_dir, federation={"rounds": 2, "fraction_train": fraction_train, "min_clients": 1}
     )
     prepare_run(cfg, RunLayout(tmp_path))
-    grids: list[CountingGrid] = []
-    server_app = ServerApp()
-
-    @server_app.main()
-    def _main(grid, context) -> None:
-        grids.append(CountingGrid(grid))
-        run_federation(grids[0], cfg, tmp_path)
-
-    flwr.simulation.run_simulation(
-        server_app=server_app,
-        client_app=make_client_app(SimulatedNodes(tmp_path, "cpu", 1).node),
-        num_supernodes=2,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0}},
-    )
-    assert grids[0].sent == expected
+    grid = recorded_simulation(cfg, tmp_path)
+    assert grid.sent == expected
     rows = records(tmp_path)
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["heldout_loss"] is not None for r in rows)

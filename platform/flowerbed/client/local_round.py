@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from flowerbed.client.node import Node
+from flowerbed.client.randomness import round_randomness
 from flowerbed.client.round_plan import plan_round
 from flowerbed.client.trainer import make_trainer
 from flowerbed.continual.stream import arrived, scan_experiences
@@ -40,9 +41,11 @@ def train_round(
     heldout = None
     if job.evaluate_incoming:  # the weights received are round `round - 1`'s model
         heldout = heldout_losses(job.evaluation(job.round - 1), model, node, device)
-    rng = np.random.default_rng([job.seed, job.round, node.partition_id])
     mode = privacy_mode(job.privacy)
     guard = mode.guard(job.privacy, node.state_dir)
+    draws = round_randomness(
+        job.privacy, job.seed, job.round, node.partition_id, node.state_dir, guard.releases
+    )
     steps = job.train.local_steps
     permit = guard.permit(plan.pool.accounting_rate(job.train.batch_size), steps, plan.planned)
     if not permit.allowed:
@@ -56,10 +59,10 @@ def train_round(
             heldout=heldout,
         )
         return reply, None
-    trainer = make_trainer(model, job.train, job.privacy, device, permit, rng)
+    trainer = make_trainer(model, job.train, job.privacy, device, permit, draws.noise_seed)
     if job.keep_inner_state:
         restore_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
-    result = trainer.train(plan.pool, plan.schedule, rng)
+    result = trainer.train(plan.pool, plan.schedule, draws.sampler)
     epsilon = guard.record(job.round, permit, steps)  # before the update leaves
     if job.keep_inner_state:
         save_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 
 from flowerbed.client.node import Node
+from flowerbed.client.randomness import buffer_seed
 from flowerbed.client.schedule import Schedule
 from flowerbed.continual.policy import ContinualPolicy, continual_policy
 from flowerbed.continual.pool import TrainingPool
@@ -60,7 +61,8 @@ def advance_state(
     state = ContinualState.load(path)
     for name in state.note_arrivals([e.name for e in experiences], job.round):
         log.info("client %d: experience %s arrived (round %d)", node.partition_id, name, job.round)
-    policy.advance(state, sizes[: len(experiences) - 1], [job.seed, node.partition_id])
+    seed = buffer_seed(job.privacy, job.seed, node.partition_id, node.state_dir)
+    policy.advance(state, sizes[: len(experiences) - 1], seed)
     state.save(path)
     return state
 

@@ -12,6 +12,7 @@ fast as a plain PyTorch loop (see simulations/bench_client_step.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -115,16 +116,14 @@ def make_trainer(
     privacy: PrivacyConfig,
     device: torch.device,
     permit: RoundPermit,
-    rng: np.random.Generator,
+    noise_seed: Callable[[], int],
 ) -> Trainer:
     """DP-SGD when the permit carries a noise multiplier, else plain training.
 
-    The private trainer's noise seed is the rng's first draw, before any batch.
+    `noise_seed` is asked only for DP-SGD, before any batch is drawn.
     """
     if permit.noise_multiplier is None:
         return LocalTrainer(model, cfg, device)
     from flowerbed.client.private_trainer import PrivateTrainer
 
-    return PrivateTrainer(
-        model, cfg, privacy, device, permit.noise_multiplier, int(rng.integers(2**62))
-    )
+    return PrivateTrainer(model, cfg, privacy, device, permit.noise_multiplier, noise_seed())

@@ -36,6 +36,10 @@ class PrivacyConfig(Section):
     (Linear, Embedding, RMSNorm layers); hooks: per-sample gradients, any layer Opacus knows."""
     max_physical_batch: Annotated[int, at_least(0)]
     """Split each Poisson batch into chunks of at most this many sequences (0: no split)."""
+    noise_seed: Literal["secret", "run"]
+    """dp_sgd: `secret` draws the noise and the Poisson sample from each node's own secret;
+    `run` from the run's seed, for bit-identical tests and studies only: it is not private
+    against anyone who knows the run's seed, and a deployed SuperNode refuses it."""
 
     def check(self) -> None:
         if self.mode == "off":

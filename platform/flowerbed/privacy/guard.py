@@ -62,12 +62,18 @@ class PrivacyGuard:
             permit.noise_multiplier,
             permit.sample_rate,
             steps,
+            self.cfg.noise_seed,
             permit.epsilon_after,
         )
 
     @property
     def epsilon(self) -> float:
         return self.ledger.epsilon
+
+    @property
+    def releases(self) -> int:
+        """Rounds the ledger holds: this round's place in the client's life."""
+        return len(self.ledger.entries)
 
 
 class NoGuard:
@@ -84,3 +90,7 @@ class NoGuard:
     @property
     def epsilon(self) -> None:
         return None
+
+    @property
+    def releases(self) -> int:
+        return 0

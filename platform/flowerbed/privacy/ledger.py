@@ -31,6 +31,10 @@ class LedgerEntry:
     epsilon: float
     """Lifetime epsilon after this entry."""
     time: float = 0.0
+    noise_seed: str = "run"
+    """`secret`: the noise and sample came from the node's secret; `run`: from the run's
+    seed, not private against anyone who knows it (ledgers written before the node
+    secret existed hold only such entries)."""
 
 
 @dataclass
@@ -67,6 +71,7 @@ class PrivacyLedger:
         noise_multiplier: float,
         sample_rate: float,
         steps: int,
+        noise_seed: str,
         spent: float | None = None,
     ) -> float:
         """Append a round and write the ledger atomically; return the lifetime epsilon
@@ -74,7 +79,9 @@ class PrivacyLedger:
         if spent is None:
             spent = self.epsilon_after(noise_multiplier, sample_rate, steps)
         self.entries.append(
-            LedgerEntry(round_, noise_multiplier, sample_rate, steps, spent, time.time())
+            LedgerEntry(
+                round_, noise_multiplier, sample_rate, steps, spent, time.time(), noise_seed
+            )
         )
         self.save(path)
         return spent

@@ -48,3 +48,22 @@ MODES = {
 def privacy_mode(cfg: PrivacyConfig) -> PrivacyMode:
     """The mode `privacy.mode` names: the one place it is looked up."""
     return MODES[cfg.mode]
+
+
+def guarantee(cfg: PrivacyConfig) -> str:
+    """What the run promises, in one line: the start line and summary.json say it."""
+    if cfg.mode == "off":
+        return "no differential privacy"
+    if cfg.mode == "user_level":
+        return (
+            f"user-level DP at the server: noise {cfg.noise_multiplier} on the clipped mean "
+            f"of the clients' updates (δ {cfg.delta:g})"
+        )
+    budget = f"ε {cfg.budget:g}" if cfg.budget is not None else "ε uncapped"
+    line = f"DP-SGD at each client, {budget} over its life (δ {cfg.delta:g})"
+    if cfg.noise_seed == "run":
+        return (
+            f"{line}; noise and sampling from the run's seed (privacy.noise_seed=run): NOT "
+            "private against anyone who knows the run's seed, for tests and studies only"
+        )
+    return f"{line}; noise and sampling secret to each node"

@@ -27,7 +27,7 @@ from flowerbed.model.factory import build_model, num_parameters
 from flowerbed.model.inner_state import KEEP as INNER_STATE_KEPT
 from flowerbed.model.inner_state import inner_state_bytes
 from flowerbed.model.runtime import resolve_device
-from flowerbed.privacy.modes import privacy_mode
+from flowerbed.privacy.modes import guarantee, privacy_mode
 from flowerbed.protocol import EvaluateReply
 from flowerbed.server.callbacks import Callback, default_callbacks
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
@@ -74,6 +74,7 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         start_round,
         cfg.federation.rounds,
     )
+    log.info("privacy: %s", guarantee(cfg.privacy))
     shared = sum(t.numel() for t in shared_state(model).values())
     if spec.base_hash:
         log.info(
@@ -116,6 +117,7 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
             seconds_this_session=time.perf_counter() - started,
             stop_reason=engine.stop_reason,
             privacy=cfg.privacy.mode,
+            guarantee=guarantee(cfg.privacy),
             delta=cfg.privacy.delta if privacy_mode(cfg.privacy).protects else None,
             continual_mode=cfg.continual.mode,
             adapter=cfg.adapter.mode,

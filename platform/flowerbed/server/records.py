@@ -59,6 +59,8 @@ class RunFacts:
     seconds_this_session: float
     stop_reason: str
     privacy: str
+    guarantee: str
+    """What the run promises, in one line (`privacy.modes.guarantee`)."""
     delta: float | None
     continual_mode: str
     adapter: str
@@ -89,6 +91,7 @@ def summarize(records: list[RoundRecord], facts: RunFacts) -> dict[str, Any]:
         "final_model": facts.final_model,
         "stop_reason": facts.stop_reason,
         "privacy": facts.privacy,
+        "guarantee": facts.guarantee,
         "epsilon_max": last.epsilon_max,
         "client_epsilon": last.client_epsilon,
         "user_level_epsilon": last.user_level_epsilon,
