@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from flowerbed.client.local_round import global_model, train_round
 from flowerbed.client.node import Node
 from flowerbed.config import ConfigError
+from flowerbed.config.node_policy import accepting_all
 from flowerbed.model import build_model, record_nbytes, to_array_record
 from flowerbed.model.adapter import BaseModelMismatch, add_adapter, shared_state
 from flowerbed.privacy.dp_sgd import PrivateStep, per_sequence_loss
@@ -113,7 +114,15 @@ def test_a_lora_federation_learns_and_sends_adapters_only(lora_run):
     base = build_model(cfg.model, 257, 256, cfg.seed)
     spec = model_spec(cfg, base)
     weights = shared_state(add_adapter(base, cfg.adapter))
-    node = Node(0, run_dir / "clients" / "client-0" / "data", run_dir / "scratch", "cpu", 0)
+    node = Node(
+        0,
+        run_dir / "clients" / "client-0" / "data",
+        run_dir / "scratch",
+        "cpu",
+        0,
+        accepting_all(),
+        False,
+    )
     job = train_instructions(cfg, spec, 1)
     _, reply = train_round(job, weights, node)
     assert reply is not None and set(reply) == set(weights)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from flowerbed.config import ContinualConfig, compose_config
+from flowerbed.config.node_policy import accepting_all
 from flowerbed.continual.replay import buffer_refs, update_buffer
 from flowerbed.protocol import ModelSpec
 from tests.conftest import section
@@ -115,7 +116,7 @@ def client_job(mode: str, rewarm: bool = False, every: int = 2):
 def node(tmp_path):
     from flowerbed.client.node import Node
 
-    return Node(0, tmp_path / "data", tmp_path / "state", "cpu", 0)
+    return Node(0, tmp_path / "data", tmp_path / "state", "cpu", 0, accepting_all(), False)
 
 
 def write_client_data(tmp_path, sizes=(100, 50, 80)) -> None:

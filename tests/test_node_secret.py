@@ -133,6 +133,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 from flowerbed.client.local_round import train_round
 from flowerbed.client.node import Node
+from flowerbed.config.node_policy import accepting_all
 from flowerbed.config import load_config
 from flowerbed.model.factory import build_model
 from flowerbed.privacy.ledger import PrivacyLedger
@@ -147,7 +148,7 @@ layout, cfg = RunLayout(run_dir), load_config(run_dir / "config.yaml")
 tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
 model = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
 job = train_instructions(cfg, model_spec(cfg, model), 1)
-node = Node(0, layout.client_data(0), layout.client_state(0), "cpu", 1)
+node = Node(0, layout.client_data(0), layout.client_state(0), "cpu", 1, accepting_all(), True)
 _, trained = train_round(job, model.state_dict(), node)
 save_file({k: v.contiguous() for k, v in trained.items()}, out)
 """

@@ -91,7 +91,7 @@ def test_the_guard_computes_a_rounds_epsilon_once_and_records_that_value(tmp_pat
     monkeypatch.setattr(
         ledger_module, "epsilon", lambda *args: computed.append(args) or epsilon(*args)
     )
-    guard = PrivacyGuard(cfg, tmp_path)
+    guard = PrivacyGuard(cfg, tmp_path, cfg.budget)
     spent = guard.record(1, guard.permit(0.05, 100, [(0.05, 100)]), 100)
     assert len(computed) == 1  # the budget check's value is the one recorded
     assert spent == epsilon([(1.0, 0.05, 100)], cfg.delta, "rdp")

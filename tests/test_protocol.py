@@ -1,5 +1,6 @@
 """The wire protocol: every Message the server and clients exchange survives a round trip,
-and no module but `flowerbed.protocol` spells a Message key."""
+and no module but `flowerbed.protocol` (with its encoding, `flowerbed.wire`) spells a
+Message key."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from tests.conftest import section
 
 PLATFORM = Path(__file__).resolve().parents[1] / "platform" / "flowerbed"
 ADAPTER = section("adapter", "adapter=lora", "adapter.target_modules=[q_proj,v_proj]")
+DP_SGD, OFF = section("privacy", "privacy=dp_sgd"), section("privacy", "privacy=off")
 LORA_ON_A_BASE = ModelSpec('{"model_type": "llama"}', ADAPTER, "runs/a/final_model", 3, "0123abcd")
 
 
@@ -54,8 +56,8 @@ def through_the_wire(instructions) -> RecordDict:
     [
         train_instructions(),  # target_epsilon given, noise_multiplier None
         train_instructions(target_epsilon="null", noise_multiplier="1.1", max_epsilon="5"),
-        EvaluateInstructions(3, ModelSpec("{}", ADAPTER), "fp16", 0, 8, 0, per_experience=True),
-        EvaluateInstructions(3, LORA_ON_A_BASE, "fp32", 0, 8, 0, per_experience=False),
+        EvaluateInstructions(3, ModelSpec("{}", ADAPTER), "fp16", 0, 8, 0, True, DP_SGD),
+        EvaluateInstructions(3, LORA_ON_A_BASE, "fp32", 0, 8, 0, False, OFF),
     ],
     ids=["train", "train-noise", "evaluate", "evaluate-lora"],
 )
@@ -129,7 +131,7 @@ def test_no_other_module_spells_a_message_key():
     keys -= {"partition-id"}  # also Flower's node-config key, which client/node.py reads
     records = {"arrays", "metrics", "config"}  # a Message's records (common words elsewhere)
     for source in PLATFORM.rglob("*.py"):
-        if source.name == "protocol.py":
+        if source.name in ("protocol.py", "wire.py"):  # the messages, and their encoding
             continue
         text = source.read_text()
         handles_messages = source.parent.name in {"client", "server", "continual"}

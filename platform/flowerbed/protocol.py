@@ -3,16 +3,16 @@
 Server to client, beside the global weights: `TrainInstructions` (a train Message) and
 `EvaluateInstructions` (an evaluate Message). Client to server: `TrainReply` and
 `EvaluateReply`. Each has one encode/decode pair, and no other module spells a Message
-key. A train Message can also ask for the held-out losses of its weights (`ask_heldout`;
-they come back in `TrainReply.heldout`). What a client's machine is (its directories,
+key (`flowerbed.wire` says how a dataclass becomes one). A train Message can also ask
+for the held-out losses of its weights (`ask_heldout`; they come back in
+`TrainReply.heldout`). What a client's machine is (its directories,
 device, threads) never travels: the node's own config says it (`flowerbed.client.node`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar, get_args
+from typing import Self
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
@@ -23,39 +23,44 @@ from flowerbed.config import (
     TrainConfig,
     TransportDtype,
 )
-from flowerbed.config.loader import build_dataclass
-from flowerbed.config.rules import field_types
+from flowerbed.wire import SERVER_ROUND as SERVER_ROUND
+from flowerbed.wire import flatten, key_of, reply_metrics, reply_values, unflatten
 
 ARRAYS = "arrays"  # where Flower's strategies put the weights (FedAvg's arrayrecord_key)
 CONFIG = "config"  # where they put the instructions (FedAvg's configrecord_key)
 METRICS = "metrics"
-SERVER_ROUND = "server-round"  # Flower's strategies write the round under this key
-T = TypeVar("T")
 
 
 class _Instructions:
     """Server to client: flat typed values in the Message's ConfigRecord."""
 
     def to_record(self) -> ConfigRecord:
-        return ConfigRecord(_flatten(self))
+        return ConfigRecord(flatten(self))
 
     @classmethod
     def from_content(cls, content: RecordDict) -> Self:
-        return _unflatten(cls, content[CONFIG])
+        return unflatten(cls, content[CONFIG])
 
 
 class _Reply:
-    """Client to server: values in the reply's MetricRecord, weights in its ArrayRecord."""
+    """Client to server: numbers in the reply's MetricRecord, text (a refusal's sentence) in
+    its ConfigRecord, weights in its ArrayRecord."""
 
     def to_content(self) -> RecordDict:
-        content = RecordDict({METRICS: MetricRecord(_reply_metrics(self, ""))})
+        values = reply_metrics(self, "")
+        texts = {k: v for k, v in values.items() if isinstance(v, str)}
+        numbers = {k: v for k, v in values.items() if k not in texts}
+        content = RecordDict({METRICS: MetricRecord(numbers)})
+        if texts:
+            content[CONFIG] = ConfigRecord(texts)
         if getattr(self, "weights", None) is not None:
             content[ARRAYS] = self.weights
         return content
 
     @classmethod
     def from_content(cls, content: RecordDict) -> Self:
-        values = _reply_values(cls, content[METRICS], "")
+        texts = content[CONFIG] if CONFIG in content.config_records else {}
+        values = reply_values(cls, {**content[METRICS], **texts}, "")
         if ARRAYS in content.array_records:
             values["weights"] = content[ARRAYS]
         return cls(**values)
@@ -109,6 +114,7 @@ class TrainInstructions(_Instructions):
             batch_size=self.train.batch_size,
             eval_batches=self.train.eval_batches,
             per_experience=self.continual.enabled,
+            privacy=self.privacy,
         )
 
 
@@ -125,13 +131,15 @@ class EvaluateInstructions(_Instructions):
     """Batches per held-out set (0: all of them)."""
     per_experience: bool
     """Report the loss of every experience seen (continual learning), not only the mean."""
+    privacy: PrivacyConfig
+    """The run's privacy: the node checks it against its policy, which says what leaves."""
 
 
 def ask_heldout(message: Message) -> Message:
     """The same train Message, asking also for the held-out losses of its weights, with
     its own copy of the instructions (Flower's strategies share one payload among nodes)."""
     content = RecordDict(dict(message.content.items()))
-    content[CONFIG] = ConfigRecord({**message.content[CONFIG], _key("evaluate_incoming"): True})
+    content[CONFIG] = ConfigRecord({**message.content[CONFIG], key_of("evaluate_incoming"): True})
     meta = message.metadata
     return Message(content, dst_node_id=meta.dst_node_id, message_type=meta.message_type)
 
@@ -141,17 +149,27 @@ def global_weights(content: RecordDict) -> ArrayRecord:
     return content[ARRAYS]
 
 
+def carries_weights(reply: Message) -> bool:
+    """Whether a reply brings weights (a client that refused or did not train sends none)."""
+    return not reply.has_error() and ARRAYS in reply.content.array_records
+
+
 @dataclass(frozen=True)
 class EvaluateReply(_Reply):
     """A client's held-out losses of the global weights."""
 
     partition_id: int
     num_examples: int
-    """Held-out blocks evaluated (the weight of `heldout_loss`)."""
-    heldout_loss: float
+    """Held-out blocks evaluated (the weight of `heldout_loss`; 1 when withheld)."""
+    heldout_loss: float | None = None
+    """None: withheld by the node's policy (`privacy.release`)."""
     experience_losses: list[float] | None = None
     """Per experience seen, oldest first (when asked for `per_experience`)."""
     experience_sizes: list[int] | None = None
+    refused: str | None = None
+    """Why the node refused the server's privacy settings (its policy's sentence)."""
+    outside_guarantee: bool = False
+    """Exact losses and counts under DP-SGD: the node's policy let them out unprotected."""
 
 
 @dataclass(frozen=True)
@@ -160,12 +178,15 @@ class TrainReply(_Reply):
 
     partition_id: int
     num_examples: int
-    """Aggregation weight: records trained on (1 under user-level DP, 0 if it did not train).
-    Travels as Flower's `num-examples`, the key its FedAvg weights replies by."""
+    """Aggregation weight: records trained on (1 under user-level DP and under DP-SGD unless
+    the node releases exact counts; 0 if it did not train). Travels as Flower's
+    `num-examples`, the key its FedAvg weights replies by."""
     tokens: int
+    """Tokens trained (under DP-SGD without exact release: the planned count)."""
     train_seconds: float
     train_loss: float | None = None
-    """Mean over the sequences trained of each one's next-token loss (None: no training)."""
+    """Mean over the sequences trained of each one's next-token loss (None: no training,
+    or withheld by the node's policy)."""
     epsilon: float | None = None
     """DP-SGD: the client's lifetime epsilon after this round."""
     noise_multiplier: float | None = None
@@ -173,74 +194,8 @@ class TrainReply(_Reply):
     """DP-SGD: the next round would pass the client's budget, so it did not train."""
     heldout: EvaluateReply | None = None
     """Held-out losses of the weights received (when the Message asked for them)."""
+    refused: str | None = None
+    """Why the node refused the server's privacy settings (it did not train)."""
+    outside_guarantee: bool = False
+    """Exact loss and counts under DP-SGD: the node's policy let them out unprotected."""
     weights: ArrayRecord | None = None
-
-
-def _key(name: str) -> str:
-    """A field's key on the wire: kebab-case, and the round where Flower's strategies put it."""
-    return SERVER_ROUND if name == "round" else name.replace("_", "-")
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Dataclass fields as flat ConfigRecord values: `train.local-steps`; None left out."""
-    out: dict[str, Any] = {}
-    for field in dataclasses.fields(obj):
-        value = getattr(obj, field.name)
-        key = prefix + _key(field.name)
-        if dataclasses.is_dataclass(value):
-            out |= _flatten(value, f"{key}.")
-        elif value is not None:
-            out[key] = value
-    return out
-
-
-def _unflatten(cls: type[T], record: ConfigRecord) -> T:
-    """The inverse of `_flatten`: absent keys are None (their fields are optional)."""
-    return build_dataclass(cls, _fields_of(cls, record, ""))
-
-
-def _fields_of(cls: type, record: ConfigRecord, prefix: str) -> dict[str, Any]:
-    hints = field_types(cls)
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        key = prefix + _key(field.name)
-        kind = hints[field.name]
-        if dataclasses.is_dataclass(kind):
-            values[field.name] = _fields_of(kind, record, f"{key}.")
-        else:
-            values[field.name] = record.get(key)
-    return values
-
-
-def _reply_metrics(reply: Any, prefix: str) -> dict[str, Any]:
-    """A reply's fields as flat metrics; a nested reply under its field's prefix."""
-    metrics: dict[str, Any] = {}
-    for field in dataclasses.fields(reply):
-        value = getattr(reply, field.name)
-        key = prefix + _key(field.name)
-        if field.name == "weights" or value is None:
-            continue
-        if dataclasses.is_dataclass(value):
-            metrics |= _reply_metrics(value, f"{key}.")
-        else:
-            metrics[key] = int(value) if isinstance(value, bool) else value
-    return metrics
-
-
-def _reply_values(cls: type, metrics: MetricRecord, prefix: str) -> dict[str, Any]:
-    """The inverse of `_reply_metrics`: absent keys keep their defaults."""
-    types = field_types(cls)
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        if field.name == "weights":
-            continue
-        key = prefix + _key(field.name)
-        nested = [t for t in get_args(types[field.name]) if dataclasses.is_dataclass(t)]
-        if nested:
-            inner = _reply_values(nested[0], metrics, f"{key}.")
-            if inner:
-                values[field.name] = nested[0](**inner)
-        elif key in metrics:
-            value = metrics[key]  # MetricRecord holds no bools: they travel as 0/1
-            values[field.name] = bool(value) if types[field.name] is bool else value
-    return values

@@ -1,13 +1,17 @@
 """One client round, framework-agnostic: from the instructions and global weights to a reply.
 
+First the node's policy judges the server's privacy settings: a refusal is the reply.
 Train: plan the round (continual state, pool, schedule), report the held-out losses of
 the weights received when asked, ask the privacy guard for a permit, train, record the
-round in the ledger, reply. Evaluate (the final model only): the held-out loss of the
-global weights on every experience that has arrived. `client.app` only translates
-Flower Messages to these calls and back.
+round in the ledger, reply with what the node's policy lets leave (`privacy.release`;
+the exact values go to the node's own log). Evaluate (the final model only): the
+held-out loss of the global weights on every experience that has arrived. `client.app`
+only translates Flower Messages to these calls and back.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
@@ -16,12 +20,17 @@ from flowerbed.client.node import Node
 from flowerbed.client.randomness import round_randomness
 from flowerbed.client.round_plan import plan_round
 from flowerbed.client.trainer import make_trainer
+from flowerbed.config import PrivacyConfig
 from flowerbed.continual.stream import arrived, scan_experiences
 from flowerbed.model.adapter import add_adapter, check_base, load_shared_state, shared_state
 from flowerbed.model.factory import base_from_architecture, model_from_architecture
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.runtime import mean_loss
+from flowerbed.privacy.ledger import FILENAME as LEDGER
+from flowerbed.privacy.ledger import PrivacyLedger
 from flowerbed.privacy.modes import privacy_mode
+from flowerbed.privacy.policy import node_budget, refusal
+from flowerbed.privacy.release import exact_under_dp, log_exact, released_evaluate, released_train
 from flowerbed.protocol import (
     EvaluateInstructions,
     EvaluateReply,
@@ -30,11 +39,29 @@ from flowerbed.protocol import (
     TrainReply,
 )
 
+log = logging.getLogger("flowerbed")
+
 
 def train_round(
     job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node
 ) -> tuple[TrainReply, dict[str, torch.Tensor] | None]:
-    """Local steps from the global weights; the reply and the new weights (None: no training)."""
+    """Local steps from the global weights, unless the node's policy refuses the server's
+    privacy settings; the reply that leaves the node and the new weights (None: none)."""
+    refused = refusal(node.policy, job.privacy, node.partition_id, node.deployed)
+    if refused:
+        log.warning("%s", refused)
+        return TrainReply(node.partition_id, 0, 0, 0.0, refused=refused), None
+    exact, trained, planned_tokens = _train(job, weights, node)
+    log_exact(node.state_dir, "train", job.round, exact)
+    if exact_under_dp(node.policy, job.privacy):
+        _mark_exact_release(job.privacy, node, job.round)
+    return released_train(exact, node.policy, job.privacy, planned_tokens), trained
+
+
+def _train(
+    job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node
+) -> tuple[TrainReply, dict[str, torch.Tensor] | None, int]:
+    """The round as the node sees it: its exact reply, the new weights, the planned tokens."""
     device = node.torch_device()
     plan = plan_round(job, node)
     model = global_model(job.model, weights, node.base_model)
@@ -42,11 +69,12 @@ def train_round(
     if job.evaluate_incoming:  # the weights received are round `round - 1`'s model
         heldout = heldout_losses(job.evaluation(job.round - 1), model, node, device)
     mode = privacy_mode(job.privacy)
-    guard = mode.guard(job.privacy, node.state_dir)
+    guard = mode.guard(job.privacy, node.state_dir, node_budget(node.policy, job.privacy))
     draws = round_randomness(
         job.privacy, job.seed, job.round, node.partition_id, node.state_dir, guard.releases
     )
     steps = job.train.local_steps
+    planned_tokens = steps * job.train.batch_size * plan.pool.new.seq_len
     permit = guard.permit(plan.pool.accounting_rate(job.train.batch_size), steps, plan.planned)
     if not permit.allowed:
         reply = TrainReply(
@@ -58,7 +86,7 @@ def train_round(
             budget_exhausted=True,
             heldout=heldout,
         )
-        return reply, None
+        return reply, None, planned_tokens
     trainer = make_trainer(model, job.train, job.privacy, device, permit, draws.noise_seed)
     if job.keep_inner_state:
         restore_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
@@ -76,15 +104,31 @@ def train_round(
         noise_multiplier=permit.noise_multiplier,
         heldout=heldout,
     )
-    return reply, shared_state(trainer.model)
+    return reply, shared_state(trainer.model), planned_tokens
 
 
 def evaluate_round(
     job: EvaluateInstructions, weights: dict[str, torch.Tensor], node: Node
 ) -> EvaluateReply:
-    """Loss of the global weights on the held-out blocks of every experience seen so far."""
+    """Loss of the global weights on the held-out blocks of every experience seen so far,
+    as the node's policy lets it leave."""
+    refused = refusal(node.policy, job.privacy, node.partition_id, node.deployed)
+    if refused:
+        log.warning("%s", refused)
+        return EvaluateReply(node.partition_id, 0, refused=refused)
     device = node.torch_device()
-    return heldout_losses(job, global_model(job.model, weights, node.base_model), node, device)
+    model = global_model(job.model, weights, node.base_model)
+    exact = heldout_losses(job, model, node, device)
+    log_exact(node.state_dir, "evaluate", job.round, exact)
+    if exact_under_dp(node.policy, job.privacy):
+        _mark_exact_release(job.privacy, node, job.round)
+    return released_evaluate(exact, node.policy, job.privacy)
+
+
+def _mark_exact_release(privacy: PrivacyConfig, node: Node, round_: int) -> None:
+    """The ledger's note that this round's exact metrics left the node."""
+    path = node.state_dir / LEDGER
+    PrivacyLedger.open(path, privacy.delta, privacy.accountant).note_exact_release(path, round_)
 
 
 def heldout_losses(

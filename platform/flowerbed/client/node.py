@@ -1,8 +1,9 @@
-"""The machine a ClientApp runs on: its data and state directories, device and threads.
+"""The machine a ClientApp runs on: its directories, device, threads and privacy policy.
 
 The server never sends these. A deployed SuperNode names them in its node config
-(`--node-config "partition-id=0 data-dir='...' state-dir='...' device='cuda' threads=8"`);
-a simulated node takes its partition's folders under the run directory.
+(`--node-config "partition-id=0 data-dir='...' state-dir='...' device='cuda' threads=8
+max-epsilon=4"`); a simulated node takes its partition's folders under the run
+directory and the run's `node_policy`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 import torch
 from flwr.app import Context
 
+from flowerbed.config import NodePolicyConfig
+from flowerbed.config.node_policy import policy_from_node_config
+from flowerbed.config.rules import SchemaError
 from flowerbed.model.runtime import resolve_device
 from flowerbed.tracking.layout import RunLayout
 
@@ -32,6 +36,10 @@ class Node:
     """auto, cpu or cuda."""
     threads: int
     """CPU threads for torch; 0 leaves torch's default."""
+    policy: NodePolicyConfig
+    """The weakest privacy the institution accepts, and what it lets leave the node."""
+    deployed: bool
+    """A real SuperNode: it refuses noise the server could reproduce (noise_seed=run)."""
     base_model: str | None = None
     """Adapters: where this node keeps the pretrained base (default: the server's path)."""
 
@@ -45,12 +53,18 @@ class Node:
                     f"the SuperNode's --node-config has no {key}: start it with "
                     "data-dir='<its prepared shard>' and state-dir='<its own folder>'"
                 )
+        try:
+            policy = policy_from_node_config(config)
+        except SchemaError as err:
+            raise NodeConfigError(str(err)) from None
         return cls(
             partition_id=int(config.get("partition-id", 0)),
             data_dir=Path(str(config["data-dir"])).expanduser(),
             state_dir=Path(str(config["state-dir"])).expanduser(),
             device=str(config.get("device", "auto")),
             threads=int(config.get("threads", 0)),
+            policy=policy,
+            deployed=True,
             base_model=str(config["base-model"]) if "base-model" in config else None,
         )
 
@@ -63,11 +77,13 @@ class Node:
 
 @dataclass(frozen=True)
 class SimulatedNodes:
-    """The per-node config of a simulation: partition i's folders under the run directory."""
+    """The per-node config of a simulation: partition i's folders under the run directory,
+    and the run's `node_policy` (for the clients it names)."""
 
     run_dir: Path
     device: str
     threads: int
+    policy: NodePolicyConfig
 
     def node(self, context: Context) -> Node:
         partition_id = int(context.node_config["partition-id"])
@@ -78,4 +94,6 @@ class SimulatedNodes:
             state_dir=layout.client_state(partition_id),
             device=self.device,
             threads=self.threads,
+            policy=self.policy.demands_of(partition_id),
+            deployed=False,
         )

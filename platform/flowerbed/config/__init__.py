@@ -3,6 +3,7 @@
 from flowerbed.config.compose import compose_config
 from flowerbed.config.loader import ConfigError, load_config, to_plain_dict
 from flowerbed.config.modes import ContinualConfig, PrivacyConfig
+from flowerbed.config.node_policy import NodePolicyConfig
 from flowerbed.config.schema import FlowerbedConfig
 from flowerbed.config.sections import (
     AdapterConfig,
@@ -23,6 +24,7 @@ __all__ = [
     "FederationConfig",
     "FlowerbedConfig",
     "ModelConfig",
+    "NodePolicyConfig",
     "PrivacyConfig",
     "StrategyConfig",
     "TrackingConfig",

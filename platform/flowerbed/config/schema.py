@@ -11,6 +11,7 @@ from typing import Literal
 
 from flowerbed.config import sections
 from flowerbed.config.modes import ContinualConfig, PrivacyConfig
+from flowerbed.config.node_policy import NodePolicyConfig
 from flowerbed.config.rules import require
 
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -27,6 +28,7 @@ class FlowerbedConfig:
     train: sections.TrainConfig
     strategy: sections.StrategyConfig
     privacy: PrivacyConfig
+    node_policy: NodePolicyConfig
     continual: ContinualConfig
     tracking: sections.TrackingConfig
     name: str

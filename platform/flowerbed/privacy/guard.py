@@ -35,8 +35,9 @@ class RoundPermit:
 class PrivacyGuard:
     """DP-SGD's guard: the lifetime ledger in `state_dir`, read and written every round."""
 
-    def __init__(self, cfg: PrivacyConfig, state_dir: Path) -> None:
-        self.cfg, self.path = cfg, state_dir / FILENAME
+    def __init__(self, cfg: PrivacyConfig, state_dir: Path, budget: float | None) -> None:
+        self.cfg, self.path, self.budget = cfg, state_dir / FILENAME, budget
+        """`budget`: the lifetime ε the client may spend (the node's cap or the server's)."""
         self.ledger = PrivacyLedger.open(self.path, cfg.delta, cfg.accountant)
 
     def permit(
@@ -45,7 +46,7 @@ class PrivacyGuard:
         """Noise calibrated once for the planned life (`planned`: (rate, steps) per round),
         or a refusal when `steps` more at `sample_rate` would pass the budget."""
         sigma = life_noise_multiplier(self.ledger, self.cfg, planned)
-        budget = self.cfg.budget
+        budget = self.budget
         if budget is None:
             return RoundPermit(True, sigma, sample_rate)
         after = self.ledger.epsilon_after(sigma, sample_rate, steps)

@@ -45,6 +45,9 @@ class PrivacyLedger:
     """The calibrated (or given) noise multiplier, fixed once for the client's life."""
     planned_steps: int | None = None
     entries: list[LedgerEntry] = field(default_factory=list)
+    exact_metrics_rounds: list[int] = field(default_factory=list)
+    """Rounds whose exact losses and counts left the node (its policy's `release: exact`):
+    outside the guarantee, which covers the updates only."""
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
@@ -85,6 +88,11 @@ class PrivacyLedger:
         )
         self.save(path)
         return spent
+
+    def note_exact_release(self, path: Path, round_: int) -> None:
+        """Mark that round `round_`'s exact metrics left the node, durably."""
+        self.exact_metrics_rounds.append(round_)
+        self.save(path)
 
     def save(self, path: Path) -> None:
         """Write the ledger atomically and durably: it must survive a crash right after."""

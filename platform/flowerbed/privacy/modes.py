@@ -33,9 +33,12 @@ class PrivacyMode:
         """Every client's update weighs the same (Flower's user-level accountant needs it)."""
         return self.server_private
 
-    def guard(self, cfg: PrivacyConfig, state_dir: Path) -> PrivacyGuard | NoGuard:
-        """The client's guard for a round: the ledger under DP-SGD, else one that allows all."""
-        return PrivacyGuard(cfg, state_dir) if self.clients_private else NoGuard()
+    def guard(
+        self, cfg: PrivacyConfig, state_dir: Path, budget: float | None
+    ) -> PrivacyGuard | NoGuard:
+        """The client's guard for a round: the ledger under DP-SGD (spending at most
+        `budget`), else one that allows all."""
+        return PrivacyGuard(cfg, state_dir, budget) if self.clients_private else NoGuard()
 
 
 MODES = {

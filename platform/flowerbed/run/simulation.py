@@ -69,7 +69,8 @@ def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
         write_json_atomic(layout.summary, {"status": "running"}, durable=True)
     _quiet_flower(cfg.tracking.verbose)
     fed = cfg.federation
-    nodes = SimulatedNodes(run_dir.resolve(), cfg.device, max(1, int(fed.client_cpus)))
+    threads = max(1, int(fed.client_cpus))
+    nodes = SimulatedNodes(run_dir.resolve(), cfg.device, threads, cfg.node_policy)
     flwr.simulation.run_simulation(
         server_app=make_server_app(cfg, run_dir),
         client_app=make_client_app(nodes.node),

@@ -69,7 +69,7 @@ class ProgressLine(Callback):
 def progress_line(record: RoundRecord, rounds: int) -> str:
     parts = [
         f"round {record.round}/{rounds}",
-        f"train {record.train_loss:.4f}",
+        "train withheld" if record.train_loss is None else f"train {record.train_loss:.4f}",
         f"val {record.val_loss:.4f} (ppl {record.val_perplexity:.1f})",
         f"{record.tokens_per_s:,.0f} tok/s",
         f"{record.seconds:.1f} s",
@@ -77,6 +77,8 @@ def progress_line(record: RoundRecord, rounds: int) -> str:
     ]
     if record.failed_clients:
         parts.append(f"{record.failed_clients} failed")
+    if record.refused_clients:
+        parts.append(f"{len(record.refused_clients)} refused")
     if record.epsilon_max is not None:
         parts.append(f"ε {record.epsilon_max:.2f}")
     return " | ".join(parts)

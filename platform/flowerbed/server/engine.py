@@ -29,15 +29,17 @@ from flowerbed.data.blocks import Blocks
 from flowerbed.model.adapter import load_shared_state, shared_state
 from flowerbed.model.runtime import mean_loss
 from flowerbed.model.transport import read_only, record_nbytes, to_array_record
-from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply, ask_heldout
+from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply, ask_heldout, carries_weights
 from flowerbed.server.instructions import evaluate_instructions, train_instructions
 from flowerbed.server.outer import FedAvgOuter
 from flowerbed.server.records import RoundRecord
 from flowerbed.server.replies import (
     FederationError,
     heldout_replies,
+    outside_guarantee,
     successful_replies,
     train_replies,
+    weighted_mean,
 )
 from flowerbed.server.strategy import TorchFedAvg, make_strategy
 
@@ -121,21 +123,21 @@ class RoundEngine:
         """Aggregate the round's updates and evaluate on the validation split; None when no
         sampled client may train (every budget is spent). Held-out losses come later."""
         round_, replies = exchange.round, exchange.train_replies
-        answered = successful_replies(round_, replies, self.cfg.federation.min_clients)
+        answered, refused = successful_replies(round_, replies, self.cfg.federation.min_clients)
         exhausted = self._note_privacy(round_, answered)
         if len(exhausted) == len(answered):
             return self._stop(round_, "no sampled client may train any more")
         trained = sorted(
             (r for r in answered if r.weights is not None), key=lambda r: r.partition_id
         )
-        average = self._aggregate(round_, replies)
+        average = self._aggregate(round_, [m for m in replies if carries_weights(m)])
         load_shared_state(self.model, self.outer.step(shared_state(self.model), average))
         val_loss = self.val_loss()
         seconds = time.perf_counter() - exchange.started
         tokens = sum(r.tokens for r in trained)
         return RoundRecord(
             round=round_,
-            train_loss=_weighted_mean([(r.train_loss, r.num_examples) for r in trained]),
+            train_loss=weighted_mean([(r.train_loss, r.num_examples) for r in trained]),
             val_loss=val_loss,
             val_perplexity=math.exp(min(val_loss, 50.0)),
             heldout_loss=None,
@@ -144,12 +146,14 @@ class RoundEngine:
             client_train_seconds=max(r.train_seconds for r in trained),
             seconds=seconds,
             clients=len(answered) - len(exhausted),
-            failed_clients=len(replies) - len(answered),
+            failed_clients=len(replies) - len(answered) - len(refused),
             budget_exhausted_clients=len(exhausted),
             bytes_per_client=record_nbytes(exchange.arrays),
             client_epsilon=dict(self.client_epsilon) or None,
             epsilon_max=max(self.client_epsilon.values()) if self.client_epsilon else None,
             user_level_epsilon=self._user_level_epsilon(),
+            refused_clients=refused or None,
+            outside_guarantee=outside_guarantee(answered),
         )
 
     def complete(
@@ -158,7 +162,8 @@ class RoundEngine:
         """Add the clients' held-out losses of the round's model (none: left None)."""
         if not heldout:
             return
-        record.heldout_loss = _weighted_mean([(r.heldout_loss, r.num_examples) for r in heldout])
+        record.heldout_loss = weighted_mean([(r.heldout_loss, r.num_examples) for r in heldout])
+        record.outside_guarantee = outside_guarantee(heldout, record.outside_guarantee)
         if self.cfg.continual.enabled:
             self._add_continual(record, heldout, history)
 
@@ -234,8 +239,3 @@ class RoundEngine:
     def _user_level_epsilon(self) -> float | None:
         spent = self.strategy.privacy_spent() if hasattr(self.strategy, "privacy_spent") else None
         return float(spent.epsilon) if spent is not None else None
-
-
-def _weighted_mean(pairs: list[tuple[float, float]]) -> float:
-    total = sum(float(w) for _, w in pairs)
-    return sum(float(w) * float(x) for x, w in pairs) / total

@@ -10,13 +10,15 @@ from typing import Any
 @dataclass
 class RoundRecord:
     round: int
-    train_loss: float
-    """Clients' mean training loss, weighted by the records each trained on."""
+    train_loss: float | None
+    """Clients' mean training loss, weighted as their updates are (None: every client's
+    policy withholds it, as under DP-SGD by default)."""
     val_loss: float
     """The new global model's loss on the server's validation split."""
     val_perplexity: float
     heldout_loss: float | None
-    """Clients' held-out loss of the new global model (None: nobody evaluated)."""
+    """Clients' held-out loss of the new global model (None: nobody evaluated, or every
+    client's policy withholds it)."""
     tokens: int
     tokens_per_s: float
     client_train_seconds: float
@@ -25,6 +27,7 @@ class RoundRecord:
     clients: int
     """Clients whose update was aggregated."""
     failed_clients: int
+    """Clients whose reply was an error (a crash, a timeout)."""
     budget_exhausted_clients: int
     bytes_per_client: int
     """Weights sent to one client (it sends as many back)."""
@@ -32,6 +35,10 @@ class RoundRecord:
     """DP-SGD: each client's lifetime epsilon as it last reported it (by partition id)."""
     epsilon_max: float | None
     user_level_epsilon: float | None
+    refused_clients: dict[str, str] | None = None
+    """Clients whose policy refused the server's privacy settings, with their sentence."""
+    outside_guarantee: list[int] | None = None
+    """Clients whose exact losses and counts left them under DP-SGD (`release: exact`)."""
     experience: int | None = None
     """Continual: the newest experience any client has seen."""
     experience_loss: dict[str, float] | None = None
@@ -98,4 +105,9 @@ def summarize(records: list[RoundRecord], facts: RunFacts) -> dict[str, Any]:
         "delta": facts.delta,
         "continual_mode": facts.continual_mode,
         "continual": last.continual,
+        "refusals": {k: v for r in records for k, v in (r.refused_clients or {}).items()} or None,
+        "outside_guarantee_clients": sorted(
+            {c for r in records for c in (r.outside_guarantee or [])}
+        )
+        or None,
     }

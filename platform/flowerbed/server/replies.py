@@ -21,23 +21,30 @@ class NothingToTrain(FederationError):
     """Every client's privacy budget was spent before round 1: the settings are infeasible."""
 
 
-def successful_replies(round_: int, replies: list[Message], min_clients: int) -> list[TrainReply]:
-    """The successful train replies; fewer than `min_clients` stops the run."""
+def successful_replies(
+    round_: int, replies: list[Message], min_clients: int
+) -> tuple[list[TrainReply], dict[str, str]]:
+    """The successful train replies, and each refusing client's sentence (by partition id);
+    fewer successes than `min_clients` stops the run, naming every failure and refusal."""
     failures = [
         f"node {m.metadata.src_node_id}: {short_reason(m.error.reason)}"
         for m in replies
         if m.has_error()
     ]
-    answered = [TrainReply.from_content(m.content) for m in replies if not m.has_error()]
+    decoded = [TrainReply.from_content(m.content) for m in replies if not m.has_error()]
+    refused = {str(r.partition_id): r.refused for r in decoded if r.refused}
+    answered = [r for r in decoded if not r.refused]
     if len(answered) < min_clients:
         raise FederationError(
             f"round {round_}: {len(answered)} client(s) replied successfully, fewer than "
             f"federation.min_clients={min_clients}; "
-            f"failures: {'; '.join(failures) or 'none'}"
+            f"failures: {'; '.join([*failures, *refused.values()]) or 'none'}"
         )
     for failure in failures:
         log.warning("round %d: a client failed and was left out: %s", round_, failure)
-    return answered
+    for sentence in refused.values():
+        log.warning("round %d: %s", round_, sentence)
+    return answered, refused
 
 
 def train_replies(replies: list[Message]) -> list[Message]:
@@ -46,7 +53,8 @@ def train_replies(replies: list[Message]) -> list[Message]:
 
 
 def heldout_replies(replies: list[Message]) -> list[EvaluateReply]:
-    """The held-out losses in a round's successful replies, of either type."""
+    """The held-out losses in a round's successful replies, of either type (a client that
+    refused, or whose policy withholds its losses, brings none)."""
     heldout = []
     for message in replies:
         if message.has_error():
@@ -55,7 +63,7 @@ def heldout_replies(replies: list[Message]) -> list[EvaluateReply]:
             heldout.append(EvaluateReply.from_content(message.content))
         elif (reply := TrainReply.from_content(message.content)).heldout is not None:
             heldout.append(reply.heldout)
-    return heldout
+    return [r for r in heldout if r.heldout_loss is not None]
 
 
 def short_reason(reason: str) -> str:
@@ -65,3 +73,18 @@ def short_reason(reason: str) -> str:
         return messages[-1].strip().rstrip("'>")
     lines = [line for line in reason.splitlines() if line.strip()]
     return lines[-1].strip() if lines else reason
+
+
+def weighted_mean(pairs: list[tuple[float | None, float]]) -> float | None:
+    """The weighted mean of the values reported (None: no client reported one)."""
+    pairs = [(x, w) for x, w in pairs if x is not None]
+    total = sum(float(w) for _, w in pairs)
+    return sum(float(w) * float(x) for x, w in pairs) / total if pairs else None
+
+
+def outside_guarantee(
+    replies: list[TrainReply] | list[EvaluateReply], before: list[int] | None = None
+) -> list[int] | None:
+    """The clients whose exact metrics left them outside the DP guarantee (None: none)."""
+    clients = {*(before or []), *(r.partition_id for r in replies if r.outside_guarantee)}
+    return sorted(clients) or None

@@ -21,12 +21,13 @@ def plot_losses(records: list[dict[str, Any]], initial_val_loss: float | None, p
         r["val_loss"] for r in records
     ]
     ax.plot(val_rounds, val, marker="o", label="validation (server)")
-    ax.plot(rounds, [r["train_loss"] for r in records], marker=".", label="train (clients)")
-    heldout = [
-        (r["round"], r["heldout_loss"]) for r in records if r.get("heldout_loss") is not None
-    ]
-    if heldout:
-        ax.plot(*zip(*heldout, strict=True), marker="x", label="held-out (clients)")
+    for key, marker, label in (
+        ("train_loss", ".", "train (clients)"),
+        ("heldout_loss", "x", "held-out (clients)"),
+    ):  # either is absent where the clients' policy withholds it
+        points = [(r["round"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=marker, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("loss (nats per token)")

@@ -1,0 +1,55 @@
+"""The node has the last word on its privacy: the server's instructions against its policy.
+
+The server proposes privacy settings with every Message; before it trains (or reports
+anything) a client compares them with its own policy and refuses whatever is weaker, in
+one sentence naming its setting and the server's. Its ledger then enforces the node's ε
+cap even when the server's budget is higher or absent.
+"""
+
+from __future__ import annotations
+
+from flowerbed.config import PrivacyConfig
+from flowerbed.config.node_policy import NodePolicyConfig
+
+
+def refusal(
+    policy: NodePolicyConfig, privacy: PrivacyConfig, partition_id: int, deployed: bool
+) -> str | None:
+    """Why client `partition_id` refuses the server's `privacy` (None: it accepts)."""
+    refuses = f"client {partition_id} refuses the server's privacy settings: its policy"
+    if privacy.mode != "dp_sgd":
+        if policy.require_dp:
+            return (
+                f"{refuses} requires DP-SGD at the node (require-dp), but the server asked "
+                f"for privacy={privacy.mode}"
+            )
+        return None
+    if deployed and privacy.noise_seed == "run":
+        return (
+            f"{refuses} keeps its noise secret, but the server asked for "
+            "privacy.noise_seed=run, which lets anyone who knows the run's seed recompute it"
+        )
+    if policy.max_delta is not None and privacy.delta > policy.max_delta:
+        return (
+            f"{refuses} accepts δ ≤ {policy.max_delta:g} (max-delta), but the server asked "
+            f"for privacy.delta={privacy.delta:g}"
+        )
+    asked = privacy.budget
+    if policy.max_epsilon is not None and asked is not None and asked > policy.max_epsilon:
+        which = "target_epsilon" if privacy.target_epsilon is not None else "max_epsilon"
+        return (
+            f"{refuses} accepts ε ≤ {policy.max_epsilon:g} over the node's life "
+            f"(max-epsilon), but the server asked for privacy.{which}={asked:g}"
+        )
+    if policy.accountant is not None and privacy.accountant != policy.accountant:
+        return (
+            f"{refuses} counts with the {policy.accountant} accountant (accountant), but the "
+            f"server asked for privacy.accountant={privacy.accountant}"
+        )
+    return None
+
+
+def node_budget(policy: NodePolicyConfig, privacy: PrivacyConfig) -> float | None:
+    """The ε the client may spend in its life: the tighter of the server's and the node's."""
+    caps = [c for c in (privacy.budget, policy.max_epsilon) if c is not None]
+    return min(caps) if caps else None
