@@ -129,3 +129,67 @@ def test_bookkeeping_refuses_a_weight_shared_by_two_layers():
     model.lm_head.weight = model.model.embed_tokens.weight
     with pytest.raises(ValueError, match="tie_embeddings=false"):
         sgd_step(model, noise=1.0, batch=2, mode="bookkeeping")
+
+
+def clipped_mean_of_unit_gradients(
+    model: torch.nn.Module, ids: torch.Tensor, groups: torch.Tensor
+) -> torch.Tensor:
+    """Each unit's gradient by plain autograd, its blocks alone (their per-sequence losses
+    summed), clipped as one, and averaged over the units."""
+    total = torch.zeros_like(flat(model))
+    units = groups.unique()
+    for unit in units:
+        rows = ids[groups == unit]
+        model.zero_grad()
+        per_sequence_loss(model(input_ids=rows).logits, rows).sum().backward()
+        grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        total += grad * min(1.0, CLIP / float(grad.norm()))
+    model.zero_grad()
+    return total / len(units)
+
+
+UNIT_MODES = [("bookkeeping", 24), ("bookkeeping", 80), ("hooks", 24)]
+DOCUMENTS = torch.tensor([0, 0, 0, 1, 2, 2, 3])  # four documents of 3, 1, 2 and 1 blocks
+
+
+@pytest.mark.parametrize("mode, seq_len", UNIT_MODES)
+@pytest.mark.parametrize("physical", [0, 4])
+def test_with_no_noise_the_update_is_the_mean_of_clipped_document_gradients(
+    mode, seq_len, physical
+):
+    model = build_model(TINY, 257, 256, seed=0)
+    ids = torch.randint(0, 257, (7, seq_len), generator=torch.Generator().manual_seed(1))
+    expected = clipped_mean_of_unit_gradients(model, ids, DOCUMENTS)
+    before = flat(model)
+    step = sgd_step(model, noise=0.0, batch=4, mode=mode, physical=physical, lr=1.0, clip=CLIP)
+    step.step(ids, DOCUMENTS)
+    step.close()
+    torch.testing.assert_close(before - flat(model), expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["bookkeeping", "hooks"])
+def test_a_document_spanning_many_blocks_moves_the_weights_by_at_most_the_clip(mode):
+    model = build_model(TINY, 257, 256, seed=1)
+    before = flat(model)
+    step = sgd_step(model, noise=0.0, batch=1, mode=mode, physical=0, lr=1.0, clip=CLIP)
+    step.step(torch.randint(0, 257, (8, 24)), torch.zeros(8, dtype=torch.long))
+    step.close()
+    # Eight blocks of one document: their summed gradient is clipped once, to the norm.
+    assert float((before - flat(model)).norm()) == pytest.approx(CLIP, rel=1e-3)
+
+
+def test_ghost_clipping_refuses_units():
+    model = build_model(TINY, 257, 256, seed=0)
+    step = sgd_step(model, noise=0.0, batch=1, mode="ghost")
+    with pytest.raises(ValueError, match="ghost clips sequences only"):
+        step.step(torch.randint(0, 257, (2, 24)), torch.zeros(2, dtype=torch.long))
+    step.close()
+
+
+def test_padding_is_neither_input_nor_target():
+    model = build_model(TINY, 257, 256, seed=0)
+    ids = torch.randint(0, 257, (1, 24), generator=torch.Generator().manual_seed(2))
+    padded = torch.cat([ids[:, :10], torch.full((1, 14), -1)], dim=1)
+    logits = model(input_ids=padded.clamp(min=0)).logits
+    prefix = per_sequence_loss(model(input_ids=ids[:, :10]).logits, ids[:, :10])
+    torch.testing.assert_close(per_sequence_loss(logits, padded, padded=True), prefix)

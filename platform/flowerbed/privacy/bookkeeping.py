@@ -12,17 +12,24 @@ autograd:
 
 The result is `p.grad = sum_i c_i grad_i`, exactly what ghost clipping's second pass
 leaves, so Opacus's fast-gradient-clipping optimizer adds the noise and steps as usual
-(`FusedNoiseOptimizer` draws that noise in one call). Linear (LoRA's too), Embedding and
-Llama's RMSNorm are covered; any other layer with trainable weights is named at start.
+(`fused_noise.FusedNoiseOptimizer` draws that noise in one call). Linear (LoRA's too),
+Embedding and Llama's RMSNorm are covered; any other trainable layer is named at start.
+
+Units (a document, a person) generalise the per-layer norms to groups of sequences: the
+norm of a sum of per-sequence gradients needs the cross terms within a group only. The
+ghost norm stacks a unit's blocks as one long sequence (its Gram matrices then hold the
+cross terms); the explicit per-sample gradient, the bias and RMSNorm's gradient are
+summed per unit before the norm. Scaling each block by its unit's factor gives the
+clipped sum, so that part is unchanged.
 """
 
 from __future__ import annotations
 
 import torch
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
-from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
 from torch import nn
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+from flowerbed.privacy.units import Groups
 
 
 def _add_grad(p: nn.Parameter, grad: torch.Tensor) -> None:
@@ -71,20 +78,23 @@ class _Linear(_Layer):
         autocast a layer may see fp32 and compute in bf16, as its backward would)."""
         return _as_sequences(self.inputs).to(g.dtype), _as_sequences(g)
 
-    def squared_norms(self, g: torch.Tensor, grams: dict) -> torch.Tensor:
+    def squared_norms(self, g: torch.Tensor, grams: dict, units: Groups | None) -> torch.Tensor:
         a, g = self._operands(g)
         tokens, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
-        norms = torch.zeros(g.shape[0], device=g.device)
-        if self.weight is not None and tokens * (d_in + d_out) < d_in * d_out:  # ghost norm
+        span = tokens * (units.width if units is not None else 1)  # tokens a unit's norm sees
+        norms = torch.zeros(g.shape[0] if units is None else units.count, device=g.device)
+        if self.weight is not None and span * (d_in + d_out) < d_in * d_out:  # ghost norm
             x = self.inputs  # q, k and v (gate and up) read the same input: one Gram matrix
             key = (x.data_ptr(), x.shape, x.stride(), x.dtype)  # all inputs live: no reuse
+            if units is not None:  # a unit's blocks side by side: its cross terms count
+                a, g = units.stack(a), units.stack(g)
             if key not in grams:
                 grams[key] = torch.bmm(a, a.mT).float()
             norms += (grams[key] * torch.bmm(g, g.mT).float()).sum(dim=(1, 2))
         elif self.weight is not None:  # the explicit per-sample gradient, dropped once measured
-            norms += torch.bmm(g.mT, a).float().pow(2).sum(dim=(1, 2))
+            norms += _per_unit(torch.bmm(g.mT, a).float(), units).pow(2).sum(dim=(1, 2))
         if self.bias is not None:
-            norms += g.sum(dim=1).float().pow(2).sum(dim=1)
+            norms += _per_unit(g.sum(dim=1).float(), units).pow(2).sum(dim=1)
         return norms
 
     def add_clipped(self, g: torch.Tensor, scale: torch.Tensor) -> None:
@@ -105,8 +115,10 @@ class _Embedding(_Layer):
         pad = self.module.padding_idx  # autograd leaves the padding row's gradient at zero
         return g if pad is None else g * (self.inputs != pad)[..., None].to(g.dtype)
 
-    def squared_norms(self, g: torch.Tensor, grams: dict) -> torch.Tensor:
+    def squared_norms(self, g: torch.Tensor, grams: dict, units: Groups | None) -> torch.Tensor:
         ids, g = self.inputs, self._masked(g)
+        if units is not None:  # a unit's blocks side by side (zero gradient where none)
+            ids, g = units.stack(ids), units.stack(g)
         same_token = ids[:, :, None] == ids[:, None, :]
         return (torch.bmm(g, g.mT).float() * same_token).sum(dim=(1, 2))
 
@@ -122,11 +134,11 @@ class _Embedding(_Layer):
 class _RMSNorm(_Layer):
     """Llama's RMSNorm, `weight * normalised(x)`: per-sample gradients are [batch, width]."""
 
-    def squared_norms(self, g: torch.Tensor, grams: dict) -> torch.Tensor:
+    def squared_norms(self, g: torch.Tensor, grams: dict, units: Groups | None) -> torch.Tensor:
         x = self.inputs.float()
         normalised = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.module.variance_epsilon)
         self.per_sample = (g * normalised.to(self.inputs.dtype)).float().sum(dim=1)
-        return self.per_sample.pow(2).sum(dim=1)
+        return _per_unit(self.per_sample, units).pow(2).sum(dim=1)
 
     def add_clipped(self, g: torch.Tensor, scale: torch.Tensor) -> None:
         _add_grad(self.module.weight, (self.per_sample * scale[:, None]).sum(dim=0))
@@ -134,6 +146,11 @@ class _RMSNorm(_Layer):
     def release(self) -> None:
         super().release()
         self.per_sample = None
+
+
+def _per_unit(per_sequence: torch.Tensor, units: Groups | None) -> torch.Tensor:
+    """Per-sequence gradients summed per unit (as they are for sequence-level DP)."""
+    return per_sequence if units is None else units.sum(per_sequence)
 
 
 def _layer_for(name: str, module: nn.Module) -> _Layer | None:
@@ -179,11 +196,13 @@ class Bookkeeping:
         outputs = [layer.output for layer in self.layers]
         return list(torch.autograd.grad(loss_per_sequence.sum(), outputs, allow_unused=True))
 
-    def clip_factors(self, grads: list[torch.Tensor | None]) -> torch.Tensor:
-        """min(1, C / ||grad_i||) for each sequence i, as Opacus computes it."""
+    def clip_factors(
+        self, grads: list[torch.Tensor | None], units: Groups | None = None
+    ) -> torch.Tensor:
+        """min(1, C / ||grad_i||) for each sequence i (or each unit), as Opacus computes it."""
         grams: dict = {}  # the inputs' Gram matrices, each computed once
         pairs = zip(self.layers, grads, strict=True)
-        squared = sum(layer.squared_norms(g, grams) for layer, g in pairs if g is not None)
+        squared = sum(layer.squared_norms(g, grams, units) for layer, g in pairs if g is not None)
         return (self.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
 
     def add_clipped(self, grads: list[torch.Tensor | None], scale: torch.Tensor) -> None:
@@ -195,44 +214,15 @@ class Bookkeeping:
             grads[i] = None
             layer.release()
 
-    def backward(self, loss_per_sequence: torch.Tensor) -> None:
+    def backward(self, loss_per_sequence: torch.Tensor, units: Groups | None = None) -> None:
+        """`p.grad` = the clipped sum over sequences (or units: a unit's blocks summed, then
+        clipped as one; each block scaled by its unit's factor gives the same sum)."""
         grads = self.output_grads(loss_per_sequence)
-        self.add_clipped(grads, self.clip_factors(grads))
+        factors = self.clip_factors(grads, units)
+        self.add_clipped(grads, factors if units is None else units.expand(factors))
 
     def cleanup(self) -> None:
         for handle in self.handles:
             handle.remove()
         for layer in self.layers:
             layer.release()
-
-
-class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):
-    """Opacus's fast-gradient-clipping optimizer with all noise drawn in one call into one
-    preallocated buffer (Opacus draws per parameter, allocating each time), and the first
-    physical chunk's gradient taken as the running sum rather than copied."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._sizes = [p.numel() for p in self.params]
-        like = self.params[0] if self.params else torch.empty(0)
-        self._noise = torch.empty(sum(self._sizes), device=like.device, dtype=like.dtype)
-
-    def accumulate(self) -> None:
-        for p in self.params:
-            if p.summed_grad is None:
-                p.summed_grad, p.grad = p.grad.data, None
-            else:
-                p.summed_grad.add_(p.grad.data)
-
-    def add_noise(self) -> None:
-        std = self.noise_multiplier * self.max_grad_norm
-        if self.secure_mode:
-            return super().add_noise()
-        if std > 0:
-            self._noise.normal_(0, std, generator=self.generator)
-        else:
-            self._noise.zero_()
-        for p, noise in zip(self.params, self._noise.split(self._sizes), strict=True):
-            _check_processed_flag(p.summed_grad)
-            p.grad = p.summed_grad.add_(noise.view_as(p))  # summed_grad is dropped after
-            _mark_as_processed(p.summed_grad)

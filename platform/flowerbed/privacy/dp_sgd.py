@@ -1,10 +1,12 @@
 """Opacus DP-SGD for Hugging Face causal LMs, one logical step at a time.
 
-The privacy unit is one sequence (block). Every step:
-- draws a Poisson sample of the client's blocks at rate q (the rate the ledger records),
-- computes a per-sequence loss (mean over its own tokens), so each sequence's gradient
-  is clipped to `max_grad_norm` (book-keeping in one backward pass by default; Opacus's
-  ghost clipping; per-sample hooks for any layer Opacus knows),
+The privacy unit is one sequence (block), or with `groups` a document or a person (every
+block of a sampled unit, up to `privacy.max_blocks_per_unit`). Every step:
+- draws a Poisson sample of the client's units at rate q (the rate the ledger records),
+- computes a per-sequence loss (mean over its own tokens), so each unit's gradient (the
+  sum of its blocks') is clipped to `max_grad_norm` (book-keeping in one backward pass
+  by default; per-sample hooks for any layer Opacus knows; Opacus's ghost clipping for
+  sequences only),
 - adds Gaussian noise once per logical batch, however many physical chunks it took,
 - takes a noise-only step when the Poisson draw is empty (HF attention cannot run on an
   empty batch, and skipping would make the step count depend on the data).
@@ -21,16 +23,25 @@ import torch
 import torch.nn.functional as F
 
 from flowerbed.model.runtime import autocast
+from flowerbed.privacy.units import Groups, chunks
 
 
-def per_sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def per_sequence_loss(
+    logits: torch.Tensor, ids: torch.Tensor, padded: bool = False
+) -> torch.Tensor:
     """Next-token cross-entropy averaged within each sequence: shape [batch].
 
     The last position has no target (ignored), so the logits are never sliced and copied.
+    `padded`: blocks packed by document end in padding (id < 0), which is no target either.
     """
     targets = F.pad(ids[:, 1:], (0, 1), value=-100)
+    if padded:
+        targets = targets.masked_fill(targets < 0, -100)
     losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    return losses.view(ids.shape)[:, :-1].mean(dim=1)
+    if not padded:
+        return losses.view(ids.shape)[:, :-1].mean(dim=1)
+    counts = (targets != -100).sum(dim=1).clamp(min=1)
+    return losses.view(ids.shape).sum(dim=1) / counts
 
 
 # Token ids never require gradients, so Opacus's full backward hooks always say so: benign.
@@ -71,9 +82,14 @@ class _GhostClipping(_OpacusClipping):
     def hook_settings(self, max_grad_norm: float) -> dict:
         return {"max_grad_norm": max_grad_norm}
 
-    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
+    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor, units) -> None:
         from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
+        if units is not None:  # the config refuses it first; this guards direct callers
+            raise ValueError(
+                "privacy.grad_sample_mode=ghost clips sequences only: use bookkeeping or "
+                "hooks for privacy.unit=document or user"
+            )
         DPTensorFastGradientClipping(hooks, optimizer, loss_per_sequence, "mean").backward()
 
     def clear_for_noise(self, p: torch.nn.Parameter) -> None:
@@ -85,8 +101,12 @@ class _PerSampleHooks(_OpacusClipping):
 
     mode = "hooks"
 
-    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
+    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor, units) -> None:
         loss_per_sequence.mean().backward()
+        if units is not None:  # a unit's gradient is the sum of its blocks': clipped as one
+            for p in optimizer.params:
+                if getattr(p, "grad_sample", None) is not None:
+                    p.grad_sample = units.sum(p.grad_sample)
 
     def clear_for_noise(self, p: torch.nn.Parameter) -> None:
         p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
@@ -102,12 +122,12 @@ class _Bookkeeping(_GhostClipping):
         return Bookkeeping(model, max_grad_norm)
 
     def optimizer_class(self) -> type:
-        from flowerbed.privacy.bookkeeping import FusedNoiseOptimizer
+        from flowerbed.privacy.fused_noise import FusedNoiseOptimizer
 
         return FusedNoiseOptimizer
 
-    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor) -> None:
-        hooks.backward(loss_per_sequence)
+    def backward(self, hooks, optimizer, loss_per_sequence: torch.Tensor, units) -> None:
+        hooks.backward(loss_per_sequence, units)
 
 
 CLIPPING = {"ghost": _GhostClipping, "hooks": _PerSampleHooks, "bookkeeping": _Bookkeeping}
@@ -128,9 +148,12 @@ class PrivateStep:
         mode: str,
         max_physical_batch: int,
         generator: torch.Generator | None = None,
+        padded: bool = False,
     ) -> None:
         self.clipping = CLIPPING[mode]()  # the one place a grad_sample_mode is looked up
         self.model, self.max_physical_batch = model, max_physical_batch
+        self.padded = padded
+        """Blocks packed by document: their padding (id < 0) is neither input nor target."""
         self.hooks = self.clipping.attach(model, max_grad_norm)
         self.optimizer = self.clipping.optimizer_class()(
             optimizer,
@@ -141,8 +164,14 @@ class PrivateStep:
             generator=generator,
         )
 
-    def step(self, batch: torch.Tensor) -> torch.Tensor:
+    def step(self, batch: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """One logical DP step on `batch` (a Poisson sample, possibly empty).
+
+        Args:
+            batch: [rows, seq_len] token ids.
+            groups: unit-level DP: the sampled unit of each row (rows of a unit adjacent,
+                ids from 0); each unit's gradient is clipped as one. None: every row is
+                its own unit (sequence-level).
 
         Returns:
             The summed per-sequence loss of the batch (a device tensor; no host sync).
@@ -150,20 +179,33 @@ class PrivateStep:
         if batch.shape[0] == 0:
             self._noise_only_step()
             return torch.zeros((), device=batch.device)
-        size = self.max_physical_batch or batch.shape[0]
-        chunks = batch.split(size)
         total = torch.zeros((), device=batch.device)
-        for i, ids in enumerate(chunks):
-            self.optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+        pieces = self._physical(batch, groups)
+        for i, (ids, units) in enumerate(pieces):
+            self.optimizer.signal_skip_step(do_skip=i < len(pieces) - 1)
             positions = torch.arange(ids.shape[1], device=ids.device).repeat(ids.shape[0], 1)
+            inputs = ids.clamp(min=0) if self.padded else ids
             with autocast(ids.device):
-                logits = self.model(input_ids=ids, position_ids=positions).logits
-            loss = per_sequence_loss(logits, ids)
-            self.clipping.backward(self.hooks, self.optimizer, loss)
+                logits = self.model(input_ids=inputs, position_ids=positions).logits
+            loss = per_sequence_loss(logits, ids, self.padded)
+            self.clipping.backward(self.hooks, self.optimizer, loss, units)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             total += loss.detach().sum()
         return total
+
+    def _physical(
+        self, batch: torch.Tensor, groups: torch.Tensor | None
+    ) -> list[tuple[torch.Tensor, Groups | None]]:
+        """The chunks one logical step runs as, at most `max_physical_batch` rows each; a
+        unit is never split (its blocks' gradients must meet in one backward pass)."""
+        if groups is None:
+            size = self.max_physical_batch or batch.shape[0]
+            return [(ids, None) for ids in batch.split(size)]
+        return [
+            (batch[rows], Groups(groups[rows] - groups[rows][0]))
+            for rows in chunks(groups, self.max_physical_batch)
+        ]
 
     def _noise_only_step(self) -> None:
         """An empty Poisson draw: clip nothing, add the noise, step (Opacus counts it)."""

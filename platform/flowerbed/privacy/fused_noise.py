@@ -1,0 +1,44 @@
+"""Opacus's noise step with every parameter's noise drawn in one call.
+
+Book-keeping (and ghost clipping) leave the clipped sum in `p.grad`; Opacus's
+fast-gradient-clipping optimizer then adds Gaussian noise per parameter, allocating each
+time. This one draws all of it into one preallocated buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
+
+
+class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):
+    """Opacus's fast-gradient-clipping optimizer with all noise drawn in one call into one
+    preallocated buffer (Opacus draws per parameter, allocating each time), and the first
+    physical chunk's gradient taken as the running sum rather than copied."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._sizes = [p.numel() for p in self.params]
+        like = self.params[0] if self.params else torch.empty(0)
+        self._noise = torch.empty(sum(self._sizes), device=like.device, dtype=like.dtype)
+
+    def accumulate(self) -> None:
+        for p in self.params:
+            if p.summed_grad is None:
+                p.summed_grad, p.grad = p.grad.data, None
+            else:
+                p.summed_grad.add_(p.grad.data)
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        if self.secure_mode:
+            return super().add_noise()
+        if std > 0:
+            self._noise.normal_(0, std, generator=self.generator)
+        else:
+            self._noise.zero_()
+        for p, noise in zip(self.params, self._noise.split(self._sizes), strict=True):
+            _check_processed_flag(p.summed_grad)
+            p.grad = p.summed_grad.add_(noise.view_as(p))  # summed_grad is dropped after
+            _mark_as_processed(p.summed_grad)
