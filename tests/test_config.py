@@ -4,6 +4,7 @@ defaults; wrong values are named in one sentence."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 
@@ -105,7 +106,22 @@ def test_every_group_option_is_the_defaults_plus_what_it_names(group: str):
         for extra in given:
             key, value = extra.split("=")
             expected[key.split(".")[1]] = yaml.safe_load(value)
+        for key in RESOLVED.get(group, ()):  # `auto` becomes a choice when the run starts
+            if expected[key] == "auto":
+                expected[key] = composed[key]
         assert composed == expected, f"{group}={path.stem}"
+
+
+RESOLVED = {"data": ["packing"], "privacy": ["unit"]}
+
+
+def test_the_privacy_unit_and_packing_resolve_from_the_corpus():
+    own = compose_config("data=files", "data.paths=[/x]")
+    assert (own.privacy.unit, own.data.packing) == ("document", "documents")
+    built_in = compose_config()
+    assert (built_in.privacy.unit, built_in.data.packing) == ("sequence", "stream")
+    plain = compose_config("data=files", "data.paths=[/x]", "privacy=off")
+    assert (plain.privacy.unit, plain.data.packing) == ("sequence", "stream")
 
 
 @pytest.mark.parametrize(
@@ -151,3 +167,26 @@ def test_files_corpus_needs_paths_and_a_pretrained_model_needs_its_path():
 def test_missing_config_file_is_named(tmp_path: Path):
     with pytest.raises(ConfigError, match=r"config file .*nope.yaml does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["privacy.unit=user"], "privacy.unit=user needs users, which the built-in stdlib"),
+        (
+            ["privacy.unit=document", "privacy.grad_sample_mode=ghost"],
+            "privacy.grad_sample_mode=ghost clips sequences only, not privacy.unit=document",
+        ),
+        (
+            ["privacy.unit=document", "privacy.max_physical_batch=4"],
+            "privacy.max_physical_batch=4 would split a unit of privacy.max_blocks_per_unit=8",
+        ),
+        (
+            ["privacy.unit=document", "data.packing=stream"],
+            "privacy.unit=document needs blocks that never cross a document",
+        ),
+    ],
+)
+def test_a_unit_that_cannot_be_protected_is_refused_at_start(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose_config(*overrides)

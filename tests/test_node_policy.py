@@ -61,6 +61,14 @@ def test_a_policy_refuses_whatever_is_weaker_and_names_both_settings():
     assert "privacy.max_epsilon=6" in refusal(strict, capped, 3, False)
     within = dp(delta=1e-6, target_epsilon=3.0)
     assert "accountant=prv" in refusal(strict, within, 3, False)
+    documents = dataclasses.replace(strict, unit="document")
+    assert "protects each document (privacy-unit), but the server asked for " in refusal(
+        documents, dataclasses.replace(within, accountant="rdp", unit="sequence"), 3, False
+    )
+    assert (
+        refusal(documents, dataclasses.replace(within, accountant="rdp", unit="user"), 3, False)
+        is None
+    )
     assert refusal(strict, dataclasses.replace(within, accountant="rdp"), 3, False) is None
 
 
@@ -81,8 +89,10 @@ def test_the_nodes_cap_binds_whatever_the_servers_budget():
 
 def test_a_supernode_states_its_policy_in_its_node_config():
     policy = policy_from_node_config(
-        {"require-dp": "true", "max-epsilon": 4, "max-delta": 1e-6, "release": "exact"}
-    )
+        {"require-dp": "true", "max-epsilon": 4, "max-delta": 1e-6, "release": "exact",
+         "privacy-unit": "document"}
+    )  # fmt: skip
+    assert policy.unit == "document"
     assert (policy.require_dp, policy.max_epsilon, policy.max_delta) == (True, 4.0, 1e-6)
     assert policy.release == "exact" and policy.accountant is None
     assert policy_from_node_config({}) == accepting_all()

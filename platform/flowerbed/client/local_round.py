@@ -128,7 +128,8 @@ def evaluate_round(
 def _mark_exact_release(privacy: PrivacyConfig, node: Node, round_: int) -> None:
     """The ledger's note that this round's exact metrics left the node."""
     path = node.state_dir / LEDGER
-    PrivacyLedger.open(path, privacy.delta, privacy.accountant).note_exact_release(path, round_)
+    ledger = PrivacyLedger.open(path, privacy.delta, privacy.accountant, privacy.unit)
+    ledger.note_exact_release(path, round_)
 
 
 def heldout_losses(

@@ -19,7 +19,8 @@ from flowerbed.privacy.dp_sgd import PrivateStep
 
 
 class PrivateTrainer:
-    """K DP-SGD steps; every step is one Poisson draw over the pool (new data and buffer)."""
+    """K DP-SGD steps; every step is one Poisson draw over the pool (new data and buffer),
+    of sequences or, under unit-level DP, of documents or users."""
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class PrivateTrainer:
             mode=self.privacy.grad_sample_mode,
             max_physical_batch=self.privacy.max_physical_batch,
             generator=generator,
+            padded=pool.padded,
         )
         self.model.train()
         meter = LossMeter(self.device)
@@ -56,9 +58,11 @@ class PrivateTrainer:
         try:
             for k in range(self.cfg.local_steps):
                 set_lr(private.optimizer, schedule.lr(k, self.cfg))
-                ids = torch.from_numpy(pool.poisson_batch(self.cfg.batch_size, rng))
-                meter.add(private.step(ids.to(self.device, non_blocking=True)), len(ids))
+                ids, groups = pool.poisson_batch(self.cfg.batch_size, rng)
+                ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+                units = None if groups is None else torch.from_numpy(groups).to(self.device)
+                meter.add(private.step(ids, units), len(ids))
         finally:
             private.close()
-        tokens = meter.sequences * pool.new.seq_len
+        tokens = meter.sequences * pool.new.seq_len  # padding included
         return TrainResult(meter.mean(), tokens, time.perf_counter() - start, self.cfg.local_steps)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
+
 from flowerbed.client.node import Node
 from flowerbed.client.randomness import buffer_seed
 from flowerbed.client.schedule import Schedule
@@ -18,6 +20,8 @@ from flowerbed.continual.policy import ContinualPolicy, continual_policy
 from flowerbed.continual.pool import TrainingPool
 from flowerbed.continual.state import FILENAME, ContinualState
 from flowerbed.continual.stream import Experience, arrived, scan_experiences
+from flowerbed.data.blocks import Blocks
+from flowerbed.data.documents import DataError
 from flowerbed.protocol import TrainInstructions
 
 log = logging.getLogger("flowerbed")
@@ -37,16 +41,32 @@ def plan_round(job: TrainInstructions, node: Node) -> RoundPlan:
     policy = continual_policy(job.continual)
     everything = scan_experiences(node.data_dir)
     experiences = arrived(everything, job.round, job.arrival_every)
-    arrays = [e.shard().train.tokens for e in everything]  # memory-mapped, cheap
+    shards = [e.shard().train for e in everything]  # memory-mapped, cheap
+    arrays = [b.tokens for b in shards]
     sizes = [len(a) for a in arrays]
     latest = len(experiences) - 1
     state = advance_state(policy, job, node, experiences, sizes) if policy.keeps_state else None
+    units = unit_ids(job, shards)
+    counts = [len(np.unique(u)) for u in units] if units else None
+    cap = job.privacy.max_blocks_per_unit
+    pool = policy.pool(arrays[: latest + 1], state, units and (units[: latest + 1], cap))
+    pool.padded = any(b.padded for b in shards)
     return RoundPlan(
         experiences,
-        policy.pool(arrays[: latest + 1], state),
+        pool,
         schedule_of(policy, job, state, still_to_come=latest < len(everything) - 1),
-        planned_life(policy, job, sizes, latest),
+        planned_life(policy, job, sizes, latest, counts),
     )
+
+
+def unit_ids(job: TrainInstructions, shards: list[Blocks]) -> list[np.ndarray] | None:
+    """Each experience's rows' privacy units under unit-level DP-SGD, else None."""
+    if job.privacy.mode != "dp_sgd" or job.privacy.unit == "sequence":
+        return None
+    try:
+        return [b.units(job.privacy.unit) for b in shards]
+    except ValueError as err:
+        raise DataError(f"{err}; this node's shard was packed without them: cut it again") from None
 
 
 def advance_state(
@@ -84,7 +104,11 @@ def schedule_of(
 
 
 def planned_life(
-    policy: ContinualPolicy, job: TrainInstructions, sizes: list[int], current: int
+    policy: ContinualPolicy,
+    job: TrainInstructions,
+    sizes: list[int],
+    current: int,
+    units: list[int] | None = None,
 ) -> list[tuple[float, int]]:
     """(sample rate, steps) per round of the client's life, from its experiences' sizes.
 
@@ -96,4 +120,4 @@ def planned_life(
     every, batch = job.arrival_every, job.train.batch_size
     rounds = range(1, job.total_rounds + 1)
     which = [min(len(sizes) - 1, (r - 1) // every) if every else current for r in rounds]
-    return [(policy.sample_rate(sizes, e, batch), job.train.local_steps) for e in which]
+    return [(policy.sample_rate(sizes, e, batch, units), job.train.local_steps) for e in which]

@@ -22,7 +22,7 @@ import torch
 from flowerbed.client.schedule import Schedule
 from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.continual.pool import TrainingPool
-from flowerbed.model.runtime import autocast
+from flowerbed.model.runtime import autocast, inputs_and_labels
 from flowerbed.privacy.guard import RoundPermit
 
 
@@ -98,8 +98,9 @@ class LocalTrainer:
         for k in range(steps):
             set_lr(optimizer, schedule.lr(k, self.cfg))
             ids = batches[k].to(self.device, non_blocking=True)
+            inputs, labels = inputs_and_labels(ids, pool.padded)
             with autocast(self.device):
-                loss = model(input_ids=ids, labels=ids).loss
+                loss = model(input_ids=inputs, labels=labels).loss
             loss.backward()
             if self.cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)

@@ -36,6 +36,13 @@ class PrivacyConfig(Section):
     (Linear, Embedding, RMSNorm layers); hooks: per-sample gradients, any layer Opacus knows."""
     max_physical_batch: Annotated[int, at_least(0)]
     """Split each Poisson batch into chunks of at most this many sequences (0: no split)."""
+    unit: Literal["auto", "sequence", "document", "user"]
+    """What ε protects: one block of `data.seq_len` tokens, one document (a file, or a
+    record of a .jsonl/.parquet file), or one user (`data.user_field`, or a folder).
+    `auto`: document for the user's own files, sequence for the built-in corpora."""
+    max_blocks_per_unit: Annotated[int, at_least(1)]
+    """Unit-level DP: blocks a sampled document or user contributes to one step, at most
+    (drawn at random from its blocks); the unit's summed gradient is clipped as one."""
     noise_seed: Literal["secret", "run"]
     """dp_sgd: `secret` draws the noise and the Poisson sample from each node's own secret;
     `run` from the run's seed, for bit-identical tests and studies only: it is not private

@@ -29,6 +29,9 @@ class NodePolicyConfig(Section):
     the node's ledger stops the client there whatever the server's budget."""
     max_delta: Annotated[float | None, between(0, 1, open_=True)]
     """The largest δ the node accepts."""
+    unit: Literal["sequence", "document", "user"] | None
+    """The smallest privacy unit the node accepts (a user's text holds their documents, a
+    document its sequences): `document` refuses sequence-level DP (null: any)."""
     accountant: Literal["prv", "rdp"] | None
     """Refuse any other accountant than this one (null: either)."""
     release: Release
@@ -48,13 +51,14 @@ class NodePolicyConfig(Section):
 
 def accepting_all(release: Release = "minimal") -> NodePolicyConfig:
     """A node that accepts what the server asks (and releases as `release` says)."""
-    return NodePolicyConfig(False, None, None, None, release, None)
+    return NodePolicyConfig(False, None, None, None, None, release, None)
 
 
 NODE_CONFIG_KEYS = {
     "require-dp": "require_dp",
     "max-epsilon": "max_epsilon",
     "max-delta": "max_delta",
+    "privacy-unit": "unit",
     "accountant": "accountant",
     "release": "release",
 }

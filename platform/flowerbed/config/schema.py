@@ -40,6 +40,7 @@ class FlowerbedConfig:
     """A run directory to continue from its newest round checkpoint."""
 
     def __post_init__(self) -> None:
+        self._resolve_unit()
         require(
             not (
                 self.privacy.mode == "dp_sgd"
@@ -68,4 +69,40 @@ class FlowerbedConfig:
             self.privacy.mode != "user_level" or self.federation.transport_dtype == "fp32",
             "privacy=user_level clips and noises updates in fp32: "
             "set federation.transport_dtype=fp32",
+        )
+
+    def _resolve_unit(self) -> None:
+        """Settle `privacy.unit=auto` and `data.packing=auto`, and check the unit can be
+        protected: the saved config.yaml holds the resolved values."""
+        privacy, data = self.privacy, self.data
+        dp_sgd = privacy.mode == "dp_sgd"
+        if privacy.unit == "auto":  # the user's own files: a document is the honest unit
+            privacy.unit = "document" if dp_sgd and data.corpus == "files" else "sequence"
+        by_unit = dp_sgd and privacy.unit != "sequence"
+        if data.packing == "auto":
+            data.packing = "documents" if by_unit else "stream"
+        if not by_unit:
+            return
+        unit = f"privacy.unit={privacy.unit}"
+        require(
+            data.packing == "documents",
+            f"{unit} needs blocks that never cross a document: set data.packing=documents "
+            "(or auto)",
+        )
+        require(
+            privacy.unit != "user" or data.corpus == "files",
+            f"privacy.unit=user needs users, which the built-in {data.corpus} corpus does not "
+            "have: use data.corpus=files with data.user_field (or a folder per user)",
+        )
+        require(
+            privacy.grad_sample_mode != "ghost",
+            f"privacy.grad_sample_mode=ghost clips sequences only, not {unit}: use "
+            "privacy.grad_sample_mode=bookkeeping (or hooks)",
+        )
+        require(
+            not privacy.max_physical_batch
+            or privacy.max_physical_batch >= privacy.max_blocks_per_unit,
+            f"privacy.max_physical_batch={privacy.max_physical_batch} would split a unit of "
+            f"privacy.max_blocks_per_unit={privacy.max_blocks_per_unit} blocks across two "
+            "backward passes: raise it to at least that, or set it to 0",
         )

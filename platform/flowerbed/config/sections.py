@@ -74,10 +74,17 @@ class DataConfig(Section):
     """Files or folders for `corpus=files` (.txt, .jsonl, .parquet)."""
     text_field: str
     """Column holding the text in .jsonl and .parquet files."""
+    user_field: str | None
+    """Column naming each record's user (person, account) in .jsonl and .parquet files,
+    for `privacy.unit=user`; null: the top-level folder (or a file given alone) is one user."""
     tokenizer: str
     """`byte` (built in), a path or hub name, or `auto` (the pretrained model's, else byte)."""
     seq_len: Annotated[int, at_least(8)]
     """Tokens per training block."""
+    packing: Literal["auto", "stream", "documents"]
+    """`stream`: documents joined and cut into blocks; `documents`: no block crosses a
+    document (the last one padded), as unit-level DP needs; `auto`: `documents` exactly
+    when DP-SGD protects a document or a user."""
     max_chars_per_domain: Annotated[int, positive()]
     """Characters of text read per domain at most. `files`: reading stops at the cap, inside
     a file too; `stdlib`: whole source files are read until the cap is reached."""

@@ -19,6 +19,9 @@ from flowerbed.continual.pool import TokenRows, TrainingPool, mix_rates
 from flowerbed.continual.replay import buffer_refs, storage_policy, update_buffer
 from flowerbed.continual.state import ContinualState
 
+Units = tuple[list[np.ndarray], int] | None
+"""Unit-level DP: each experience's rows' units, and the blocks a unit gives one step."""
+
 
 class ContinualPolicy:
     """`naive`: train on the newest experience; remember arrivals, keep no buffer."""
@@ -38,16 +41,24 @@ class ContinualPolicy:
         """The experiences whose records are this round's new data (`latest`: the newest)."""
         return [latest]
 
-    def sample_rate(self, sizes: list[int], e: int, batch_size: int) -> float:
-        """The highest rate any record is drawn at, per step, in a round of experience e."""
-        return min(1.0, batch_size / sizes[e])
+    def sample_rate(
+        self, sizes: list[int], e: int, batch_size: int, units: list[int] | None = None
+    ) -> float:
+        """The highest rate any record (or unit: `units` per experience) is drawn at, per
+        step, in a round of experience e (`sizes`: records per experience)."""
+        return min(1.0, batch_size / (units or sizes)[e])
 
     def advance(self, state: ContinualState, past_sizes: list[int], seed: list[int]) -> None:
         """What the state gains once the arrivals are noted (`past_sizes`: older experiences)."""
 
-    def pool(self, arrays: list[np.ndarray], state: ContinualState | None) -> TrainingPool:
-        """The round's training pool over the arrived experiences' token arrays."""
-        return TrainingPool(TokenRows.whole(arrays, self.trained(len(arrays) - 1)))
+    def pool(
+        self, arrays: list[np.ndarray], state: ContinualState | None, units: Units = None
+    ) -> TrainingPool:
+        """The round's training pool over the arrived experiences' token arrays (`units`:
+        their rows' privacy units and the blocks a unit gives a step, under unit DP)."""
+        unit_ids, cap = units or (None, 1)
+        new = TokenRows.whole(arrays, self.trained(len(arrays) - 1), unit_ids)
+        return TrainingPool(new, max_blocks_per_unit=cap)
 
 
 class Cumulative(ContinualPolicy):
@@ -56,8 +67,12 @@ class Cumulative(ContinualPolicy):
     def trained(self, latest: int) -> list[int]:
         return list(range(latest + 1))
 
-    def sample_rate(self, sizes: list[int], e: int, batch_size: int) -> float:
-        return min(1.0, batch_size / sum(sizes[: e + 1]))
+    def sample_rate(
+        self, sizes: list[int], e: int, batch_size: int, units: list[int] | None = None
+    ) -> float:
+        # A unit with blocks in two experiences counts twice here: the plan's rate is then
+        # low, and the budget check stops the client before it overspends.
+        return min(1.0, batch_size / sum((units or sizes)[: e + 1]))
 
 
 class Off(Cumulative):
@@ -73,9 +88,17 @@ class Off(Cumulative):
 class Replay(ContinualPolicy):
     """`replay`: the newest experience, with `replay_fraction` of each batch from the buffer."""
 
-    def sample_rate(self, sizes: list[int], e: int, batch_size: int) -> float:
+    def sample_rate(
+        self, sizes: list[int], e: int, batch_size: int, units: list[int] | None = None
+    ) -> float:
         held = storage_policy(self.cfg.policy).fill(self.cfg.buffer_size, sizes[:e])
-        return max(mix_rates(sizes[e], held, self.cfg.replay_fraction, batch_size))
+        if not units:
+            return max(mix_rates(sizes[e], held, self.cfg.replay_fraction, batch_size))
+        # A unit seen before may have new rows too, and is then drawn at the new data's full
+        # rate: plan for the higher of that and the buffer's rate over at most `held` units.
+        held = min(held, sum(units[:e]))
+        replayed = self.cfg.replay_fraction * batch_size / held if held else 0.0
+        return min(1.0, max(batch_size / units[e], replayed))
 
     def advance(self, state: ContinualState, past_sizes: list[int], seed: list[int]) -> None:
         # The first experience has nothing to replay yet.
@@ -83,12 +106,15 @@ class Replay(ContinualPolicy):
             update_buffer(state.buffer, self.cfg, past_sizes, seed) if past_sizes else None
         )
 
-    def pool(self, arrays: list[np.ndarray], state: ContinualState | None) -> TrainingPool:
-        new = TokenRows.whole(arrays, self.trained(len(arrays) - 1))
+    def pool(
+        self, arrays: list[np.ndarray], state: ContinualState | None, units: Units = None
+    ) -> TrainingPool:
+        unit_ids, cap = units or (None, 1)
+        new = TokenRows.whole(arrays, self.trained(len(arrays) - 1), unit_ids)
         if state is None or state.buffer is None:
-            return TrainingPool(new, None, self.cfg.replay_fraction)
-        replay = TokenRows(arrays, buffer_refs(state.buffer))
-        return TrainingPool(new, replay, self.cfg.replay_fraction)
+            return TrainingPool(new, None, self.cfg.replay_fraction, cap)
+        replay = TokenRows(arrays, buffer_refs(state.buffer), unit_ids)
+        return TrainingPool(new, replay, self.cfg.replay_fraction, cap)
 
 
 POLICIES: dict[str, type[ContinualPolicy]] = {

@@ -4,27 +4,41 @@ Both parts are rows of the client's memory-mapped experience arrays, addressed b
 (experience, row) references, so nothing is copied until a batch is gathered. Batches
 are either fixed-size mixes (plain training) or Poisson draws at two rates (DP-SGD),
 with the replayed share as configured either way.
+
+Under unit-level DP the Poisson draw is over units (documents, users), not rows: a unit
+with any row in the new data is drawn at the new data's rate (with all its rows, its
+buffered ones too), a unit found only in the buffer at the replay rate, so each unit is
+drawn at most once a step, at the higher of the two rates at most. A drawn unit gives up
+to `max_blocks_per_unit` of its rows, picked at random.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from flowerbed.data.blocks import as_ids
+
 
 class TokenRows:
-    """Rows of several token arrays, addressed as one: `refs[i] = (array, row)`."""
+    """Rows of several token arrays, addressed as one: `refs[i] = (array, row)`; with
+    `units`, each array's rows' privacy units (document or user ids)."""
 
-    def __init__(self, arrays: list[np.ndarray], refs: np.ndarray) -> None:
-        self.arrays = arrays
+    def __init__(
+        self, arrays: list[np.ndarray], refs: np.ndarray, units: list[np.ndarray] | None = None
+    ) -> None:
+        self.arrays, self.units = arrays, units
         self.refs = np.asarray(refs, dtype=np.int64).reshape(-1, 2)
 
     @classmethod
-    def whole(cls, arrays: list[np.ndarray], which: list[int]) -> TokenRows:
+    def whole(
+        cls, arrays: list[np.ndarray], which: list[int], units: list[np.ndarray] | None = None
+    ) -> TokenRows:
         """Every row of the arrays numbered `which`."""
         refs = [np.stack([np.full(len(arrays[a]), a), np.arange(len(arrays[a]))], 1) for a in which]
-        return cls(arrays, np.concatenate(refs) if refs else np.zeros((0, 2)))
+        return cls(arrays, np.concatenate(refs) if refs else np.zeros((0, 2)), units)
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -34,13 +48,21 @@ class TokenRows:
         return int(self.arrays[0].shape[1])
 
     def take(self, index: np.ndarray) -> np.ndarray:
-        """The token rows at `index` (in order), as int64."""
+        """The token rows at `index` (in order), as int64 (padding as `PAD_ID`)."""
         refs = self.refs[index]
         out = np.empty((len(refs), self.seq_len), dtype=np.int64)
         for a in np.unique(refs[:, 0]):
             mine = np.flatnonzero(refs[:, 0] == a)
-            out[mine] = self.arrays[a][refs[mine, 1]]
+            out[mine] = as_ids(self.arrays[a][refs[mine, 1]])
         return out
+
+    def unit_ids(self) -> np.ndarray:
+        """The privacy unit of every row."""
+        ids = np.empty(len(self.refs), dtype=np.int64)
+        for a in np.unique(self.refs[:, 0]):
+            mine = np.flatnonzero(self.refs[:, 0] == a)
+            ids[mine] = self.units[a][self.refs[mine, 1]]
+        return ids
 
 
 def poisson_sample(num_records: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
@@ -55,6 +77,10 @@ class TrainingPool:
     new: TokenRows
     replay: TokenRows | None = None
     replay_fraction: float = 0.0
+    max_blocks_per_unit: int = 1
+    """Unit-level DP (rows with `units`): rows a drawn unit gives one step, at most."""
+    padded: bool = False
+    """Rows packed by document end in padding (`PAD_ID`), neither input nor target."""
 
     @classmethod
     def over(cls, tokens: np.ndarray) -> TrainingPool:
@@ -66,8 +92,24 @@ class TrainingPool:
         return self.replay is not None and len(self.replay) > 0 and self.replay_fraction > 0
 
     @property
+    def by_unit(self) -> bool:
+        """Whether DP-SGD draws units (documents, users) rather than rows."""
+        return self.new.units is not None
+
+    @cached_property
+    def _units(self) -> UnitTable:
+        return UnitTable.of(self.new, self.replay if self.replaying else None)
+
+    def _counts(self) -> tuple[int, int]:
+        """What a Poisson draw is over, (new, replay-only): rows, or units."""
+        if self.by_unit:
+            return self._units.new_units, self._units.count - self._units.new_units
+        return len(self.new), len(self.replay) if self.replaying else 0
+
+    @property
     def num_records(self) -> int:
-        return len(self.new) + (len(self.replay) if self.replaying else 0)
+        """Rows, or units under unit-level DP."""
+        return sum(self._counts())
 
     def fixed_batches(self, steps: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
         """`steps` batches of `batch_size` rows: [steps, batch, seq_len] int64.
@@ -90,9 +132,8 @@ class TrainingPool:
         return np.stack(batches)
 
     def poisson_rates(self, batch_size: int) -> tuple[float, float]:
-        """Per-record inclusion rates (new, replay) giving `batch_size` rows expected."""
-        replayed = len(self.replay) if self.replaying else 0
-        return mix_rates(len(self.new), replayed, self.replay_fraction, batch_size)
+        """Per-record (per-unit) inclusion rates (new, replay) giving `batch_size` expected."""
+        return mix_rates(*self._counts(), self.replay_fraction, batch_size)
 
     def accounting_rate(self, batch_size: int) -> float:
         """The rate the privacy ledger records: the highest any record is drawn with.
@@ -103,16 +144,79 @@ class TrainingPool:
         return max(self.poisson_rates(batch_size))
 
     def expected_batch(self, batch_size: int) -> float:
-        q_new, q_replay = self.poisson_rates(batch_size)
-        return q_new * len(self.new) + (q_replay * len(self.replay) if self.replaying else 0.0)
+        """Rows (units, under unit-level DP) a Poisson draw holds on average."""
+        (q_new, q_replay), (n_new, n_replay) = self.poisson_rates(batch_size), self._counts()
+        return q_new * n_new + q_replay * n_replay
 
-    def poisson_batch(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-        """One Poisson draw over new data and buffer; may be empty: [n, seq_len] int64."""
+    def poisson_batch(
+        self, batch_size: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One Poisson draw over new data and buffer; may be empty: [n, seq_len] int64, and
+        under unit-level DP the drawn unit of each row (0, 1, ..., rows of a unit adjacent)."""
         q_new, q_replay = self.poisson_rates(batch_size)
+        if self.by_unit:
+            return self._units.draw(self, q_new, q_replay, rng)
         rows = [self.new.take(poisson_sample(len(self.new), q_new, rng))]
         if self.replaying:
             rows.append(self.replay.take(poisson_sample(len(self.replay), q_replay, rng)))
-        return np.concatenate(rows)
+        return np.concatenate(rows), None
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Rows numbered over the new data, then the buffer."""
+        first = rows < len(self.new)
+        out = np.empty((len(rows), self.new.seq_len), dtype=np.int64)
+        out[first] = self.new.take(rows[first])
+        if not first.all():
+            out[~first] = self.replay.take(rows[~first] - len(self.new))
+        return out
+
+
+@dataclass(frozen=True)
+class UnitTable:
+    """The pool's units and their rows (numbered over the new data, then the buffer):
+    units with a new row first, then units found only in the buffer."""
+
+    rows: np.ndarray
+    """Row numbers, grouped by unit."""
+    starts: np.ndarray
+    """Unit u's rows are rows[starts[u]:starts[u + 1]]."""
+    new_units: int
+
+    @classmethod
+    def of(cls, new: TokenRows, replay: TokenRows | None) -> UnitTable:
+        fresh = new.unit_ids()
+        ids = np.concatenate([fresh, replay.unit_ids()]) if replay is not None else fresh
+        only_buffered = ~np.isin(ids, fresh)
+        rows = np.lexsort((ids, only_buffered))  # new units first, each unit's rows together
+        ordered = ids[rows]
+        starts = np.flatnonzero(np.diff(ordered, prepend=ordered[:1] - 1) != 0)
+        new_units = int(np.count_nonzero(~only_buffered[rows[starts]]))
+        return cls(rows, np.append(starts, len(rows)), new_units)
+
+    @property
+    def count(self) -> int:
+        return len(self.starts) - 1
+
+    def draw(
+        self, pool: TrainingPool, q_new: float, q_replay: float, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each unit at its part's rate; each drawn unit's rows, at most `max_blocks_per_unit`."""
+        picked = np.concatenate(
+            [
+                poisson_sample(self.new_units, q_new, rng),
+                self.new_units + poisson_sample(self.count - self.new_units, q_replay, rng),
+            ]
+        )
+        parts, groups, cap = [], [], pool.max_blocks_per_unit
+        for g, unit in enumerate(picked):
+            rows = self.rows[self.starts[unit] : self.starts[unit + 1]]
+            if len(rows) > cap:
+                rows = np.sort(rng.choice(rows, cap, replace=False))
+            parts.append(rows)
+            groups.append(np.full(len(rows), g))
+        if not parts:
+            return np.zeros((0, pool.new.seq_len), dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return pool.take(np.concatenate(parts)), np.concatenate(groups)
 
 
 def mix_rates(

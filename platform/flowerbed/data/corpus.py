@@ -30,9 +30,12 @@ def corpus_source(cfg: DataConfig, seed: int) -> tuple[dict, Callable[[], list[D
     key = {
         "files": [_fingerprint(Path(p).expanduser()) for p in cfg.paths],
         "text_field": cfg.text_field,
+        "user_field": cfg.user_field,
         "max_chars": cfg.max_chars_per_domain,
     }
-    return key, lambda: file_domains(cfg.paths, cfg.text_field, cfg.max_chars_per_domain, cache_dir)
+    return key, lambda: file_domains(
+        cfg.paths, cfg.text_field, cfg.max_chars_per_domain, cache_dir, cfg.user_field
+    )
 
 
 def _fingerprint(path: Path) -> list:

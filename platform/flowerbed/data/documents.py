@@ -17,6 +17,8 @@ class Domain:
     documents: list[str]
     source: str
     """Where the text came from, for error messages."""
+    users: list[str] | None = None
+    """The user (person, account) each document belongs to, where the corpus says."""
 
     @property
     def num_bytes(self) -> int:

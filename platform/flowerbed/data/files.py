@@ -4,6 +4,9 @@ Every file is checked before it is read (exists, not empty, not binary, valid UT
 the text field), so bad input stops the run with one sentence naming the file. Reading
 goes through Hugging Face `datasets`. A folder's subfolders become domains; files lying
 directly in a folder are each a domain of their own.
+
+Users (for `privacy.unit=user`): the value of `user_field` in each record of a .jsonl or
+.parquet file, or else the domain: the top-level folder, or a file given alone.
 """
 
 from __future__ import annotations
@@ -17,7 +20,11 @@ SNIFF_BYTES = 1 << 16
 
 
 def file_domains(
-    paths: list[str], text_field: str, max_chars_per_domain: int, cache_dir: Path
+    paths: list[str],
+    text_field: str,
+    max_chars_per_domain: int,
+    cache_dir: Path,
+    user_field: str | None = None,
 ) -> list[Domain]:
     """Read every listed file or folder into domains, checking each file first.
 
@@ -33,24 +40,31 @@ def file_domains(
             grouped.setdefault(name, []).extend(files)
     domains = []
     for name, files in grouped.items():
-        documents = _capped(files, text_field, max_chars_per_domain, cache_dir)
-        domains.append(Domain(name, documents, ", ".join(str(f) for f in files)))
+        documents, users = _capped(files, text_field, max_chars_per_domain, cache_dir, user_field)
+        source = ", ".join(str(f) for f in files)
+        domains.append(Domain(name, documents, source, users or [name] * len(documents)))
     return domains
 
 
-def _capped(files: list[Path], text_field: str, cap: int, cache_dir: Path) -> list[str]:
-    """The domain's documents, in file order, up to `cap` characters in all."""
+def _capped(
+    files: list[Path], text_field: str, cap: int, cache_dir: Path, user_field: str | None
+) -> tuple[list[str], list[str] | None]:
+    """The domain's documents (and their users), in file order, up to `cap` characters."""
     documents: list[str] = []
+    users: list[str] = []
     room = cap
     for file in files:
         if room <= 0:
             break
-        for text in read_texts(file, text_field, cache_dir):
+        texts, owners = read_texts(file, text_field, cache_dir, user_field)
+        for i, text in enumerate(texts):
             documents.append(text[:room])
+            if owners is not None:
+                users.append(owners[i])
             room -= len(documents[-1])
             if room <= 0:
                 break
-    return documents
+    return documents, (users if user_field else None)
 
 
 def _group(path: Path) -> dict[str, list[Path]]:
@@ -95,8 +109,11 @@ def check_text_file(path: Path) -> None:
         ) from None
 
 
-def read_texts(path: Path, text_field: str, cache_dir: Path) -> list[str]:
-    """The non-empty texts of one file, read with Hugging Face `datasets`."""
+def read_texts(
+    path: Path, text_field: str, cache_dir: Path, user_field: str | None = None
+) -> tuple[list[str], list[str] | None]:
+    """The non-empty texts of one file, read with Hugging Face `datasets`, and each one's
+    user (`user_field`'s value, as text) when asked."""
     import datasets
 
     check_text_file(path)
@@ -112,12 +129,21 @@ def read_texts(path: Path, text_field: str, cache_dir: Path) -> list[str]:
         )
     except Exception as err:  # datasets raises many types; name the file either way
         raise DataError(f"data file {path} could not be read as {builder}: {err}") from None
-    if text_field not in table.column_names:
-        raise DataError(
-            f"data file {path} has no {text_field!r} field (it has: "
-            f"{', '.join(table.column_names)}); set data.text_field"
-        )
-    texts = [t for t in table[text_field] if isinstance(t, str) and t.strip()]
-    if not texts:
+    for field, key in ((text_field, "text_field"), (user_field, "user_field")):
+        if field is not None and field not in table.column_names:
+            raise DataError(
+                f"data file {path} has no {field!r} field (it has: "
+                f"{', '.join(table.column_names)}); set data.{key}"
+            )
+    owners = table[user_field] if user_field else [None] * len(table)
+    kept = [
+        (t, o)
+        for t, o in zip(table[text_field], owners, strict=True)
+        if isinstance(t, str) and t.strip()
+    ]
+    if not kept:
         raise DataError(f"data file {path} has no non-empty {text_field!r} text")
-    return texts
+    if user_field and any(o is None for _, o in kept):
+        raise DataError(f"data file {path} has records without a {user_field!r} value")
+    texts = [t for t, _ in kept]
+    return texts, ([str(o) for _, o in kept] if user_field else None)

@@ -1,4 +1,9 @@
-"""Split blocks across clients: IID, one domain per client, or Dirichlet skew over domains."""
+"""Split blocks across clients: IID, one domain per client, or Dirichlet skew over domains.
+
+Blocks packed by document are split by their unit (the user where known, else the
+document), so a person's or a document's text sits at one client only: a unit spread
+over two clients would spend both clients' ε against whoever sees both updates.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,49 @@ from flowerbed.data.documents import DataError
 
 
 def partition(
-    domains: np.ndarray, num_clients: int, scheme: str, alpha: float, rng: np.random.Generator
+    domains: np.ndarray,
+    num_clients: int,
+    scheme: str,
+    alpha: float,
+    rng: np.random.Generator,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """Indices of the blocks each client gets; every block goes to exactly one client."""
+    """Indices of the blocks each client gets; every block goes to exactly one client, and
+    all blocks of one group (when `groups` is given) to the same client."""
+    if groups is None:
+        return _split(domains, num_clients, scheme, alpha, rng, np.ones(len(domains), int))
+    keys, first, members = np.unique(groups, return_index=True, return_inverse=True)
+    sizes = np.bincount(members, minlength=len(keys))
+    parts = _split(domains[first], num_clients, scheme, alpha, rng, sizes)
+    return [np.sort(np.flatnonzero(np.isin(members, part))) for part in parts]
+
+
+def _split(
+    domains: np.ndarray,
+    num_clients: int,
+    scheme: str,
+    alpha: float,
+    rng: np.random.Generator,
+    sizes: np.ndarray,
+) -> list[np.ndarray]:
+    """Items (blocks, or groups of `sizes` blocks) of the given domains, per client."""
     if scheme == "iid":
-        return [
-            np.sort(part) for part in np.array_split(rng.permutation(len(domains)), num_clients)
-        ]
+        order = rng.permutation(len(domains))
+        if (sizes == 1).all():
+            return [np.sort(part) for part in np.array_split(order, num_clients)]
+        return [np.sort(part) for part in _balanced(order, sizes, num_clients)]
     if scheme == "domain":
         return _by_domain(domains, num_clients, rng)
     if scheme == "dirichlet":
         return _dirichlet(domains, num_clients, alpha, rng)
     raise ValueError(f"unknown partition scheme {scheme!r}")
+
+
+def _balanced(order: np.ndarray, sizes: np.ndarray, parts: int) -> list[np.ndarray]:
+    """`order` cut into `parts` runs of about equal total size."""
+    ends = np.cumsum(sizes[order])
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, parts) / parts)
+    return np.split(order, cuts)
 
 
 def _by_domain(domains: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:

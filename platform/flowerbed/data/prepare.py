@@ -94,7 +94,8 @@ def make_client_shards(
             "continual.experiences or set continual.split=slice"
         )
     clients = []
-    parts = partition(blocks.domains, num_clients, cfg.partition, cfg.dirichlet_alpha, rng)
+    groups = blocks.users if blocks.users is not None else blocks.documents
+    parts = partition(blocks.domains, num_clients, cfg.partition, cfg.dirichlet_alpha, rng, groups)
     for client, index in enumerate(parts):
         shards = []
         for k, members in enumerate(experience_groups(blocks, index, experiences, split)):
@@ -125,7 +126,8 @@ def prepare_splits(
 ) -> FederatedSplits:
     """Read (or load from cache) the corpus, carve out validation, and shard the rest."""
     key, read = corpus_source(cfg, seed)
-    blocks = cached_blocks(Path(cfg.cache_dir).expanduser(), key, tokenizer, cfg.seq_len, read)
+    cache = Path(cfg.cache_dir).expanduser()
+    blocks = cached_blocks(cache, key, tokenizer, cfg.seq_len, read, cfg.packing)
     if len(blocks) < 2 + num_clients * 2:
         raise DataError(
             f"the {cfg.corpus} corpus gives {len(blocks)} blocks of {cfg.seq_len} tokens, too "
@@ -167,7 +169,8 @@ def institution_shard(
     The same checks as in simulation apply (empty, binary, non-UTF-8 files are named).
     """
     key, read = corpus_source(cfg, seed)
-    blocks = cached_blocks(Path(cfg.cache_dir).expanduser(), key, tokenizer, cfg.seq_len, read)
+    cache = Path(cfg.cache_dir).expanduser()
+    blocks = cached_blocks(cache, key, tokenizer, cfg.seq_len, read, cfg.packing)
     if len(blocks) < 2:
         raise DataError(
             f"{', '.join(cfg.paths)} give(s) {len(blocks)} block(s) of {cfg.seq_len} tokens; "

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from flowerbed.data.blocks import Blocks
+from flowerbed.data.blocks import Blocks, as_ids
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,6 +41,14 @@ def batches(tokens: np.ndarray, batch_size: int, limit: int) -> Iterator[np.ndar
         yield np.asarray(tokens[i * batch_size : (i + 1) * batch_size])
 
 
+def inputs_and_labels(ids: torch.Tensor, padded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch as a causal LM reads it: padding (`PAD_ID`) is token 0 in (nothing before
+    it attends to it) and no target (-100) out."""
+    if not padded:
+        return ids, ids
+    return ids.clamp(min=0), ids.masked_fill(ids < 0, -100)
+
+
 @torch.no_grad()
 def mean_loss(
     model: torch.nn.Module, blocks: Blocks, batch_size: int, limit: int, device: torch.device
@@ -50,10 +58,12 @@ def mean_loss(
     model.eval()
     total, count = torch.zeros((), device=device, dtype=torch.float64), 0
     for batch in batches(blocks.tokens, batch_size, limit):
-        ids = torch.from_numpy(batch.astype(np.int64)).to(device)
+        ids = torch.from_numpy(as_ids(batch)).to(device)
+        inputs, labels = inputs_and_labels(ids, blocks.padded)
         with autocast(device):
-            loss = model(input_ids=ids, labels=ids).loss
-        n = ids.numel() - ids.shape[0]  # HF shifts labels: one prediction fewer per block
+            loss = model(input_ids=inputs, labels=labels).loss
+        # HF shifts labels: one prediction fewer per block, and none for padding
+        n = int((labels[:, 1:] != -100).sum()) if blocks.padded else ids.numel() - ids.shape[0]
         total += loss.double() * n
         count += n
     model.train(was_training)

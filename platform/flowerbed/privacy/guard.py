@@ -38,7 +38,7 @@ class PrivacyGuard:
     def __init__(self, cfg: PrivacyConfig, state_dir: Path, budget: float | None) -> None:
         self.cfg, self.path, self.budget = cfg, state_dir / FILENAME, budget
         """`budget`: the lifetime ε the client may spend (the node's cap or the server's)."""
-        self.ledger = PrivacyLedger.open(self.path, cfg.delta, cfg.accountant)
+        self.ledger = PrivacyLedger.open(self.path, cfg.delta, cfg.accountant, cfg.unit)
 
     def permit(
         self, sample_rate: float, steps: int, planned: list[tuple[float, int]]

@@ -41,6 +41,8 @@ class LedgerEntry:
 class PrivacyLedger:
     delta: float
     accountant: str
+    unit: str = "sequence"
+    """What each ε protects: one sequence, document or user (one per life, as delta)."""
     noise_multiplier: float | None = None
     """The calibrated (or given) noise multiplier, fixed once for the client's life."""
     planned_steps: int | None = None
@@ -99,10 +101,13 @@ class PrivacyLedger:
         write_json_atomic(path, {"version": 1, **asdict(self)}, durable=True)
 
     @classmethod
-    def open(cls, path: Path, delta: float, accountant: str) -> PrivacyLedger:
-        """Load the ledger at `path`, or start an empty one; delta and accountant must match."""
+    def open(
+        cls, path: Path, delta: float, accountant: str, unit: str = "sequence"
+    ) -> PrivacyLedger:
+        """Load the ledger at `path`, or start an empty one; delta, accountant and the
+        privacy unit must match (ledgers written before units existed counted sequences)."""
         if not path.is_file():
-            return cls(delta=delta, accountant=accountant)
+            return cls(delta=delta, accountant=accountant, unit=unit)
         try:
             data = json.loads(path.read_text())
             entries = [LedgerEntry(**e) for e in data.pop("entries")]
@@ -113,10 +118,12 @@ class PrivacyLedger:
                 f"privacy ledger {path} is unreadable ({err}); restore it from a backup, "
                 "never delete it"
             ) from None
-        if (ledger.delta, ledger.accountant) != (delta, accountant):
+        if (ledger.delta, ledger.accountant, ledger.unit) != (delta, accountant, unit):
             raise LedgerError(
                 f"privacy ledger {path} was kept with delta={ledger.delta}, accountant="
-                f"{ledger.accountant}; a client's life uses one: set privacy.delta and "
-                "privacy.accountant to those"
+                f"{ledger.accountant}, unit={ledger.unit}; a client's life uses one of each: "
+                "set privacy.delta, privacy.accountant and privacy.unit to those, or give "
+                "this node a new state directory (its ε then starts again from 0 for a "
+                "new life, which its privacy officer must accept)"
             )
         return ledger

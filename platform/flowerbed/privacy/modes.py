@@ -62,7 +62,7 @@ def guarantee(cfg: PrivacyConfig) -> str:
             f"user-level DP at the server: noise {cfg.noise_multiplier} on the clipped mean "
             f"of the clients' updates (δ {cfg.delta:g})"
         )
-    budget = f"ε {cfg.budget:g}" if cfg.budget is not None else "ε uncapped"
+    budget = f"ε {cfg.budget:g} per {cfg.unit}" if cfg.budget is not None else "ε uncapped"
     line = f"DP-SGD at each client, {budget} over its life (δ {cfg.delta:g})"
     if cfg.noise_seed == "run":
         return (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from flowerbed.config import PrivacyConfig
 from flowerbed.config.node_policy import NodePolicyConfig
+from flowerbed.privacy.units import STRENGTH
 
 
 def refusal(
@@ -40,6 +41,11 @@ def refusal(
         return (
             f"{refuses} accepts ε ≤ {policy.max_epsilon:g} over the node's life "
             f"(max-epsilon), but the server asked for privacy.{which}={asked:g}"
+        )
+    if policy.unit is not None and STRENGTH[privacy.unit] < STRENGTH[policy.unit]:
+        return (
+            f"{refuses} protects each {policy.unit} (privacy-unit), but the server asked for "
+            f"privacy.unit={privacy.unit}, which protects less"
         )
     if policy.accountant is not None and privacy.accountant != policy.accountant:
         return (
