@@ -1,10 +1,11 @@
 """`flowerbed privacy`: plan a budget with the same code the clients train with.
 
-Examples (a client with 20,000 blocks, batch 16, 20 rounds of 50 local steps):
+Examples (a client with 20,000 blocks, batch 16, 20 rounds of 50 local steps; or 1,500
+documents, 8 of them a step):
 
-    flowerbed privacy noise --records 20000 --batch-size 16 --rounds 20 \
+    flowerbed privacy noise --units 20000 --batch-size 16 --rounds 20 \
         --local-steps 50 --target-epsilon 8
-    flowerbed privacy epsilon --records 20000 --batch-size 16 --rounds 20 \
+    flowerbed privacy epsilon --units 1500 --unit document --batch-size 8 --rounds 20 \
         --local-steps 50 --noise-multiplier 1.0
     flowerbed privacy ledger runs/<run>/clients/client-0/state/privacy_ledger.json
 """
@@ -21,13 +22,24 @@ from flowerbed.privacy.planning import plan
 
 def _settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--records", type=int, required=True, help="training blocks (sequences) the client holds"
+        "--units",
+        "--records",
+        dest="units",
+        type=int,
+        required=True,
+        help="privacy units the client holds: blocks (sequences), documents or users",
+    )
+    parser.add_argument(
+        "--unit",
+        choices=["sequence", "document", "user"],
+        default="sequence",
+        help="what one unit is (privacy.unit); ε protects one of them (default: sequence)",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
         required=True,
-        help="expected sequences per step (train.batch_size)",
+        help="expected units per step (train.batch_size)",
     )
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--local-steps", type=int, required=True)
@@ -53,12 +65,12 @@ def main(argv: list[str]) -> None:
     if args.command == "ledger":
         _show_ledger(args.path)
         return
-    if min(args.records, args.batch_size, args.rounds, args.local_steps) < 1:
+    if min(args.units, args.batch_size, args.rounds, args.local_steps) < 1:
         raise SystemExit(
-            "flowerbed privacy: --records, --batch-size, --rounds and --local-steps must be >= 1"
+            "flowerbed privacy: --units, --batch-size, --rounds and --local-steps must be >= 1"
         )
     result = plan(
-        args.records,
+        args.units,
         args.batch_size,
         args.rounds,
         args.local_steps,
@@ -67,12 +79,17 @@ def main(argv: list[str]) -> None:
         target_epsilon=getattr(args, "target_epsilon", None),
         noise_multiplier=getattr(args, "noise_multiplier", None),
     )
+    units = f"{args.unit}s"
     print(
-        f"sample rate q = {result.sample_rate:.6g} ({args.batch_size} of {args.records} per step)"
+        f"sample rate q = {result.sample_rate:.6g} ({args.batch_size} of {args.units} {units} "
+        "per step)"
     )
     print(f"steps         = {result.steps} ({args.rounds} rounds x {args.local_steps} local steps)")
     print(f"noise σ       = {result.noise_multiplier:.6g}")
-    print(f"epsilon       = {result.epsilon:.4f} at delta = {result.delta:g} ({args.accountant})")
+    print(
+        f"epsilon       = {result.epsilon:.4f} per {args.unit} at delta = {result.delta:g} "
+        f"({args.accountant})"
+    )
 
 
 def _show_ledger(path: Path) -> None:
@@ -80,8 +97,9 @@ def _show_ledger(path: Path) -> None:
         raise SystemExit(f"flowerbed privacy: no ledger at {path}")
     data = json.loads(path.read_text())
     print(
-        f"{path}: delta {data['delta']:g}, accountant {data['accountant']}, "
-        f"noise σ {data['noise_multiplier']}, planned steps {data['planned_steps']}"
+        f"{path}: ε per {data.get('unit', 'sequence')}, delta {data['delta']:g}, accountant "
+        f"{data['accountant']}, noise σ {data['noise_multiplier']}, planned steps "
+        f"{data['planned_steps']}"
     )
     print("| round | σ | q | steps | lifetime ε |")
     print("|---|---|---|---|---|")

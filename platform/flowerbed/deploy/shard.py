@@ -1,8 +1,9 @@
 """An institution's own files as its next experience, cut to the run's settings.
 
-The sequence length, text field and per-domain cap come from the run's config.yaml, and
-the tokenizer from the run's folder, so a shard cannot silently disagree with the
-federation. Each experience records what it was cut with (`shard.json`); a new one whose
+The sequence length, packing, text and user fields and per-domain cap come from the
+run's config.yaml, and the tokenizer from the run's folder, so a shard cannot silently
+disagree with the federation; packed by document, its blocks keep their document and
+user ids (the privacy units). Each experience records what it was cut with (`shard.json`); a new one whose
 tokenizer or sequence length differs from the experiences already there is refused.
 """
 
@@ -33,7 +34,11 @@ def add_experience(
             "data/tokenizer/ beside config.yaml, or name it with --tokenizer"
         )
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cut = {"seq_len": run_data.seq_len, "tokenizer": tokenizer_fingerprint(tokenizer)}
+    cut = {
+        "seq_len": run_data.seq_len,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "packing": run_data.packing,  # by document: the blocks keep their unit ids
+    }
     existing = scan_experiences(data_dir) if data_dir.is_dir() else []
     if any(e.folder == data_dir for e in existing):
         raise FileExistsError(
