@@ -3,8 +3,9 @@
 The sequence length, packing, text and user fields and per-domain cap come from the
 run's config.yaml, and the tokenizer from the run's folder, so a shard cannot silently
 disagree with the federation; packed by document, its blocks keep their document and
-user ids (the privacy units). Each experience records what it was cut with (`shard.json`); a new one whose
-tokenizer or sequence length differs from the experiences already there is refused.
+user ids (the privacy units). Each experience records what it was cut with
+(`shard.json`); a new one whose tokenizer, sequence length or packing differs from the
+experiences already there is refused.
 """
 
 from __future__ import annotations
