@@ -1,4 +1,5 @@
-"""Benchmark: the DP-SGD step against the non-DP step, for ghost, bookkeeping and hooks.
+"""Benchmark: the DP-SGD step against the non-DP step, for ghost, bookkeeping and hooks,
+and book-keeping for documents (units of `--blocks-per-unit` blocks) against sequences.
 
 Same model (same initial weights), batch, sequence length, device and optimizer; the
 arms alternate over several repeats in one process and the median of each is reported.
@@ -29,24 +30,28 @@ from flowerbed.config import compose_config
 from flowerbed.model import autocast, build_model, resolve_device
 from flowerbed.privacy.dp_sgd import PrivateStep, per_sequence_loss
 
-ARMS = ("non-DP", "DP ghost", "DP bookkeeping", "DP hooks")
+ARMS = ("non-DP", "DP ghost", "DP bookkeeping", "DP hooks", "DP bookkeeping per document")
 
 
 class Arm:
     """One way of taking a training step on its own copy of the model."""
 
-    def __init__(self, name: str, base: torch.nn.Module, device: torch.device, batch: int) -> None:
+    def __init__(
+        self, name: str, base: torch.nn.Module, device: torch.device, batch: int, per_unit: int
+    ) -> None:
         self.name, self.device = name, device
         self.model = copy.deepcopy(base).to(device)
         self.optimizer = make_optimizer(self.model, compose_config("train.lr=1e-4").train, device)
-        self.private = None
+        self.private, self.groups = None, None
+        if name.endswith("per document"):  # the same rows, as documents of `per_unit` blocks
+            self.groups = torch.arange(batch, device=device) // per_unit
         if name != "non-DP":
             self.private = PrivateStep(
                 self.model,
                 self.optimizer,
                 noise_multiplier=1.0,
                 max_grad_norm=1.0,
-                expected_batch_size=batch,
+                expected_batch_size=batch if self.groups is None else -(-batch // per_unit),
                 mode=name.split()[1],
                 max_physical_batch=0,
             )
@@ -57,7 +62,7 @@ class Arm:
         start = time.perf_counter()
         for ids in batches:
             if self.private is not None:
-                self.private.step(ids)
+                self.private.step(ids, self.groups)
                 continue
             with autocast(self.device):
                 loss = self.model(input_ids=ids, labels=ids).loss
@@ -162,15 +167,18 @@ def own_peak_kib() -> int:
 def main() -> None:
     parser = bench_parser(__doc__, steps=5, repeats=3)
     parser.add_argument("--only", choices=ARMS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--blocks-per-unit", type=int, default=4, help="blocks of one document (the unit arm)"
+    )
     args = parser.parse_args()
     base, batches, device = setup(args)
 
     if args.only:  # a child measured for its peak memory
-        Arm(args.only, base, device, args.batch_size).run(batches)
+        Arm(args.only, base, device, args.batch_size, args.blocks_per_unit).run(batches)
         print(f"VmHWM: {own_peak_kib()}")
         return
 
-    arms = [Arm(name, base, device, args.batch_size) for name in ARMS]
+    arms = [Arm(name, base, device, args.batch_size, args.blocks_per_unit) for name in ARMS]
     peak: dict[str, float] = {}
     for arm in arms:  # warm-up, and the peak memory of each arm on a GPU
         if device.type == "cuda":
@@ -202,6 +210,12 @@ def main() -> None:
             f"| {name} | {rate[name]:,.0f} | {rate[name] / rate['non-DP']:.2f}x | "
             f"{peak[name]:.2f} | {peak[name] / peak['non-DP']:.2f}x |"
         )
+    unit, sequence = rate["DP bookkeeping per document"], rate["DP bookkeeping"]
+    print(
+        f"\nbook-keeping per document ({args.blocks_per_unit} blocks each) vs per sequence, "
+        f"the same rows: {unit / sequence:.2f}x tokens/s, "
+        f"{peak['DP bookkeeping per document'] / peak['DP bookkeeping']:.2f}x memory"
+    )
     print(phases)
 
 

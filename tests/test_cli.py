@@ -78,6 +78,7 @@ def test_privacy_planning_gives_the_noise_for_a_target_and_the_epsilon_for_a_noi
 def test_an_institution_turns_its_files_into_experiences_and_bad_files_are_named(tmp_path):
     from flowerbed.config import compose_config, to_plain_dict
     from flowerbed.data import byte_tokenizer
+    from flowerbed.data.blocks import Blocks
     from flowerbed.tracking import RunLayout
 
     kit = RunLayout(tmp_path / "kit")  # what the coordinator sends: config.yaml and tokenizer
@@ -92,6 +93,11 @@ def test_an_institution_turns_its_files_into_experiences_and_bad_files_are_named
         out = flowerbed(*shard, str(tmp_path / "notes.txt"))
         assert out.returncode == 0, out.stderr
         assert (tmp_path / "data" / expected / "heldout.json").is_file()
+    # DP per document (the default for one's own files): the blocks keep their units
+    first = Blocks.load(tmp_path / "data" / "exp-000", "train")
+    again = Blocks.load(tmp_path / "data" / "exp-001", "train")
+    assert first.padded and len(set(first.documents.tolist())) == 1
+    assert set(first.documents.tolist()) == set(again.documents.tolist())  # the same file
     bad = flowerbed(*shard, str(tmp_path / "empty.txt"))
     assert bad.returncode == 1 and "empty.txt" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "data" / "exp-002").exists()  # nothing half-written

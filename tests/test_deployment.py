@@ -59,14 +59,20 @@ def deployment(tmp_path_factory, cache_dir):
     loopback.close()
 
 
-def start_institutions(loopback: Loopback, run_dir: Path, state_root: Path, sites=(0, 1)) -> None:
-    """SuperNodes for `sites`, with the shards of `run_dir` and state under `state_root`."""
+POLICY = "require-dp=true max-epsilon=8"  # README's walk-through: each institution's own
+
+
+def start_institutions(
+    loopback: Loopback, run_dir: Path, state_root: Path, sites=(0, 1), policy: str = POLICY
+) -> None:
+    """SuperNodes for `sites`, with the shards of `run_dir`, state under `state_root` and
+    the institutions' privacy `policy`."""
     for i in sites:
         loopback.start_supernode(
             f"site-{i}",
             loopback.certs / "supernodes" / f"site-{i}",
             f"partition-id={i} data-dir='{run_dir}/clients/client-{i}/data' "
-            f"state-dir='{state_root}/site-{i}-state' threads=1",  # two on one machine
+            f"state-dir='{state_root}/site-{i}-state' threads=1 {policy}",  # two on one machine
         )
     loopback.wait_for(lambda: loopback.online_nodes() == 2, "two SuperNodes online")
 
@@ -92,6 +98,25 @@ def test_two_institutions_train_with_tls_authentication_dp_and_bf16_weights(depl
     AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
 
 
+def test_an_institution_refuses_a_server_asking_for_more_than_its_policy(deployment, cache_dir):
+    loopback, first_run = deployment
+    run_dir = first_run.parent / "greedy"
+    settings = overrides(cache_dir, "federation.rounds=1", "privacy.target_epsilon=16")
+    prepared = loopback.flowerbed("deploy", "prepare", str(run_dir), *settings)
+    assert prepared.returncode == 0, prepared.stderr
+    ledgers = [loopback.root / f"site-{i}-state" / "privacy_ledger.json" for i in (0, 1)]
+    before = [p.read_text() if p.is_file() else None for p in ledgers]
+    run = loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback")
+    assert run.returncode == 1  # nobody trained: the run fails, and says why
+    log = (run_dir / "server.log").read_text()
+    for i in (0, 1):
+        assert (
+            f"client {i} refuses the server's privacy settings: its policy accepts ε ≤ 8 over "
+            "the node's life (max-epsilon), but the server asked for privacy.target_epsilon=16"
+        ) in log
+    assert [p.read_text() if p.is_file() else None for p in ledgers] == before  # nothing spent
+
+
 def test_an_unregistered_supernode_is_refused(deployment):
     loopback, _ = deployment
     made = loopback.flowerbed("deploy", "supernode-key", str(loopback.root / "keys"), "stranger")
@@ -107,7 +132,7 @@ def test_an_unregistered_supernode_is_refused(deployment):
 def test_the_server_side_crashes_and_the_run_resumes_from_its_checkpoint(deployment, cache_dir):
     loopback, first_run = deployment
     run_dir = first_run.parent / "crashing"
-    settings = overrides(cache_dir, "federation.rounds=2", "privacy=off")
+    settings = overrides(cache_dir, "federation.rounds=2")
     prepared = loopback.flowerbed("deploy", "prepare", str(run_dir), *settings)
     assert prepared.returncode == 0, prepared.stderr
     submit = [sys.executable, "-m", "flowerbed.cli.main", "deploy", "run", str(run_dir)]
@@ -134,7 +159,7 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
         loopback.stop(f"site-{i}")
     # The SuperLink refuses a key whose node it still holds active: wait out the heartbeat.
     loopback.wait_for(lambda: loopback.online_nodes() == 0, "the old SuperNodes offline", 300)
-    start_institutions(loopback, first_run, root)
+    start_institutions(loopback, first_run, root, policy="")  # its last run asks for ε 100
     ledger_path = root / "site-1-state" / "privacy_ledger.json"
 
     def deploy(name: str, *extra: str) -> subprocess.Popen:
@@ -160,7 +185,7 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert rows[0]["clients"] == 2 and any(r["failed_clients"] == 1 for r in rows[1:])
-    start_institutions(loopback, first_run, root, sites=(1,))
+    start_institutions(loopback, first_run, root, sites=(1,), policy="")
     # The institution trains again: its ledger must go on from what it held, not restart.
     # (The noise stays what the ledger fixed for life; this run's budget leaves room.)
     again = deploy("again", "federation.rounds=1", "privacy.target_epsilon=100")

@@ -7,6 +7,8 @@ Coordinator:
 Institution (with the run's config.yaml and data/tokenizer/ from the coordinator):
     flowerbed deploy supernode-key keys site-a                # send keys/site-a.pub only
     flowerbed deploy shard /data/site-a /records/2026-11 --config kit/config.yaml
+    flowerbed deploy node-config --data-dir /data/site-a --state-dir /state/site-a \
+        --require-dp --max-epsilon 8 --privacy-unit document  # the SuperNode's --node-config
 
 README ("Deployment") and clients/README.md walk through it command by command.
 """
@@ -62,6 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shard.add_argument("--cache-dir", default="~/.cache/flowerbed", help="packed-block cache")
 
+    node = commands.add_parser(
+        "node-config", help="an institution's checked --node-config: its machine and policy"
+    )
+    node.add_argument("--partition-id", type=int, default=0, help="the number the coordinator gave")
+    node.add_argument("--data-dir", type=Path, required=True, help="its prepared shard")
+    node.add_argument("--state-dir", type=Path, required=True, help="ledger, secret, state")
+    node.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    node.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    node.add_argument("--require-dp", action="store_true", help="refuse to train without DP-SGD")
+    node.add_argument("--max-epsilon", type=float, help="the largest lifetime ε it accepts")
+    node.add_argument("--max-delta", type=float, help="the largest δ it accepts")
+    node.add_argument(
+        "--privacy-unit", choices=["sequence", "document", "user"], help="the smallest unit"
+    )
+    node.add_argument("--accountant", choices=["prv", "rdp"], help="refuse any other")
+    node.add_argument(
+        "--release",
+        choices=["minimal", "exact"],
+        default="minimal",
+        help="under DP, what leaves besides the update (default: minimal, no losses or counts)",
+    )
+
     run = commands.add_parser("run", help="submit the run; exit 1 unless it completes")
     run.add_argument("run_dir", type=Path)
     run.add_argument("--connection", required=True, help="a SuperLink in $FLWR_HOME/config.toml")
@@ -77,6 +101,7 @@ def main(argv: list[str]) -> None:
             "supernode-key": _supernode_key,
             "prepare": _prepare,
             "shard": _shard,
+            "node-config": _node_config,
             "run": _run,
         }[args.command](args)
     except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
@@ -126,6 +151,37 @@ def _shard(args: argparse.Namespace) -> None:
         f"wrote {folder}: {len(shard.train)} training and {len(shard.heldout)} held-out blocks "
         f"of {cfg.data.seq_len} tokens; the SuperNode picks it up at the next round"
     )
+
+
+def _node_config(args: argparse.Namespace) -> None:
+    """Print the SuperNode's `--node-config`, its policy checked as the ClientApp reads it."""
+    from flowerbed.config.node_policy import policy_from_node_config
+    from flowerbed.config.rules import SchemaError
+
+    machine = {
+        "partition-id": args.partition_id,
+        "data-dir": f"'{args.data_dir.expanduser().resolve()}'",
+        "state-dir": f"'{args.state_dir.expanduser().resolve()}'",
+        "device": f"'{args.device}'",
+    }
+    if args.threads:
+        machine["threads"] = args.threads
+    policy = {
+        "require-dp": "true" if args.require_dp else None,
+        "max-epsilon": args.max_epsilon,
+        "max-delta": args.max_delta,
+        "privacy-unit": args.privacy_unit and f"'{args.privacy_unit}'",
+        "accountant": args.accountant and f"'{args.accountant}'",
+        "release": f"'{args.release}'",
+    }
+    policy = {k: v for k, v in policy.items() if v is not None}
+    try:
+        policy_from_node_config(
+            {k: v.strip("'") if isinstance(v, str) else v for k, v in policy.items()}
+        )
+    except SchemaError as err:
+        raise ConfigError(str(err)) from None
+    print(" ".join(f"{k}={v}" for k, v in {**machine, **policy}.items()))
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -86,10 +86,16 @@ def policy_from_node_config(config: Mapping[str, Any]) -> NodePolicyConfig:
 
 
 def _node_value(value: Any) -> Any:
-    """Node config values come as strings or numbers: `true`/`false` become booleans."""
-    if isinstance(value, str) and value.lower() in ("true", "false"):
+    """Node config values come typed (Flower reads them as TOML) or, quoted, as strings:
+    `'true'`/`'false'` become booleans and numbers numbers."""
+    if not isinstance(value, str):
+        return value
+    if value.lower() in ("true", "false"):
         return value.lower() == "true"
-    return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _node_keys(message: str) -> str:
