@@ -85,10 +85,12 @@ def test_dp_with_replay_counts_every_step_over_new_data_and_buffer(tmp_path, cac
         federation={"rounds": 4},
         train={"local_steps": 8},
         continual={"experiences": 2, "buffer_size": 8},
+        node_policy={"release": "exact"},  # forgetting needs the clients' held-out losses
     )
     simulate(cfg, tmp_path / "run")
     summary = summary_of(tmp_path / "run")
     assert summary["continual"]["forgetting"] is not None
+    assert summary["outside_guarantee_clients"] == [0, 1]
     for client in (0, 1):
         ledger = json.loads(
             (tmp_path / f"run/clients/client-{client}/state/privacy_ledger.json").read_text()

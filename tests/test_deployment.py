@@ -91,7 +91,9 @@ def test_two_institutions_train_with_tls_authentication_dp_and_bf16_weights(depl
     for i in (0, 1):
         ledger = json.loads((loopback.root / f"site-{i}-state/privacy_ledger.json").read_text())
         assert [e["round"] for e in ledger["entries"]] == [1, 2]
-        assert ledger["entries"][-1]["epsilon"] == pytest.approx(summary["client_epsilon"][str(i)])
+        assert ledger["entries"][-1]["epsilon"] == pytest.approx(
+            summary["client_epsilon"][str(i)], abs=0.005
+        )  # the coordinator sees ε to 0.01
         assert ledger["entries"][-1]["epsilon"] <= 8.0
     from transformers import AutoModelForCausalLM
 

@@ -64,7 +64,8 @@ def test_each_ledger_matches_an_independent_accountant(dp_run):
         assert [e.round for e in ledger.entries] == [1, 2, 3]
         assert ledger.steps == 30 and len({e.noise_multiplier for e in ledger.entries}) == 1
         assert ledger.epsilon == pytest.approx(reference(ledger.history, 1e-5, "pld"), rel=0.01)
-        assert ledger.epsilon == pytest.approx(summary["client_epsilon"][str(client)])
+        # the server sees each ε to 0.01 (the default release)
+        assert ledger.epsilon == pytest.approx(summary["client_epsilon"][str(client)], abs=0.005)
 
 
 CRASHING_CLIENT = """

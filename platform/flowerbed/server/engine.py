@@ -176,7 +176,7 @@ class RoundEngine:
         arrays = to_array_record(shared_state(self.model), self.cfg.federation.transport_dtype)
         messages = self._evaluate_messages(round_, arrays)
         replies = self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
-        return [EvaluateReply.from_content(m.content) for m in replies if not m.has_error()]
+        return heldout_replies(list(replies))
 
     def _ask_heldout(self, round_: int, arrays: ArrayRecord, train: list[Message]) -> list[Message]:
         """The train Messages, those to nodes sampled for evaluation asking also for the
