@@ -34,16 +34,16 @@ def successful_replies(
     decoded = [TrainReply.from_content(m.content) for m in replies if not m.has_error()]
     refused = {str(r.partition_id): r.refused for r in decoded if r.refused}
     answered = [r for r in decoded if not r.refused]
+    for failure in failures:
+        log.warning("round %d: a client failed and was left out: %s", round_, failure)
+    for sentence in refused.values():
+        log.warning("round %d: %s", round_, sentence)
     if len(answered) < min_clients:
         raise FederationError(
             f"round {round_}: {len(answered)} client(s) replied successfully, fewer than "
             f"federation.min_clients={min_clients}; "
             f"failures: {'; '.join([*failures, *refused.values()]) or 'none'}"
         )
-    for failure in failures:
-        log.warning("round %d: a client failed and was left out: %s", round_, failure)
-    for sentence in refused.values():
-        log.warning("round %d: %s", round_, sentence)
     return answered, refused
 
 
