@@ -1,10 +1,10 @@
 """The privacy-unit study's corpus: user files with documents of very different lengths.
 
 Python's standard library, as a stand-in for an institution's records: one .jsonl file per
-package area (a domain), one record per source file (a document: from a few hundred bytes
-to over 100 kB), and as its user the top-level package it belongs to (`asyncio`,
-`email`, ...: a person who wrote many documents). Offline and the same on every machine
-with the same Python.
+package area (a domain); each source file is a user (a person with a record of many
+notes), and each of its top-level blocks (the module's header, every top-level `def` and
+`class`) is one of that user's documents, from a line to thousands of lines. Offline and
+the same on every machine with the same Python.
 
     uv run python simulations/privacy_unit/make_corpus.py runs/privacy_unit_corpus
 """
@@ -32,14 +32,26 @@ def write_corpus(out: Path, max_files_per_package: int) -> dict[str, int]:
             files += sorted((root / package).rglob("*.py")) if (root / package).is_dir() else []
             for path in files[:max_files_per_package]:
                 text = path.read_text(encoding="utf-8", errors="replace")
-                if text.strip():
-                    name = str(path.relative_to(root))
-                    records.append({"text": text, "user": package, "file": name})
+                user = str(path.relative_to(root))
+                records += [{"text": t, "user": user} for t in top_level_blocks(text)]
         random.Random(area).shuffle(records)  # a capped read takes every package's files
         with (out / f"{area}.jsonl").open("w") as file:
             file.writelines(json.dumps(r) + "\n" for r in records)
         counts[area] = len(records)
     return counts
+
+
+def top_level_blocks(source: str) -> list[str]:
+    """A module cut before every line that starts a top-level `def`, `class` or decorator."""
+    blocks, current = [], []
+    for line in source.splitlines(keepends=True):
+        starts = line.startswith(("def ", "class ", "async def ", "@"))
+        if starts and current and not current[-1].startswith("@"):
+            blocks.append("".join(current))
+            current = []
+        current.append(line)
+    blocks.append("".join(current))
+    return [b for b in blocks if b.strip()]
 
 
 def main() -> None:
