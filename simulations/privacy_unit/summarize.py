@@ -6,8 +6,8 @@ per step and the noise that bought ε 8, the tokens the clients actually trained
 validation loss (mean ± sample std over seeds).
 
     uv run python simulations/privacy_unit/summarize.py runs/privacy_unit \
-        --keep simulations/privacy_unit/runs      # also keep each job's small records
-    uv run python simulations/privacy_unit/summarize.py simulations/privacy_unit/runs
+        --keep simulations/privacy_unit/records      # also keep each job's small records
+    uv run python simulations/privacy_unit/summarize.py simulations/privacy_unit/records
 """
 
 from __future__ import annotations
