@@ -100,12 +100,17 @@ def test_two_institutions_train_with_tls_authentication_dp_and_bf16_weights(depl
     AutoModelForCausalLM.from_pretrained(run_dir / "final_model")
 
 
+def prepare(loopback: Loopback, run_dir: Path, cache_dir: Path, *extra: str) -> None:
+    """A coordinator's run directory for the walk-through's settings and `extra`."""
+    settings = overrides(cache_dir, *extra)
+    prepared = loopback.flowerbed("deploy", "prepare", str(run_dir), *settings)
+    assert prepared.returncode == 0, prepared.stderr
+
+
 def test_an_institution_refuses_a_server_asking_for_more_than_its_policy(deployment, cache_dir):
     loopback, first_run = deployment
     run_dir = first_run.parent / "greedy"
-    settings = overrides(cache_dir, "federation.rounds=1", "privacy.target_epsilon=16")
-    prepared = loopback.flowerbed("deploy", "prepare", str(run_dir), *settings)
-    assert prepared.returncode == 0, prepared.stderr
+    prepare(loopback, run_dir, cache_dir, "federation.rounds=1", "privacy.target_epsilon=16")
     ledgers = [loopback.root / f"site-{i}-state" / "privacy_ledger.json" for i in (0, 1)]
     before = [p.read_text() if p.is_file() else None for p in ledgers]
     run = loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback")
@@ -134,9 +139,7 @@ def test_an_unregistered_supernode_is_refused(deployment):
 def test_the_server_side_crashes_and_the_run_resumes_from_its_checkpoint(deployment, cache_dir):
     loopback, first_run = deployment
     run_dir = first_run.parent / "crashing"
-    settings = overrides(cache_dir, "federation.rounds=2", "privacy=off")
-    prepared = loopback.flowerbed("deploy", "prepare", str(run_dir), *settings)
-    assert prepared.returncode == 0, prepared.stderr
+    prepare(loopback, run_dir, cache_dir, "federation.rounds=2", "privacy=off")
     submit = [sys.executable, "-m", "flowerbed.cli.main", "deploy", "run", str(run_dir)]
     submit += ["--connection", "loopback"]
     first = subprocess.Popen(submit, cwd=ROOT, env=loopback.env, stdout=subprocess.DEVNULL)
@@ -166,9 +169,7 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
 
     def deploy(name: str, *extra: str) -> subprocess.Popen:
         run_dir = root / name
-        settings = overrides(cache_dir, "federation.min_clients=1", *extra)
-        prepared = loopback.flowerbed("deploy", "prepare", str(run_dir), *settings)
-        assert prepared.returncode == 0, prepared.stderr
+        prepare(loopback, run_dir, cache_dir, "federation.min_clients=1", *extra)
         submit = [sys.executable, "-m", "flowerbed.cli.main", "deploy", "run", str(run_dir)]
         return subprocess.Popen(
             [*submit, "--connection", "loopback"],

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import shutil
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from flowerbed.run.simulation import simulate
 from flowerbed.tracking import RunLayout
 from tests.conftest import tiny_config
 from tests.recording import recorded_simulation
+from tests.test_privacy_federation import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DP = {"mode": "dp_sgd", "target_epsilon": 8.0, "delta": 1e-5}
@@ -155,13 +154,7 @@ save_file({k: v.contiguous() for k, v in trained.items()}, out)
 
 
 def client_round(run_dir: Path, out: str) -> int:
-    return subprocess.run(
-        [sys.executable, "-c", CRASHING_ROUND, str(run_dir), out],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).returncode
+    return run_script(CRASHING_ROUND, str(run_dir), out)
 
 
 @pytest.mark.slow

@@ -100,14 +100,14 @@ client_app.app(message, context)
 """
 
 
+def run_script(script: str, *args: str) -> int:
+    """A Python script in a process of its own (one the test may see die); its exit code."""
+    command = [sys.executable, "-c", script, *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300).returncode
+
+
 def run_client(run_dir: Path, mode: str) -> int:
-    return subprocess.run(
-        [sys.executable, "-c", CRASHING_CLIENT, str(run_dir), mode],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    ).returncode
+    return run_script(CRASHING_CLIENT, str(run_dir), mode)
 
 
 def test_the_outer_step_is_post_processing_and_leaves_every_ledger_as_it_was(
