@@ -149,11 +149,6 @@ def global_weights(content: RecordDict) -> ArrayRecord:
     return content[ARRAYS]
 
 
-def carries_weights(reply: Message) -> bool:
-    """Whether a reply brings weights (a client that refused or did not train sends none)."""
-    return not reply.has_error() and ARRAYS in reply.content.array_records
-
-
 @dataclass(frozen=True)
 class EvaluateReply(_Reply):
     """A client's held-out losses of the global weights."""

@@ -12,6 +12,7 @@ from typing import Literal
 from flowerbed.config import sections
 from flowerbed.config.modes import ContinualConfig, PrivacyConfig
 from flowerbed.config.node_policy import NodePolicyConfig
+from flowerbed.config.robustness import CombinerConfig, FaultsConfig
 from flowerbed.config.rules import require
 
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -27,10 +28,12 @@ class FlowerbedConfig:
     federation: sections.FederationConfig
     train: sections.TrainConfig
     strategy: sections.StrategyConfig
+    combiner: CombinerConfig
     privacy: PrivacyConfig
     node_policy: NodePolicyConfig
     continual: ContinualConfig
     tracking: sections.TrackingConfig
+    faults: FaultsConfig
     name: str
     """A label for the run (experiment files set it)."""
     seed: int
@@ -41,6 +44,7 @@ class FlowerbedConfig:
 
     def __post_init__(self) -> None:
         self._resolve_unit()
+        self._check_robustness()
         require(
             not (
                 self.privacy.mode == "dp_sgd"
@@ -106,3 +110,50 @@ class FlowerbedConfig:
             f"privacy.max_blocks_per_unit={privacy.max_blocks_per_unit} blocks across two "
             "backward passes: raise it to at least that, or set it to 0",
         )
+
+    @property
+    def clients_per_round(self) -> int:
+        """The clients sampled to train each round (Flower's rule: at least one)."""
+        fed = self.federation
+        return max(int(fed.num_clients * fed.fraction_train), 1)
+
+    def _check_robustness(self) -> None:
+        """The combiner's need for clients, and faults that name real clients."""
+        combiner, n = self.combiner, self.clients_per_round
+        f = combiner.faulty_clients
+        if combiner.name in ("krum", "multikrum"):
+            require(
+                n >= 2 * f + 3,
+                f"combiner={combiner.name} tolerates combiner.faulty_clients={f} only with "
+                f"at least {2 * f + 3} clients a round (2f + 3), but a round samples {n}: "
+                "add clients, raise federation.fraction_train or lower faulty_clients",
+            )
+            require(
+                combiner.selected is None or combiner.selected <= n - f,
+                f"combiner.selected={combiner.selected} is more than the n - f = {n - f} "
+                "updates Multi-Krum may trust",
+            )
+        if combiner.name == "median":
+            require(
+                n > 2 * f,
+                f"combiner=median tolerates combiner.faulty_clients={f} only with more "
+                f"honest clients than hostile ones: at least {2 * f + 1} a round, not {n}",
+            )
+        if combiner.name == "trimmed_mean":
+            cut = int(combiner.trim_fraction * n)
+            require(
+                n - 2 * cut >= 1,
+                f"combiner.trim_fraction={combiner.trim_fraction} cuts all {n} updates",
+            )
+        require(
+            self.privacy.mode != "user_level" or combiner.name == "mean",
+            f"privacy=user_level clips and noises the mean of the updates: it cannot use "
+            f"combiner={combiner.name}; use combiner=mean",
+        )
+        if self.faults.kind != "none":
+            clients = self.federation.num_clients
+            require(
+                bool(self.faults.clients) and all(0 <= c < clients for c in self.faults.clients),
+                f"faults={self.faults.kind} needs faults.clients, partition ids in "
+                f"[0, {clients - 1}], got {self.faults.clients}",
+            )

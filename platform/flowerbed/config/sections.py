@@ -130,6 +130,13 @@ class FederationConfig(Section):
     client_gpus: Annotated[float, at_least(0)]
     """GPU share per simulated client; 0.25 runs four clients on one GPU."""
     round_timeout: Annotated[float, positive()]
+    max_examples_per_client: Annotated[int | None, at_least(1)]
+    """The largest aggregation weight a reply may claim; a larger one is capped to it
+    (null: no cap). Under DP-SGD clients send weight 1 unless their policy says exact."""
+    max_update_norm: Annotated[float | None, positive()]
+    """The largest L2 norm of a reply's update (its weights minus the global ones)."""
+    update_norm_policy: Literal["clip", "reject"]
+    """An update above `max_update_norm`: scaled down to it, or left out of the round."""
 
     def check(self) -> None:
         require(self.fraction_train > 0, "federation.fraction_train must be > 0")

@@ -21,17 +21,17 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.exception import PrivacyBudgetExhausted
 
 from flowerbed.config import FlowerbedConfig
 from flowerbed.continual.matrix import continual_metrics, loss_matrix, merge_client_losses
 from flowerbed.data.blocks import Blocks
 from flowerbed.model.adapter import load_shared_state, shared_state
 from flowerbed.model.runtime import mean_loss
-from flowerbed.model.transport import read_only, record_nbytes, to_array_record
-from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply, ask_heldout, carries_weights
+from flowerbed.model.transport import record_nbytes, to_array_record
+from flowerbed.protocol import EvaluateReply, ModelSpec, TrainReply, ask_heldout
 from flowerbed.server.instructions import evaluate_instructions, train_instructions
 from flowerbed.server.outer import FedAvgOuter
+from flowerbed.server.pipeline import AggregationPipeline
 from flowerbed.server.records import RoundRecord
 from flowerbed.server.replies import (
     FederationError,
@@ -41,7 +41,7 @@ from flowerbed.server.replies import (
     train_replies,
     weighted_mean,
 )
-from flowerbed.server.strategy import TorchFedAvg, make_strategy
+from flowerbed.server.sampling import client_sampler
 
 log = logging.getLogger("flowerbed")
 
@@ -77,7 +77,8 @@ class RoundEngine:
         self.grid, self.cfg, self.model, self.outer = grid, cfg, model, outer
         self.spec = spec
         self.validation, self.device = validation, device
-        self.strategy = make_strategy(cfg)
+        self.sampler = client_sampler(cfg.federation)
+        self.pipeline = AggregationPipeline(cfg, outer)
         self.client_epsilon = client_epsilon
         """Each client's lifetime epsilon, as it last reported it (the federation's view)."""
         self.stop_reason = "all rounds done"
@@ -108,12 +109,9 @@ class RoundEngine:
         random.seed(f"{self.cfg.seed}-{round_}")  # Flower samples clients with `random`
         arrays = to_array_record(shared_state(self.model), fed.transport_dtype)
         instructions = train_instructions(self.cfg, self.spec, round_).to_record()
-        try:
-            messages = list(self.strategy.configure_train(round_, arrays, instructions, self.grid))
-        except PrivacyBudgetExhausted as err:
-            return self._stop(
-                round_, f"the user-level budget (privacy.max_epsilon) is spent: {err}"
-            )
+        if self.pipeline.budget_spent():
+            return self._stop(round_, "the user-level budget (privacy.max_epsilon) is spent")
+        messages = list(self.sampler.configure_train(round_, arrays, instructions, self.grid))
         if heldout_of is not None and self.evaluates:
             messages = self._ask_heldout(heldout_of, arrays, messages)
         replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout))
@@ -123,36 +121,46 @@ class RoundEngine:
         """Aggregate the round's updates and evaluate on the validation split; None when no
         sampled client may train (every budget is spent). Held-out losses come later."""
         round_, replies = exchange.round, exchange.train_replies
-        answered, refused = successful_replies(round_, replies, self.cfg.federation.min_clients)
+        min_clients = self.cfg.federation.min_clients
+        answered, refused = successful_replies(round_, replies, min_clients)
         exhausted = self._note_privacy(round_, answered)
         if len(exhausted) == len(answered):
             return self._stop(round_, "no sampled client may train any more")
-        trained = sorted(
-            (r for r in answered if r.weights is not None), key=lambda r: r.partition_id
-        )
-        average = self._aggregate(round_, [m for m in replies if carries_weights(m)])
-        load_shared_state(self.model, self.outer.step(shared_state(self.model), average))
+        current = shared_state(self.model)
+        trained = [r for r in answered if r.weights is not None]
+        result = self.pipeline.aggregate(round_, trained, exchange.arrays, current)
+        for sentence in result.rejected.values():
+            log.warning("round %d: %s", round_, sentence)
+        if len(result.admitted) < min_clients or result.weights is None:
+            raise FederationError(
+                f"round {round_}: {len(result.admitted)} client update(s) admitted, fewer "
+                f"than federation.min_clients={min_clients}; left out: "
+                f"{'; '.join(result.rejected.values()) or 'none'}"
+            )
+        load_shared_state(self.model, result.weights)
         val_loss = self.val_loss()
         seconds = time.perf_counter() - exchange.started
-        tokens = sum(r.tokens for r in trained)
+        admitted = result.admitted
+        tokens = sum(u.reply.tokens for u in admitted)
         return RoundRecord(
             round=round_,
-            train_loss=weighted_mean([(r.train_loss, r.num_examples) for r in trained]),
+            train_loss=weighted_mean([(u.reply.train_loss, u.weight) for u in admitted]),
             val_loss=val_loss,
             val_perplexity=math.exp(min(val_loss, 50.0)),
             heldout_loss=None,
             tokens=tokens,
             tokens_per_s=tokens / seconds,
-            client_train_seconds=max(r.train_seconds for r in trained),
+            client_train_seconds=max(u.reply.train_seconds for u in admitted),
             seconds=seconds,
-            clients=len(answered) - len(exhausted),
+            clients=len(admitted),
             failed_clients=len(replies) - len(answered) - len(refused),
             budget_exhausted_clients=len(exhausted),
             bytes_per_client=record_nbytes(exchange.arrays),
             client_epsilon=dict(self.client_epsilon) or None,
             epsilon_max=max(self.client_epsilon.values()) if self.client_epsilon else None,
-            user_level_epsilon=self._user_level_epsilon(),
+            user_level_epsilon=self.pipeline.user_level_epsilon(),
             refused_clients=refused or None,
+            rejected_clients=result.rejected or None,
             outside_guarantee=outside_guarantee(answered),
         )
 
@@ -190,19 +198,7 @@ class RoundEngine:
 
     def _evaluate_messages(self, round_: int, arrays: ArrayRecord) -> list[Message]:
         instructions = evaluate_instructions(self.cfg, self.spec, round_).to_record()
-        return list(self.strategy.configure_evaluate(round_, arrays, instructions, self.grid))
-
-    def _aggregate(self, round_: int, replies: list[Message]) -> dict[str, torch.Tensor]:
-        """TorchFedAvg's fp32 average as it is (no encoding to decode again), or another
-        strategy's aggregate read in place; the outer step reads it, the load copies it."""
-        if isinstance(self.strategy, TorchFedAvg):
-            average = self.strategy.average(replies)
-        else:
-            aggregated, _ = self.strategy.aggregate_train(round_, replies)
-            average = None if aggregated is None else read_only(aggregated, "fp32")
-        if average is None:
-            raise FederationError(f"round {round_}: the strategy aggregated nothing (see the log)")
-        return average
+        return list(self.sampler.configure_evaluate(round_, arrays, instructions, self.grid))
 
     def _note_privacy(self, round_: int, answered: list[TrainReply]) -> list[int]:
         """Update the federation's view of each client's epsilon; return who declined."""
@@ -235,7 +231,3 @@ class RoundEngine:
         record.experience_loss = {str(j): loss for j, loss in losses.items()}
         rows = [(r.experience, r.experience_loss) for r in [*history, record] if r.experience_loss]
         record.continual = continual_metrics(loss_matrix(rows)).as_dict()
-
-    def _user_level_epsilon(self) -> float | None:
-        spent = self.strategy.privacy_spent() if hasattr(self.strategy, "privacy_spent") else None
-        return float(spent.epsilon) if spent is not None else None

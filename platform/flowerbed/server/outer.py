@@ -44,28 +44,34 @@ class FedAvgOuter:
 
 
 class MomentumOuter(FedAvgOuter):
-    """SGD with momentum on the pseudo-gradient; Nesterov's variant for DiLoCo.
+    """SGD with heavy-ball momentum on the pseudo-gradient (`fedavgm`).
 
-    Written around the average, `new = average + ((1 - lr) * g - lr * momentum * buffer)`
-    (Nesterov) or `new = average + (g - lr * buffer)` (heavy ball), which is
-    `current - lr * update` rearranged, so that lr 1 and momentum 0 give FedAvg bit for bit.
+    Written around the average, `new = average + (g - lr * buffer)`, which is
+    `current - lr * buffer` rearranged, so that lr 1 and momentum 0 give FedAvg bit for bit.
     """
 
     def step(self, current: Weights, average: Weights) -> Weights:
         self.steps += 1
-        lr, momentum = self.cfg.outer_lr, self.cfg.outer_momentum
-        nesterov = self.cfg.name == "diloco"
         new: Weights = {}
         for name, avg in average.items():
             gradient = current[name].float() - avg
             buffer = self.state.get(name)
+            momentum = self.cfg.outer_momentum
             buffer = gradient.clone() if buffer is None else buffer.mul_(momentum).add_(gradient)
             self.state[name] = buffer
-            if nesterov:
-                new[name] = avg + ((1 - lr) * gradient - (lr * momentum) * buffer)
-            else:
-                new[name] = avg + (gradient - lr * buffer)
+            new[name] = self.move(avg, gradient, buffer)
         return new
+
+    def move(self, avg: torch.Tensor, gradient: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+        return avg + (gradient - self.cfg.outer_lr * buffer)
+
+
+class NesterovOuter(MomentumOuter):
+    """SGD with Nesterov momentum (`diloco`): `new = average + ((1 - lr) g - lr m buffer)`."""
+
+    def move(self, avg: torch.Tensor, gradient: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+        lr, momentum = self.cfg.outer_lr, self.cfg.outer_momentum
+        return avg + ((1 - lr) * gradient - (lr * momentum) * buffer)
 
 
 class AdamOuter(FedAvgOuter):
@@ -88,8 +94,16 @@ class AdamOuter(FedAvgOuter):
         return new
 
 
+OUTER_RULES: dict[str, type[FedAvgOuter]] = {
+    "fedavg": FedAvgOuter,
+    "fedavgm": MomentumOuter,
+    "diloco": NesterovOuter,
+    "fedadam": AdamOuter,
+}
+"""The registry `strategy.name` is looked up in: a new rule is a class and a file in
+`conf/strategy/`."""
+
+
 def outer_optimizer(cfg: StrategyConfig) -> FedAvgOuter:
-    """The outer step `strategy.name` asks for (diloco and fedavgm differ only in Nesterov)."""
-    if cfg.name == "fedadam":
-        return AdamOuter(cfg)
-    return MomentumOuter(cfg) if cfg.name in ("diloco", "fedavgm") else FedAvgOuter(cfg)
+    """The outer step `strategy.name` asks for: the one place it is looked up."""
+    return OUTER_RULES[cfg.name](cfg)

@@ -37,6 +37,8 @@ class RoundRecord:
     user_level_epsilon: float | None
     refused_clients: dict[str, str] | None = None
     """Clients whose policy refused the server's privacy settings, with their sentence."""
+    rejected_clients: dict[str, str] | None = None
+    """Clients whose reply admission left out (`server/admission.py`), with the sentence."""
     outside_guarantee: list[int] | None = None
     """Clients whose exact losses and counts left them under DP-SGD (`release: exact`)."""
     experience: int | None = None

@@ -1,0 +1,63 @@
+"""A round's aggregation, in one place: admit, combine, outer step.
+
+Each reply is decoded once (`server/replies.py`, into a `TrainReply`); the trained ones
+go through three stages, each chosen once from the config by a registry:
+
+1. **admit** (`server/admission.py`): which replies count; a reply left out gets a
+   sentence and counts as its client's failure;
+2. **combine** (`server/combiners.py`, `combiner.name`; user-level DP's clip-and-noise
+   under `privacy=user_level`): how the admitted updates become one;
+3. **outer step** (`server/outer.py`, `strategy.name`): how the global weights move
+   towards it (FedAvg takes it as it is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord
+
+from flowerbed.config import FlowerbedConfig
+from flowerbed.protocol import TrainReply
+from flowerbed.server.admission import Admission, ClientUpdate, Weights
+from flowerbed.server.combiners import combiner_for
+from flowerbed.server.outer import FedAvgOuter
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """What a round's aggregation made of the trained replies."""
+
+    weights: Weights | None
+    """The new global weights (None: no reply was admitted)."""
+    admitted: list[ClientUpdate]
+    rejected: dict[str, str]
+    """Each left-out client's sentence, by partition id."""
+
+
+class AggregationPipeline:
+    """admit -> combine -> outer step, built once from the run's config."""
+
+    def __init__(self, cfg: FlowerbedConfig, outer: FedAvgOuter) -> None:
+        self.admission = Admission(cfg.federation)
+        self.combiner = combiner_for(cfg)
+        self.outer = outer
+
+    def aggregate(
+        self, round_: int, trained: list[TrainReply], sent: ArrayRecord, current: Weights
+    ) -> Aggregate:
+        """The round's new global weights from the replies that trained (`sent`: the
+        weights as they went out, `current`: the same in fp32)."""
+        admitted, rejected = self.admission.admit(trained, sent, current)
+        if not admitted:
+            return Aggregate(None, admitted, rejected)
+        combined = self.combiner.combine(admitted, current, round_)
+        return Aggregate(self.outer.step(current, combined), admitted, rejected)
+
+    def budget_spent(self) -> bool:
+        """User-level DP: whether one more release would pass its `max_epsilon`."""
+        return bool(getattr(self.combiner, "budget_spent", lambda: False)())
+
+    def user_level_epsilon(self) -> float | None:
+        """User-level DP: ε after the releases so far (None: not user-level, or none yet)."""
+        return getattr(self.combiner, "epsilon", lambda: None)()
