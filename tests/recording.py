@@ -46,7 +46,7 @@ def recorded_simulation(cfg: FlowerbedConfig, run_dir: Path, node_of=None) -> Re
         grids.append(RecordingGrid(grid))
         run_federation(grids[0], cfg, run_dir)
 
-    nodes = node_of or SimulatedNodes(run_dir, "cpu", 1, cfg.node_policy).node
+    nodes = node_of or SimulatedNodes(run_dir, "cpu", 1, cfg.node_policy, cfg.faults).node
     flwr.simulation.run_simulation(
         server_app=server_app,
         client_app=make_client_app(nodes),

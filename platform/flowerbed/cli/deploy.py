@@ -129,6 +129,7 @@ def _prepare(args: argparse.Namespace) -> None:
     from flowerbed.run.simulation import preflight
 
     cfg = compose_config(*args.overrides)
+    refuse_faults(cfg)
     preflight(cfg)  # the ServerApp evaluates on `device` on this machine
     layout = RunLayout(args.run_dir)
     if layout.config.is_file():
@@ -139,6 +140,15 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"wrote {layout.config}, {layout.tokenizer} and the validation split")
     if args.shards:
         print(f"  and {cfg.federation.num_clients} client shards under {layout.clients}")
+
+
+def refuse_faults(cfg) -> None:
+    """Faults are a simulation's: institutions are real, and nothing may tell them to lie."""
+    if cfg.faults.kind != "none":
+        raise ConfigError(
+            f"faults={cfg.faults.kind} is for simulations only: a deployment's institutions "
+            "are real; drop the faults overrides"
+        )
 
 
 def _shard(args: argparse.Namespace) -> None:

@@ -21,10 +21,10 @@ from flowerbed.config import ConfigError, load_config
 from flowerbed.config.conf_dir import conf_dir
 from flowerbed.data import DataError
 from flowerbed.run.simulation import SimulationFailed, continue_simulation, simulate
-from flowerbed.server.replies import NothingToTrain
+from flowerbed.server.replies import FederationError, NothingToTrain
 
 log = logging.getLogger("flowerbed")
-USER_ERRORS = (ConfigError, DataError, FileNotFoundError, SimulationFailed)
+USER_ERRORS = (ConfigError, DataError, FileNotFoundError, SimulationFailed, FederationError)
 
 
 def ignored_by_resume(overrides: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from flowerbed.client.faults import misbehave, misbehaves
 from flowerbed.client.local_round import evaluate_round, train_round
 from flowerbed.client.node import Node
 from flowerbed.model.transport import from_array_record, to_array_record
@@ -28,7 +29,10 @@ def make_client_app(node_of: Callable[[Context], Node]) -> ClientApp:
     def _train(msg: Message, context: Context) -> Message:
         job = TrainInstructions.from_content(msg.content)
         weights = from_array_record(global_weights(msg.content), job.transport_dtype)
-        reply, trained = train_round(job, weights, node_of(context))
+        node = node_of(context)
+        reply, trained = train_round(job, weights, node)
+        if trained is not None and misbehaves(node.faults, node.partition_id):
+            reply, trained = misbehave(node.faults, reply, trained, weights, job.round)
         if trained is not None:
             reply = dataclasses.replace(
                 reply, weights=to_array_record(trained, job.transport_dtype)

@@ -16,6 +16,7 @@ from flwr.app import Context
 
 from flowerbed.config import NodePolicyConfig
 from flowerbed.config.node_policy import policy_from_node_config
+from flowerbed.config.robustness import FaultsConfig
 from flowerbed.config.rules import SchemaError
 from flowerbed.model.runtime import resolve_device
 from flowerbed.tracking.layout import RunLayout
@@ -42,6 +43,8 @@ class Node:
     """A real SuperNode: it refuses noise the server could reproduce (noise_seed=run)."""
     base_model: str | None = None
     """Adapters: where this node keeps the pretrained base (default: the server's path)."""
+    faults: FaultsConfig | None = None
+    """Simulation only: how this node misbehaves on purpose (`client/faults.py`)."""
 
     @classmethod
     def from_context(cls, context: Context) -> Node:
@@ -84,6 +87,7 @@ class SimulatedNodes:
     device: str
     threads: int
     policy: NodePolicyConfig
+    faults: FaultsConfig | None = None
 
     def node(self, context: Context) -> Node:
         partition_id = int(context.node_config["partition-id"])
@@ -96,4 +100,5 @@ class SimulatedNodes:
             threads=self.threads,
             policy=self.policy.demands_of(partition_id),
             deployed=False,
+            faults=self.faults,
         )

@@ -70,7 +70,7 @@ def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     _quiet_flower(cfg.tracking.verbose)
     fed = cfg.federation
     threads = max(1, int(fed.client_cpus))
-    nodes = SimulatedNodes(run_dir.resolve(), cfg.device, threads, cfg.node_policy)
+    nodes = SimulatedNodes(run_dir.resolve(), cfg.device, threads, cfg.node_policy, cfg.faults)
     flwr.simulation.run_simulation(
         server_app=make_server_app(cfg, run_dir),
         client_app=make_client_app(nodes.node),

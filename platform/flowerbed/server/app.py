@@ -26,7 +26,10 @@ def main(grid: Grid, context: Context) -> None:
         raise ValueError("run config `config-path` is empty: pass the run directory's config.yaml")
     path = Path(config_path)
     _log_rounds(path.parent / "server.log")
-    run_federation(grid, load_config(path), path.parent)
+    cfg = load_config(path)
+    if cfg.faults.kind != "none":  # `flowerbed deploy prepare` refuses it first
+        raise ValueError(f"faults={cfg.faults.kind} is for simulations only, not deployments")
+    run_federation(grid, cfg, path.parent)
 
 
 def _log_rounds(log_file: Path) -> None:

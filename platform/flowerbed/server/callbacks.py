@@ -37,6 +37,9 @@ class Callback:
     def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
         """After the last round, with every record of the run and its summary."""
 
+    def on_fail(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        """When a round stops the run (its summary says `failed` and why)."""
+
     def close(self) -> None:
         """When the run ends, finished or failed: let go of what the recorder holds."""
 
@@ -65,6 +68,10 @@ class ProgressLine(Callback):
         if record.heldout_loss is not None:
             log.info(heldout_line(record, self.rounds))
 
+    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        for client, what in (summary.get("repeatedly_rejected") or {}).items():
+            log.warning("client %s's replies were left out in %s", client, what)
+
 
 def progress_line(record: RoundRecord, rounds: int) -> str:
     parts = [
@@ -79,6 +86,8 @@ def progress_line(record: RoundRecord, rounds: int) -> str:
         parts.append(f"{record.failed_clients} failed")
     if record.refused_clients:
         parts.append(f"{len(record.refused_clients)} refused")
+    if record.rejected_clients:
+        parts.append(f"{len(record.rejected_clients)} rejected")
     if record.epsilon_max is not None:
         parts.append(f"ε {record.epsilon_max:.2f}")
     return " | ".join(parts)
@@ -154,6 +163,9 @@ class FinalModel(Callback):
             self.model.save_pretrained(self.layout.final_model)
         self.tokenizer.save_pretrained(self.layout.final_model)
 
+    def on_fail(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        self.on_finish(records, summary)  # the last finite model, kept
+
 
 class Plots(Callback):
     """Loss per round; each client's epsilon under DP-SGD; the continual loss matrix."""
@@ -183,6 +195,9 @@ class SummaryFile(Callback):
         from flowerbed.atomic import write_json_atomic
 
         write_json_atomic(self.path, summary, durable=True)
+
+    def on_fail(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+        self.on_finish(records, summary)
 
 
 class WandbLog(Callback):

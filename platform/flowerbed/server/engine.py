@@ -134,8 +134,8 @@ class RoundEngine:
         if len(result.admitted) < min_clients or result.weights is None:
             raise FederationError(
                 f"round {round_}: {len(result.admitted)} client update(s) admitted, fewer "
-                f"than federation.min_clients={min_clients}; left out: "
-                f"{'; '.join(result.rejected.values()) or 'none'}"
+                f"than federation.min_clients={min_clients}; the run stops, keeping the last "
+                f"finite model: {'; '.join(result.rejected.values()) or 'no reply trained'}"
             )
         load_shared_state(self.model, result.weights)
         val_loss = self.val_loss()

@@ -34,8 +34,8 @@ from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
 from flowerbed.server.engine import RoundEngine
 from flowerbed.server.instructions import model_spec
 from flowerbed.server.outer import FedAvgOuter, outer_optimizer
-from flowerbed.server.records import RoundRecord, RunFacts, summarize
-from flowerbed.server.replies import NothingToTrain
+from flowerbed.server.records import RoundRecord, RunFacts, summarize, summarize_failure
+from flowerbed.server.replies import FederationError, NothingToTrain
 from flowerbed.tracking import MetricsLog, RunLayout
 
 log = logging.getLogger("flowerbed")
@@ -96,20 +96,9 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
             INNER_STATE_KEPT * size,
         )
     started = time.perf_counter()
-    try:
-        rounds = range(start_round, cfg.federation.rounds + 1)
-        _run_rounds(engine, rounds, records, pending, callbacks)
-    finally:
-        for callback in callbacks:
-            callback.close()
-    if not records:
-        raise NothingToTrain(
-            "no round completed: every client's privacy budget was spent "
-            "before round 1; raise the budget or start new ledgers"
-        )
-    summary = summarize(
-        records,
-        RunFacts(
+
+    def facts() -> RunFacts:
+        return RunFacts(
             name=cfg.name,
             parameters=num_parameters(model),
             final_model=str(layout.final_model),
@@ -123,8 +112,25 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
             adapter=cfg.adapter.mode,
             base_hash=spec.base_hash,
             shared_parameters=shared,
-        ),
-    )
+        )
+
+    try:
+        rounds = range(start_round, cfg.federation.rounds + 1)
+        _run_rounds(engine, rounds, records, pending, callbacks)
+    except FederationError as err:
+        summary = summarize_failure(records, facts(), str(err))
+        for callback in callbacks:
+            callback.on_fail(records, summary)
+        raise
+    finally:
+        for callback in callbacks:
+            callback.close()
+    if not records:
+        raise NothingToTrain(
+            "no round completed: every client's privacy budget was spent "
+            "before round 1; raise the budget or start new ledgers"
+        )
+    summary = summarize(records, facts())
     for callback in callbacks:
         callback.on_finish(records, summary)
     return summary
@@ -146,22 +152,27 @@ def _run_rounds(
         for callback in callbacks:
             callback.on_round_end(record)
 
-    for round_ in rounds:
-        exchange = engine.exchange(round_, pending.round if pending else None)
-        if exchange is None:
-            break
-        if pending is not None:
-            finish(pending, exchange.heldout)
-            pending = None
-        record = engine.conclude(exchange)
-        if record is None:
-            break
-        for callback in callbacks:
-            callback.on_round_trained(record)
-        if engine.evaluates:
-            pending = record
-        else:
-            finish(record, [])
+    try:
+        for round_ in rounds:
+            exchange = engine.exchange(round_, pending.round if pending else None)
+            if exchange is None:
+                break
+            if pending is not None:
+                finish(pending, exchange.heldout)
+                pending = None
+            record = engine.conclude(exchange)
+            if record is None:
+                break
+            for callback in callbacks:
+                callback.on_round_trained(record)
+            if engine.evaluates:
+                pending = record
+            else:
+                finish(record, [])
+    except FederationError:
+        if pending is not None:  # the last trained round, recorded without held-out losses
+            finish(pending, [])
+        raise
     if pending is not None:
         finish(pending, engine.final_heldout(pending.round))
 

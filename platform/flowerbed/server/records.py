@@ -108,8 +108,47 @@ def summarize(records: list[RoundRecord], facts: RunFacts) -> dict[str, Any]:
         "continual_mode": facts.continual_mode,
         "continual": last.continual,
         "refusals": {k: v for r in records for k, v in (r.refused_clients or {}).items()} or None,
+        "rejections": {k: v for r in records for k, v in (r.rejected_clients or {}).items()}
+        or None,
+        "repeatedly_rejected": repeatedly_rejected(records) or None,
         "outside_guarantee_clients": sorted(
             {c for r in records for c in (r.outside_guarantee or [])}
         )
         or None,
     }
+
+
+def repeatedly_rejected(records: list[RoundRecord], at_least: int = 2) -> dict[str, str]:
+    """Clients whose replies were left out in `at_least` consecutive rounds or more: the
+    longest such run of rounds, and the last sentence."""
+    found: dict[str, str] = {}
+    clients = {c for r in records for c in (r.rejected_clients or {})}
+    for client in sorted(clients, key=int):
+        run: list[int] = []
+        longest: list[int] = []
+        for record in records:
+            if client in (record.rejected_clients or {}):
+                run.append(record.round)
+                longest = max(longest, run, key=len)
+            else:
+                run = []
+        if len(longest) >= at_least:
+            last = next(r for r in reversed(records) if client in (r.rejected_clients or {}))
+            found[client] = f"rounds {longest[0]}-{longest[-1]}: {last.rejected_clients[client]}"
+    return found
+
+
+def summarize_failure(records: list[RoundRecord], facts: RunFacts, error: str) -> dict[str, Any]:
+    """summary.json of a run that stopped on an error: what it reached, and why it stopped;
+    `final_model` holds the last global model every admitted update kept finite."""
+    summary = (
+        summarize(records, facts)
+        if records
+        else {
+            "name": facts.name,
+            "rounds": 0,
+            "final_model": facts.final_model,
+            "initial_val_loss": facts.initial_val_loss,
+        }
+    )
+    return {**summary, "status": "failed", "error": error, "stop_reason": "failed"}
