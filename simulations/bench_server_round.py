@@ -1,9 +1,10 @@
 """Benchmark: what a round costs the server, with clients that do no compute.
 
-The real ServerApp (flowerbed's round engine, strategy, validation and checkpoints) runs
-a simulated federation on Flower's Simulation Engine whose ClientApps echo the weights
-they receive: everything measured is the server's side of a round and Flower's transport
-(encoding, sending, receiving, aggregating in torch, loading the new weights, the
+The real ServerApp (flowerbed's round engine, aggregation pipeline, validation and
+checkpoints) runs a simulated federation on Flower's Simulation Engine whose ClientApps
+echo the weights they receive: everything measured is the server's side of a round and
+Flower's transport (encoding, sending, receiving, admitting and combining in torch,
+loading the new weights, the
 validation loss, the checkpoint: its snapshot; the write runs in the background). The
 model is the 125m preset with a 32,000-token vocabulary (134M parameters), saved once to
 a temporary folder and loaded as a pretrained model; data is the synthetic corpus with
@@ -13,6 +14,7 @@ or less per round with 16-bit transport.
 
     uv run python simulations/bench_server_round.py                          # fp16, 5 rounds
     uv run python simulations/bench_server_round.py --dtype fp32 --rounds 4
+    uv run python simulations/bench_server_round.py --clients 5 --combiner krum --faulty 1
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from flowerbed.config import compose_config
 from flowerbed.model import build_model, num_parameters
 from flowerbed.protocol import EvaluateReply, TrainReply, global_weights
 from flowerbed.run.prepare import prepare_run
-from flowerbed.server import callbacks, engine, strategy
+from flowerbed.server import callbacks, engine, pipeline
 from flowerbed.tracking import RunLayout
 
 SECONDS: dict[str, list[float]] = defaultdict(list)
@@ -88,6 +90,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--preset", default="125m")
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument(
+        "--combiner",
+        default="mean",
+        choices=("mean", "trimmed_mean", "median", "krum", "multikrum"),
+        help="the combine stage (its aggregate phase includes admission and the outer step)",
+    )
+    parser.add_argument("--faulty", type=int, help="combiner.faulty_clients (krum, median)")
     args = parser.parse_args()
     import flwr.simulation
 
@@ -111,6 +120,8 @@ def main() -> None:
             "federation.fraction_evaluate=0",
             "train.eval_batches=1",
             "device=cpu",
+            f"combiner={args.combiner}",
+            *([f"combiner.faulty_clients={args.faulty}"] if args.faulty is not None else []),
         )
         run_dir = Path(tmp) / "run"
         prepare_run(cfg, RunLayout(run_dir))
@@ -119,7 +130,7 @@ def main() -> None:
         timed(engine.RoundEngine, "val_loss", "validation")
         timed(engine, "to_array_record", "encode")
         timed(engine, "load_shared_state", "load new weights")
-        timed(strategy.TorchFedAvg, "average", "aggregate")
+        timed(pipeline.AggregationPipeline, "aggregate", "aggregate")
         timed(callbacks.Checkpoints, "on_round_trained", "checkpoint")
         flwr.simulation.run_simulation(
             server_app=make_server_app(cfg, run_dir),
