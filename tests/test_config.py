@@ -28,6 +28,11 @@ GROUPS = sorted(FOLDERS & SECTIONS)
 REQUIRED = {
     ("model", "pretrained"): ["model.pretrained=/some/dir"],
     ("data", "files"): ["data.paths=[/some/file.txt]"],
+    ("combiner", "krum"): ["combiner.faulty_clients=0"],  # 4 clients: n >= 2f + 3
+    ("combiner", "multikrum"): ["combiner.faulty_clients=0"],
+} | {
+    ("faults", kind): ["faults.clients=[1]"]
+    for kind in ("non_finite", "scaled", "sign_flip", "wrong_shape", "inflated_examples", "random")
 }
 
 

@@ -40,6 +40,14 @@ class Combiner:
     def __init__(self, cfg: CombinerConfig) -> None:
         self.cfg = cfg
 
+    def budget_spent(self) -> bool:
+        """Whether one more release would pass the combiner's own privacy budget (none)."""
+        return False
+
+    def spent(self) -> float | None:
+        """The ε the combiner's releases have spent (None: it releases nothing private)."""
+        return None
+
     def combine(self, updates: list[ClientUpdate], current: Weights, round_: int) -> Weights:
         weights = torch.tensor([u.weight for u in updates], dtype=torch.float64)
         weights = (weights / weights.sum()).tolist()
@@ -151,9 +159,9 @@ class ClippedNoisedMean(Combiner):
         capped = self.accountant.config.max_epsilon is not None
         return capped and self.accountant.would_exceed(self.release())
 
-    def epsilon(self) -> float | None:
-        spent = self.accountant.get_privacy_spent()
-        return float(spent.epsilon) if spent.num_releases else None
+    def spent(self) -> float | None:
+        so_far = self.accountant.get_privacy_spent()
+        return float(so_far.epsilon) if so_far.num_releases else None
 
     def combine(self, updates: list[ClientUpdate], current: Weights, round_: int) -> Weights:
         total: Weights = {name: torch.zeros_like(current[name]) for name in updates[0].tensors}

@@ -56,8 +56,8 @@ class AggregationPipeline:
 
     def budget_spent(self) -> bool:
         """User-level DP: whether one more release would pass its `max_epsilon`."""
-        return bool(getattr(self.combiner, "budget_spent", lambda: False)())
+        return self.combiner.budget_spent()
 
     def user_level_epsilon(self) -> float | None:
         """User-level DP: ε after the releases so far (None: not user-level, or none yet)."""
-        return getattr(self.combiner, "epsilon", lambda: None)()
+        return self.combiner.spent()
