@@ -1,1 +1,2 @@
-"""The server side: the Flower ServerApp, its round loop, strategy and checkpoints."""
+"""The server side: the Flower ServerApp, its round loop, the aggregation pipeline
+(admission, combiners, outer rules) and checkpoints."""
