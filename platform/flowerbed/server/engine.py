@@ -35,10 +35,8 @@ from flowerbed.server.pipeline import AggregationPipeline
 from flowerbed.server.records import RoundRecord
 from flowerbed.server.replies import (
     FederationError,
-    heldout_replies,
+    RoundReplies,
     outside_guarantee,
-    successful_replies,
-    train_replies,
     weighted_mean,
 )
 from flowerbed.server.sampling import client_sampler
@@ -55,9 +53,9 @@ class Exchange:
     """perf_counter when the round began."""
     arrays: ArrayRecord
     """The global weights sent to each client."""
-    train_replies: list[Message]
-    heldout: list[EvaluateReply]
-    """Held-out losses of the weights sent, from the clients sampled for evaluation."""
+    replies: RoundReplies
+    """Every reply, decoded once (with the held-out losses of the weights sent, from the
+    clients sampled for evaluation)."""
 
 
 class RoundEngine:
@@ -115,14 +113,14 @@ class RoundEngine:
         if heldout_of is not None and self.evaluates:
             messages = self._ask_heldout(heldout_of, arrays, messages)
         replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout))
-        return Exchange(round_, started, arrays, train_replies(replies), heldout_replies(replies))
+        return Exchange(round_, started, arrays, RoundReplies.read(replies))
 
     def conclude(self, exchange: Exchange) -> RoundRecord | None:
         """Aggregate the round's updates and evaluate on the validation split; None when no
         sampled client may train (every budget is spent). Held-out losses come later."""
-        round_, replies = exchange.round, exchange.train_replies
+        round_, replies = exchange.round, exchange.replies
         min_clients = self.cfg.federation.min_clients
-        answered, refused = successful_replies(round_, replies, min_clients)
+        answered, refused = replies.successful(round_, min_clients)
         exhausted = self._note_privacy(round_, answered)
         if len(exhausted) == len(answered):
             return self._stop(round_, "no sampled client may train any more")
@@ -153,7 +151,7 @@ class RoundEngine:
             client_train_seconds=max(u.reply.train_seconds for u in admitted),
             seconds=seconds,
             clients=len(admitted),
-            failed_clients=len(replies) - len(answered) - len(refused),
+            failed_clients=len(replies.failures),
             budget_exhausted_clients=len(exhausted),
             bytes_per_client=record_nbytes(exchange.arrays),
             client_epsilon=dict(self.client_epsilon) or None,
@@ -184,7 +182,7 @@ class RoundEngine:
         arrays = to_array_record(shared_state(self.model), self.cfg.federation.transport_dtype)
         messages = self._evaluate_messages(round_, arrays)
         replies = self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout)
-        return heldout_replies(list(replies))
+        return RoundReplies.read(list(replies)).heldout
 
     def _ask_heldout(self, round_: int, arrays: ArrayRecord, train: list[Message]) -> list[Message]:
         """The train Messages, those to nodes sampled for evaluation asking also for the

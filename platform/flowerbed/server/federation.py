@@ -158,7 +158,7 @@ def _run_rounds(
             if exchange is None:
                 break
             if pending is not None:
-                finish(pending, exchange.heldout)
+                finish(pending, exchange.replies.heldout)
                 pending = None
             record = engine.conclude(exchange)
             if record is None:

@@ -1,10 +1,12 @@
-"""What the clients' replies to a round's Messages say: who trained, who failed and why,
-and the held-out losses they brought (on a train reply or an evaluate reply)."""
+"""What the clients' replies to a round's Messages say, each decoded once: who trained,
+who failed and why, and the held-out losses they brought (on a train reply or an
+evaluate reply)."""
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from flwr.app import Message, MessageType
 
@@ -21,49 +23,54 @@ class NothingToTrain(FederationError):
     """Every client's privacy budget was spent before round 1: the settings are infeasible."""
 
 
-def successful_replies(
-    round_: int, replies: list[Message], min_clients: int
-) -> tuple[list[TrainReply], dict[str, str]]:
-    """The successful train replies, and each refusing client's sentence (by partition id);
-    fewer successes than `min_clients` stops the run, naming every failure and refusal."""
-    failures = [
-        f"node {m.metadata.src_node_id}: {short_reason(m.error.reason)}"
-        for m in replies
-        if m.has_error()
-    ]
-    decoded = [TrainReply.from_content(m.content) for m in replies if not m.has_error()]
-    refused = {str(r.partition_id): r.refused for r in decoded if r.refused}
-    answered = [r for r in decoded if not r.refused]
-    for failure in failures:
-        log.warning("round %d: a client failed and was left out: %s", round_, failure)
-    for sentence in refused.values():
-        log.warning("round %d: %s", round_, sentence)
-    if len(answered) < min_clients:
-        raise FederationError(
-            f"round {round_}: {len(answered)} client(s) replied successfully, fewer than "
-            f"federation.min_clients={min_clients}; "
-            f"failures: {'; '.join([*failures, *refused.values()]) or 'none'}"
-        )
-    return answered, refused
+@dataclass(frozen=True)
+class RoundReplies:
+    """A round's replies, each decoded once."""
 
+    trained: list[TrainReply]
+    """Every successful reply to a train Message (refusals and budget-spent ones too)."""
+    failures: list[str]
+    """Each failed train Message's node and reason."""
+    heldout: list[EvaluateReply]
+    """The held-out losses the replies brought, on a train reply or an evaluate reply (a
+    client that refused, or whose policy withholds its losses, brings none)."""
 
-def train_replies(replies: list[Message]) -> list[Message]:
-    """The replies to train Messages, failed ones included (evaluate replies left out)."""
-    return [m for m in replies if m.metadata.message_type == MessageType.TRAIN]
+    @classmethod
+    def read(cls, replies: list[Message]) -> RoundReplies:
+        trained, failures, heldout = [], [], []
+        for message in replies:
+            is_train = message.metadata.message_type == MessageType.TRAIN
+            if message.has_error():
+                if is_train:
+                    node = message.metadata.src_node_id
+                    failures.append(f"node {node}: {short_reason(message.error.reason)}")
+                continue
+            if is_train:
+                trained.append(reply := TrainReply.from_content(message.content))
+                evaluated = reply.heldout
+            else:
+                evaluated = EvaluateReply.from_content(message.content)
+            if evaluated is not None and evaluated.heldout_loss is not None:
+                heldout.append(evaluated)
+        return cls(trained, failures, heldout)
 
-
-def heldout_replies(replies: list[Message]) -> list[EvaluateReply]:
-    """The held-out losses in a round's successful replies, of either type (a client that
-    refused, or whose policy withholds its losses, brings none)."""
-    heldout = []
-    for message in replies:
-        if message.has_error():
-            continue
-        if message.metadata.message_type == MessageType.EVALUATE:
-            heldout.append(EvaluateReply.from_content(message.content))
-        elif (reply := TrainReply.from_content(message.content)).heldout is not None:
-            heldout.append(reply.heldout)
-    return [r for r in heldout if r.heldout_loss is not None]
+    def successful(self, round_: int, min_clients: int) -> tuple[list[TrainReply], dict[str, str]]:
+        """The successful train replies, and each refusing client's sentence (by partition
+        id); fewer successes than `min_clients` stops the run, naming every failure and
+        refusal."""
+        refused = {str(r.partition_id): r.refused for r in self.trained if r.refused}
+        answered = [r for r in self.trained if not r.refused]
+        for failure in self.failures:
+            log.warning("round %d: a client failed and was left out: %s", round_, failure)
+        for sentence in refused.values():
+            log.warning("round %d: %s", round_, sentence)
+        if len(answered) < min_clients:
+            raise FederationError(
+                f"round {round_}: {len(answered)} client(s) replied successfully, fewer than "
+                f"federation.min_clients={min_clients}; "
+                f"failures: {'; '.join([*self.failures, *refused.values()]) or 'none'}"
+            )
+        return answered, refused
 
 
 def short_reason(reason: str) -> str:
