@@ -32,7 +32,15 @@ REQUIRED = {
     ("combiner", "multikrum"): ["combiner.faulty_clients=0"],
 } | {
     ("faults", kind): ["faults.clients=[1]"]
-    for kind in ("non_finite", "scaled", "sign_flip", "wrong_shape", "inflated_examples", "random")
+    for kind in (
+        "non_finite",
+        "scaled",
+        "sign_flip",
+        "wrong_shape",
+        "inflated_examples",
+        "random",
+        "crash",
+    )
 }
 
 

@@ -102,6 +102,8 @@ class TrainInstructions(_Instructions):
     train: TrainConfig
     privacy: PrivacyConfig
     continual: ContinualConfig
+    secure_max_weight: float | None = None
+    """Secure aggregation: the largest weight the reply may claim (None: not secure)."""
 
     def evaluation(self, round_: int) -> EvaluateInstructions:
         """What an evaluate Message asks about round `round_`'s model in this run: the

@@ -22,6 +22,15 @@ def misbehaves(faults: FaultsConfig | None, partition_id: int) -> bool:
     return faults is not None and faults.enabled and partition_id in faults.clients
 
 
+class Crashed(RuntimeError):
+    """A simulated client that dies when asked to train (`faults=crash`)."""
+
+
+def crash_if_asked(faults: FaultsConfig | None, partition_id: int) -> None:
+    if misbehaves(faults, partition_id) and faults.kind == "crash":
+        raise Crashed(f"client {partition_id} crashed on purpose (faults=crash)")
+
+
 def misbehave(
     faults: FaultsConfig, reply: TrainReply, trained: Weights, received: Weights, round_: int
 ) -> tuple[TrainReply, Weights]:

@@ -14,7 +14,14 @@ from flowerbed.config.rules import Range, Section, at_least, positive
 
 CombinerName = Literal["mean", "trimmed_mean", "median", "krum", "multikrum"]
 FaultKind = Literal[
-    "none", "non_finite", "scaled", "sign_flip", "wrong_shape", "inflated_examples", "random"
+    "none",
+    "non_finite",
+    "scaled",
+    "sign_flip",
+    "wrong_shape",
+    "inflated_examples",
+    "random",
+    "crash",
 ]
 
 
@@ -43,7 +50,7 @@ class FaultsConfig(Section):
     """non_finite (NaN in the weights; Hydra reads a bare `nan` as a number), scaled (the
     update x `scale`), sign_flip (the update negated), wrong_shape (a tensor cut short),
     inflated_examples (the weight x `scale`), random (Gaussian noise `scale` times the
-    update's size in its place)."""
+    update's size in its place), crash (the client dies when asked to train)."""
     clients: list[int]
     """The partition ids that misbehave."""
     scale: Annotated[float, positive()]

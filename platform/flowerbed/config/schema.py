@@ -14,6 +14,7 @@ from flowerbed.config.modes import ContinualConfig, PrivacyConfig
 from flowerbed.config.node_policy import NodePolicyConfig
 from flowerbed.config.robustness import CombinerConfig, FaultsConfig
 from flowerbed.config.rules import require
+from flowerbed.config.secure import SecureAggregationConfig
 
 DeviceName = Literal["auto", "cpu", "cuda"]
 
@@ -29,6 +30,7 @@ class FlowerbedConfig:
     train: sections.TrainConfig
     strategy: sections.StrategyConfig
     combiner: CombinerConfig
+    secagg: SecureAggregationConfig
     privacy: PrivacyConfig
     node_policy: NodePolicyConfig
     continual: ContinualConfig
@@ -145,6 +147,8 @@ class FlowerbedConfig:
                 n - 2 * cut >= 1,
                 f"combiner.trim_fraction={combiner.trim_fraction} cuts all {n} updates",
             )
+        if self.federation.secure_aggregation != "off":
+            self._check_secure_aggregation()
         require(
             self.privacy.mode != "user_level" or combiner.name == "mean",
             f"privacy=user_level clips and noises the mean of the updates: it cannot use "
@@ -157,3 +161,29 @@ class FlowerbedConfig:
                 f"faults={self.faults.kind} needs faults.clients, partition ids in "
                 f"[0, {clients - 1}], got {self.faults.clients}",
             )
+
+    def _check_secure_aggregation(self) -> None:
+        """What secure aggregation can serve: a sum of updates from enough clients."""
+        n, secagg = self.clients_per_round, self.secagg
+        require(
+            n >= 3,
+            f"federation.secure_aggregation needs at least 3 clients a round, not {n}: with "
+            "two, each client could subtract its own update from the sum and read the other",
+        )
+        require(
+            self.combiner.name == "mean",
+            f"combiner={self.combiner.name} needs each client's update, which secure "
+            "aggregation hides from the server: use combiner=mean (admission then checks "
+            "the sum)",
+        )
+        require(
+            self.privacy.mode != "user_level",
+            "privacy=user_level clips each client's update at the server, which secure "
+            "aggregation hides: use privacy=dp_sgd (each client's own noise) or privacy=off",
+        )
+        neighbours = min(secagg.neighbours or n, n)
+        require(
+            secagg.threshold is None or secagg.threshold <= neighbours,
+            f"secagg.threshold={secagg.threshold} is more shares than the {neighbours} "
+            "neighbours a client has: lower it, or raise secagg.neighbours",
+        )

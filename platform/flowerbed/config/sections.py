@@ -137,6 +137,9 @@ class FederationConfig(Section):
     """The largest L2 norm of a reply's update (its weights minus the global ones)."""
     update_norm_policy: Literal["clip", "reject"]
     """An update above `max_update_norm`: scaled down to it, or left out of the round."""
+    secure_aggregation: Literal["off", "secaggplus"]
+    """secaggplus: the coordinator receives only masked updates and sees their sum
+    (settings in `secagg`); admission then checks the sum, not each update."""
 
     def check(self) -> None:
         require(self.fraction_train > 0, "federation.fraction_train must be > 0")

@@ -96,6 +96,16 @@ class Admission:
             for name, t in tensors.items()
         }
 
+    def bounded_sum(self, update: Weights, current: Weights) -> Weights:
+        """Secure aggregation: the one check left, on the survivors' mean update (finite,
+        within `max_update_norm`); the new weights before the outer step."""
+        who = "the secure sum of the round's updates is left out:"
+        for name, step in update.items():
+            if not bool(torch.isfinite(step).all()):
+                raise Rejected(f"{who} it holds NaN or infinite values (in {name})")
+        combined = {**current, **{n: current[n] + step for n, step in update.items()}}
+        return self._bounded(who, combined, current)
+
 
 def update_norm(tensors: Weights, current: Weights) -> float:
     """The L2 norm of `tensors - current` over every floating-point tensor, in fp64."""

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MessageType
 from flwr.serverapp import Grid
 
 from flowerbed.config import FlowerbedConfig
@@ -40,6 +40,7 @@ from flowerbed.server.replies import (
     weighted_mean,
 )
 from flowerbed.server.sampling import client_sampler
+from flowerbed.server.secure_aggregation import SecureSum, secure_aggregation
 
 log = logging.getLogger("flowerbed")
 
@@ -56,6 +57,8 @@ class Exchange:
     replies: RoundReplies
     """Every reply, decoded once (with the held-out losses of the weights sent, from the
     clients sampled for evaluation)."""
+    secure: SecureSum | None = None
+    """Secure aggregation: the survivors' mean update, the only update the server sees."""
 
 
 class RoundEngine:
@@ -77,6 +80,8 @@ class RoundEngine:
         self.validation, self.device = validation, device
         self.sampler = client_sampler(cfg.federation)
         self.pipeline = AggregationPipeline(cfg, outer)
+        self.secure = secure_aggregation(cfg)
+        """SecAgg+ (None: replies come in the clear)."""
         self.client_epsilon = client_epsilon
         """Each client's lifetime epsilon, as it last reported it (the federation's view)."""
         self.stop_reason = "all rounds done"
@@ -112,8 +117,13 @@ class RoundEngine:
         messages = list(self.sampler.configure_train(round_, arrays, instructions, self.grid))
         if heldout_of is not None and self.evaluates:
             messages = self._ask_heldout(heldout_of, arrays, messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout))
-        return Exchange(round_, started, arrays, RoundReplies.read(replies))
+        if self.secure is None:
+            replies = list(self.grid.send_and_receive(messages, timeout=fed.round_timeout))
+            return Exchange(round_, started, arrays, RoundReplies.read(replies))
+        train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
+        others = [m for m in messages if m.metadata.message_type != MessageType.TRAIN]
+        secure = self.secure.run(self.grid, train, others)
+        return Exchange(round_, started, arrays, RoundReplies.read(secure.replies), secure)
 
     def conclude(self, exchange: Exchange) -> RoundRecord | None:
         """Aggregate the round's updates and evaluate on the validation split; None when no
@@ -126,7 +136,10 @@ class RoundEngine:
             return self._stop(round_, "no sampled client may train any more")
         current = shared_state(self.model)
         trained = [r for r in answered if r.weights is not None]
-        result = self.pipeline.aggregate(round_, trained, exchange.arrays, current)
+        if exchange.secure is None:
+            result = self.pipeline.aggregate(round_, trained, exchange.arrays, current)
+        else:
+            result = self.pipeline.aggregate_sum(exchange.secure, answered, current)
         for sentence in result.rejected.values():
             log.warning("round %d: %s", round_, sentence)
         if len(result.admitted) < min_clients or result.weights is None:

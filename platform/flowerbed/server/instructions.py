@@ -38,6 +38,9 @@ def train_instructions(cfg: FlowerbedConfig, spec: ModelSpec, round_: int) -> Tr
         train=cfg.train,
         privacy=cfg.privacy,
         continual=cfg.continual,
+        secure_max_weight=(
+            cfg.secagg.max_weight if cfg.federation.secure_aggregation != "off" else None
+        ),
     )
 
 

@@ -6,7 +6,9 @@ go through three stages, each chosen once from the config by a registry:
 1. **admit** (`server/admission.py`): which replies count; a reply left out gets a
    sentence and counts as its client's failure;
 2. **combine** (`server/combiners.py`, `combiner.name`; user-level DP's clip-and-noise
-   under `privacy=user_level`): how the admitted updates become one;
+   under `privacy=user_level`): how the admitted updates become one; under secure
+   aggregation (`server/secure_aggregation.py`) the survivors' mean is all the server
+   holds, so admission checks that sum and it is the combined update;
 3. **outer step** (`server/outer.py`, `strategy.name`): how the global weights move
    towards it (FedAvg takes it as it is).
 """
@@ -19,9 +21,10 @@ from flwr.app import ArrayRecord
 
 from flowerbed.config import FlowerbedConfig
 from flowerbed.protocol import TrainReply
-from flowerbed.server.admission import Admission, ClientUpdate, Weights
+from flowerbed.server.admission import Admission, ClientUpdate, Rejected, Weights
 from flowerbed.server.combiners import combiner_for
 from flowerbed.server.outer import FedAvgOuter
+from flowerbed.server.secure_aggregation import SecureSum, as_update
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,26 @@ class AggregationPipeline:
             return Aggregate(None, admitted, rejected)
         combined = self.combiner.combine(admitted, current, round_)
         return Aggregate(self.outer.step(current, combined), admitted, rejected)
+
+    def aggregate_sum(
+        self, secure: SecureSum, answered: list[TrainReply], current: Weights
+    ) -> Aggregate:
+        """Secure aggregation: the server holds only the survivors' mean update, so
+        admission checks the sum (finite, norm) and the combine stage is that mean."""
+        if secure.mean_update is None:
+            return Aggregate(None, [], {})
+        names = [n for n, t in current.items() if t.is_floating_point()]
+        update = as_update(secure.mean_update, names)
+        try:
+            tensors = self.admission.bounded_sum(update, current)
+        except Rejected as why:
+            return Aggregate(None, [], {"sum": str(why)})
+        admitted = [
+            ClientUpdate(r, {}, float(r.num_examples))
+            for r in answered
+            if r.num_examples > 0 and not r.budget_exhausted
+        ]
+        return Aggregate(self.outer.step(current, tensors), admitted, {})
 
     def budget_spent(self) -> bool:
         """User-level DP: whether one more release would pass its `max_epsilon`."""

@@ -1,0 +1,275 @@
+"""Secure aggregation (SecAgg+, Bell et al. 2020), the server's side: only a sum is seen.
+
+Flower 1.41 ships the clients' side as a ClientApp mod (`secaggplus_mod`, which
+flowerbed's ClientApp runs as it is: `client/secure.py`) and the server's side as
+`SecAggPlusWorkflow`, written for Flower's legacy Strategy interface (FitIns/FitRes, a
+LegacyContext, its own round loop), which flowerbed's round engine and Message protocol
+do not use. So this module drives the same four stages over the Grid, with the Message
+contract the mod expects and Flower's own primitives (Shamir sharing, key agreement,
+pseudo-random masks, quantization):
+
+1. setup: each sampled client makes two key pairs and sends the public keys;
+2. share keys: each client gets its neighbours' public keys and sends Shamir shares of
+   its secrets, encrypted for each neighbour;
+3. collect: each client gets its shares and the train Message, trains, and sends its
+   update quantized and masked (a private mask, and pairwise masks that cancel in the
+   sum) with its metrics; the server adds the masked vectors;
+4. unmask: the survivors send the shares that remove the survivors' private masks and
+   the pairwise masks of clients that dropped out after the key exchange.
+
+What the server reconstructs is the weighted mean of the survivors' updates (their
+weights minus the global ones, each coordinate clipped to `secagg.clipping_range`),
+within quantization error. It never holds one client's update.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
+from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
+from flwr.common.secure_aggregation.ndarrays_arithmetic import (
+    factor_extract,
+    parameters_addition,
+    parameters_mod,
+    parameters_subtraction,
+)
+from flwr.common.secure_aggregation.quantization import dequantize
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+from flwr.serverapp import Grid
+from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
+
+from flowerbed.config import FlowerbedConfig
+from flowerbed.config.secure import SecureAggregationConfig
+from flowerbed.server.replies import FederationError
+
+MOD_RANGE = 2**32
+"""Masked vectors are summed modulo this; with 2^22 quantization levels, up to 1,024
+clients fit."""
+
+
+class SecureAggregationFailed(FederationError):
+    """Too few clients remained for the round's masks to be removed; says how many."""
+
+
+@dataclass
+class SecureSum:
+    """What a secure round gives the server."""
+
+    replies: list[Message]
+    """The collect stage's train replies (metrics only: their arrays are cleared) and
+    any evaluate replies sent with them."""
+    mean_update: list[np.ndarray] | None
+    """The survivors' weighted mean update, in the order the clients sent it (None: no
+    survivor had a weight)."""
+    dropped: list[int] = field(default_factory=list)
+    """Node ids sampled but gone before the end (their masks removed)."""
+
+
+class SecAggPlus:
+    """One secure round over the Grid: setup, share keys, collect, unmask."""
+
+    def __init__(self, cfg: SecureAggregationConfig, timeout: float) -> None:
+        self.cfg, self.timeout = cfg, timeout
+        self.target_range = 2**cfg.quantization_bits
+
+    def run(self, grid: Grid, train: list[Message], others: list[Message]) -> SecureSum:
+        """The secure sum of the updates `train` asks for; `others` (evaluate Messages)
+        travel with the collect stage."""
+        nodes = [m.metadata.dst_node_id for m in train]
+        shares, threshold = self._sizes(len(nodes))
+        random.shuffle(nodes)  # the neighbour ring (the engine seeds `random` per round)
+        half = shares // 2
+        ring = {
+            nid: {nodes[(i + k) % len(nodes)] for k in range(-half, half + 1)}
+            for i, nid in enumerate(nodes)
+        }
+        setup = {
+            Key.SAMPLE_NUMBER: len(nodes),
+            Key.SHARE_NUMBER: shares,
+            Key.THRESHOLD: threshold,
+            Key.CLIPPING_RANGE: float(self.cfg.clipping_range),
+            Key.TARGET_RANGE: self.target_range,
+            Key.MOD_RANGE: MOD_RANGE,
+            Key.MAX_WEIGHT: float(self.cfg.max_weight),
+        }
+        replies = self._stage(grid, Stage.SETUP, {n: setup for n in nodes})
+        keys = {n: [c[Key.PUBLIC_KEY_1], c[Key.PUBLIC_KEY_2]] for n, c in replies.items()}
+        self._enough(keys, threshold, "the key set-up")
+        replies = self._stage(
+            grid,
+            Stage.SHARE_KEYS,
+            {n: {str(m): keys[m] for m in ring[n] & keys.keys()} for n in keys},
+        )
+        self._enough(replies, threshold, "the key exchange")
+        shared = set(replies)
+        forwarded = _forward(replies)
+        contents = {m.metadata.dst_node_id: m.content for m in train}
+        collected = self._collect(grid, forwarded, contents, others)
+        masked = self._masked_sum(collected)
+        survivors = {m.metadata.src_node_id for m in collected if not m.has_error()} & set(nodes)
+        self._enough(survivors, threshold, "training")
+        dead = set(nodes) - survivors
+        unmasked = self._stage(
+            grid,
+            Stage.UNMASK,
+            {
+                n: {
+                    Key.ACTIVE_NODE_ID_LIST: list(ring[n] & survivors),
+                    Key.DEAD_NODE_ID_LIST: list(ring[n] & dead),
+                }
+                for n in survivors
+            },
+        )
+        mean = self._unmask(masked, unmasked, ring, keys, (shared, survivors), threshold)
+        return SecureSum(collected, mean, sorted(dead))
+
+    def _sizes(self, n: int) -> tuple[int, int]:
+        """Neighbours (odd, at most n) and the shares that rebuild a secret."""
+        shares = min(self.cfg.neighbours or n, n)
+        if shares < n and shares % 2 == 0:
+            shares += 1
+        threshold = self.cfg.threshold or max(2, math.ceil(2 * shares / 3))
+        return shares, min(threshold, shares)
+
+    def _stage(
+        self, grid: Grid, stage: str, configs: dict[int, dict[str, Any]]
+    ) -> dict[int, ConfigRecord]:
+        """Send each node its stage config; the successful replies' configs by node."""
+        messages = [
+            Message(
+                RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: stage, **config})}),
+                dst_node_id=node,
+                message_type=MessageType.TRAIN,
+            )
+            for node, config in configs.items()
+        ]
+        replies = grid.send_and_receive(messages, timeout=self.timeout)
+        return {
+            m.metadata.src_node_id: m.content.config_records[RECORD_KEY_CONFIGS]
+            for m in replies
+            if not m.has_error()
+        }
+
+    def _collect(
+        self,
+        grid: Grid,
+        forwarded: dict[int, tuple[list[bytes], list[int]]],
+        contents: dict[int, RecordDict],
+        others: list[Message],
+    ) -> list[Message]:
+        """The train Messages, each with the shares meant for its node; the replies."""
+        messages = []
+        for node, (ciphertexts, sources) in forwarded.items():
+            content = RecordDict(dict(contents[node].items()))  # its own copy
+            content[RECORD_KEY_CONFIGS] = ConfigRecord(
+                {
+                    Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
+                    Key.CIPHERTEXT_LIST: ciphertexts,
+                    Key.SOURCE_LIST: sources,
+                }
+            )
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+        return list(grid.send_and_receive([*messages, *others], timeout=self.timeout))
+
+    @staticmethod
+    def _masked_sum(replies: list[Message]) -> list[np.ndarray] | None:
+        total = None
+        for reply in replies:
+            if reply.has_error() or reply.metadata.message_type != MessageType.TRAIN:
+                continue
+            config = reply.content.config_records[RECORD_KEY_CONFIGS]
+            vector = [bytes_to_ndarray(b) for b in cast(list[bytes], config[Key.MASKED_PARAMETERS])]
+            total = vector if total is None else parameters_addition(total, vector)
+        return None if total is None else parameters_mod(total, MOD_RANGE)
+
+    def _unmask(
+        self,
+        masked: list[np.ndarray],
+        replies: dict[int, ConfigRecord],
+        ring: dict[int, set[int]],
+        keys: dict[int, list[bytes]],
+        present: tuple[set[int], set[int]],
+        threshold: int,
+    ) -> list[np.ndarray] | None:
+        """Remove every mask with the shares collected; the weighted mean update.
+
+        `present`: the nodes that shared their secrets (only they masked anything) and the
+        survivors among them (their vectors are in the sum).
+        """
+        shared, survivors = present
+        shares: dict[int, list[bytes]] = {node: [] for node in ring}
+        for config in replies.values():
+            owners = cast(list[int], config[Key.NODE_ID_LIST])
+            for owner, share in zip(owners, cast(list[bytes], config[Key.SHARE_LIST]), strict=True):
+                shares[owner].append(share)
+        shapes = [a.shape for a in masked]
+        for owner in sorted(shared):
+            owned = shares[owner]
+            if len(owned) < threshold:
+                raise SecureAggregationFailed(
+                    f"secure aggregation: {len(owned)} share(s) of node {owner}'s secret came "
+                    f"back, fewer than the threshold {threshold}; the round's sum cannot be "
+                    "unmasked (too many clients dropped out)"
+                )
+            secret = combine_shares(owned)
+            if owner in survivors:  # its private mask
+                masked = parameters_subtraction(masked, pseudo_rand_gen(secret, MOD_RANGE, shapes))
+                continue
+            for neighbour in (ring[owner] & shared) - {owner}:  # a dropped client's masks
+                key = generate_shared_key(
+                    bytes_to_private_key(secret), bytes_to_public_key(keys[neighbour][0])
+                )
+                mask = pseudo_rand_gen(key, MOD_RANGE, shapes)
+                add = parameters_addition if owner > neighbour else parameters_subtraction
+                masked = add(masked, mask)
+        total_ratio, vector = factor_extract(parameters_mod(masked, MOD_RANGE))
+        if total_ratio == 0:
+            return None
+        mean = dequantize(vector, self.cfg.clipping_range, self.target_range)
+        offset = -(len(survivors) - 1) * self.cfg.clipping_range
+        return [(v + offset) * (self.target_range / total_ratio) for v in mean]
+
+    @staticmethod
+    def _enough(present, threshold: int, stage: str) -> None:
+        if len(present) < threshold:
+            raise SecureAggregationFailed(
+                f"secure aggregation: {len(present)} client(s) remained after {stage}, "
+                f"fewer than secagg.threshold={threshold}; the round cannot be unmasked"
+            )
+
+
+def _forward(replies: dict[int, ConfigRecord]) -> dict[int, tuple[list[bytes], list[int]]]:
+    """Each node's incoming encrypted shares and their sources."""
+    forwarded: dict[int, tuple[list[bytes], list[int]]] = {n: ([], []) for n in replies}
+    for source, config in replies.items():
+        destinations = cast(list[int], config[Key.DESTINATION_LIST])
+        ciphertexts = cast(list[bytes], config[Key.CIPHERTEXT_LIST])
+        for destination, ciphertext in zip(destinations, ciphertexts, strict=True):
+            if destination in forwarded:
+                forwarded[destination][0].append(ciphertext)
+                forwarded[destination][1].append(source)
+    return forwarded
+
+
+def secure_aggregation(cfg: FlowerbedConfig) -> SecAggPlus | None:
+    """The run's secure aggregation protocol (None: `federation.secure_aggregation=off`)."""
+    if cfg.federation.secure_aggregation == "off":
+        return None
+    return SecAggPlus(cfg.secagg, cfg.federation.round_timeout)
+
+
+def as_update(mean: list[np.ndarray], names: list[str]) -> dict[str, torch.Tensor]:
+    """The reconstructed mean update as named fp32 tensors (the clients' order)."""
+    return {
+        name: torch.from_numpy(np.asarray(a, dtype=np.float32))
+        for name, a in zip(names, mean, strict=True)
+    }
