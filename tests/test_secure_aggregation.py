@@ -8,6 +8,8 @@ is refused at start.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,8 +17,9 @@ from safetensors.torch import load_file
 from flowerbed.config import ConfigError
 from flowerbed.run.prepare import prepare_run
 from flowerbed.run.simulation import simulate
+from flowerbed.server.secure_masks import SecureAggregationFailed
 from flowerbed.tracking import RunLayout
-from tests.conftest import tiny_config
+from tests.conftest import section, tiny_config
 from tests.recording import recorded_simulation
 
 SECURE = {"num_clients": 3, "rounds": 2, "secure_aggregation": "secaggplus"}
@@ -62,13 +65,58 @@ def test_the_server_never_holds_one_clients_update(cache_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_client_dying_after_the_key_exchange_leaves_the_survivors_sum(cache_dir, tmp_path):
+    # client 2 sets up and exchanges keys, then raises when asked for its masked update
     dies = {"kind": "crash", "clients": [2]}
-    secure = tiny_config(cache_dir, federation=SECURE, faults=dies)
+    one_round = {**SECURE, "rounds": 1}  # later rounds' Adam steps would magnify the 5e-7
+    secure = tiny_config(cache_dir, federation=one_round, faults=dies)
     summary = simulate(secure, tmp_path / "secure")
     assert summary["status"] == "completed"
-    clear = tiny_config(cache_dir, federation={**SECURE, "secure_aggregation": "off"}, faults=dies)
-    simulate(clear, tmp_path / "clear")  # the plain mean of the same two survivors
+    # the equal-weight mean of the same two survivors (secagg.max_weight=1 by default)
+    equal = {**one_round, "secure_aggregation": "off", "max_examples_per_client": 1}
+    simulate(tiny_config(cache_dir, federation=equal, faults=dies), tmp_path / "clear")
     assert close(weights(tmp_path / "clear"), weights(tmp_path / "secure"), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_too_few_survivors_to_unmask_stop_the_run_with_a_sentence(cache_dir, tmp_path):
+    strict = {**SECURE, "rounds": 1, "min_clients": 2}  # every neighbour's share needed
+    cfg = tiny_config(
+        cache_dir,
+        federation=strict,
+        secagg={"threshold": 3},
+        faults={"kind": "crash", "clients": [0]},
+    )
+    with pytest.raises(SecureAggregationFailed, match=r"fewer than secagg\.threshold=3"):
+        simulate(cfg, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "secagg.threshold=3" in summary["error"]
+    assert (tmp_path / "final_model" / "model.safetensors").exists()  # the global model kept
+
+
+@pytest.mark.slow
+def test_secure_aggregation_masks_only_the_adapters_and_composes_with_dp_replay_and_diloco(
+    cache_dir, tmp_path
+):
+    lora = {"mode": "lora", "rank": 4, "target_modules": ["q_proj", "v_proj"]}
+    together = {
+        "adapter": lora,
+        "strategy": section("strategy", "strategy=diloco").__dict__,
+        "continual": {"mode": "replay", "experiences": 2, "replay_fraction": 0.25},
+        "privacy": DP,
+        "train": TRAIN,
+    }
+    cfg = tiny_config(cache_dir, federation=SECURE, **together)
+    prepare_run(cfg, RunLayout(tmp_path / "secure"))
+    grid = recorded_simulation(cfg, tmp_path / "secure")
+    adapters = load_file(tmp_path / "secure" / "final_adapter" / "adapter_model.safetensors")
+    for reply in grid.received:
+        config = reply.content.config_records.get("secaggplus_configs", {})
+        if "masked_params" in config:  # the masked weight, then one vector per adapter
+            assert len(config["masked_params"]) == 1 + len(adapters)
+    clear = tiny_config(cache_dir, federation={**SECURE, "secure_aggregation": "off"}, **together)
+    simulate(clear, tmp_path / "clear")
+    theirs = load_file(tmp_path / "clear" / "final_adapter" / "adapter_model.safetensors")
+    assert close(adapters, theirs, atol=1e-5)
 
 
 @pytest.mark.parametrize(

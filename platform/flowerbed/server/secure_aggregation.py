@@ -27,37 +27,25 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from flwr.common import bytes_to_ndarray
-from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-    factor_extract,
-    parameters_addition,
-    parameters_mod,
-    parameters_subtraction,
-)
-from flwr.common.secure_aggregation.quantization import dequantize
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
-from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.serverapp import Grid
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from flowerbed.config import FlowerbedConfig
 from flowerbed.config.secure import SecureAggregationConfig
-from flowerbed.server.replies import FederationError
-
-MOD_RANGE = 2**32
-"""Masked vectors are summed modulo this; with 2^22 quantization levels, up to 1,024
-clients fit."""
-
-
-class SecureAggregationFailed(FederationError):
-    """Too few clients remained for the round's masks to be removed; says how many."""
+from flowerbed.server.secure_masks import (
+    MOD_RANGE,
+    SecureAggregationFailed,
+    forward_shares,
+    masked_sum,
+    remove_masks,
+    shares_by_owner,
+    weighted_mean,
+)
 
 
 @dataclass
@@ -111,10 +99,10 @@ class SecAggPlus:
         )
         self._enough(replies, threshold, "the key exchange")
         shared = set(replies)
-        forwarded = _forward(replies)
+        forwarded = forward_shares(replies)
         contents = {m.metadata.dst_node_id: m.content for m in train}
         collected = self._collect(grid, forwarded, contents, others)
-        masked = self._masked_sum(collected)
+        masked = masked_sum(collected)
         survivors = {m.metadata.src_node_id for m in collected if not m.has_error()} & set(nodes)
         self._enough(survivors, threshold, "training")
         dead = set(nodes) - survivors
@@ -129,7 +117,11 @@ class SecAggPlus:
                 for n in survivors
             },
         )
-        mean = self._unmask(masked, unmasked, ring, keys, (shared, survivors), threshold)
+        if masked is None:
+            return SecureSum(collected, None, sorted(dead))
+        shares = shares_by_owner(unmasked, set(ring))
+        total = remove_masks(masked, shares, ring, keys, (shared, survivors), threshold)
+        mean = weighted_mean(total, len(survivors), self.cfg.clipping_range, self.target_range)
         return SecureSum(collected, mean, sorted(dead))
 
     def _sizes(self, n: int) -> tuple[int, int]:
@@ -181,83 +173,12 @@ class SecAggPlus:
         return list(grid.send_and_receive([*messages, *others], timeout=self.timeout))
 
     @staticmethod
-    def _masked_sum(replies: list[Message]) -> list[np.ndarray] | None:
-        total = None
-        for reply in replies:
-            if reply.has_error() or reply.metadata.message_type != MessageType.TRAIN:
-                continue
-            config = reply.content.config_records[RECORD_KEY_CONFIGS]
-            vector = [bytes_to_ndarray(b) for b in cast(list[bytes], config[Key.MASKED_PARAMETERS])]
-            total = vector if total is None else parameters_addition(total, vector)
-        return None if total is None else parameters_mod(total, MOD_RANGE)
-
-    def _unmask(
-        self,
-        masked: list[np.ndarray],
-        replies: dict[int, ConfigRecord],
-        ring: dict[int, set[int]],
-        keys: dict[int, list[bytes]],
-        present: tuple[set[int], set[int]],
-        threshold: int,
-    ) -> list[np.ndarray] | None:
-        """Remove every mask with the shares collected; the weighted mean update.
-
-        `present`: the nodes that shared their secrets (only they masked anything) and the
-        survivors among them (their vectors are in the sum).
-        """
-        shared, survivors = present
-        shares: dict[int, list[bytes]] = {node: [] for node in ring}
-        for config in replies.values():
-            owners = cast(list[int], config[Key.NODE_ID_LIST])
-            for owner, share in zip(owners, cast(list[bytes], config[Key.SHARE_LIST]), strict=True):
-                shares[owner].append(share)
-        shapes = [a.shape for a in masked]
-        for owner in sorted(shared):
-            owned = shares[owner]
-            if len(owned) < threshold:
-                raise SecureAggregationFailed(
-                    f"secure aggregation: {len(owned)} share(s) of node {owner}'s secret came "
-                    f"back, fewer than the threshold {threshold}; the round's sum cannot be "
-                    "unmasked (too many clients dropped out)"
-                )
-            secret = combine_shares(owned)
-            if owner in survivors:  # its private mask
-                masked = parameters_subtraction(masked, pseudo_rand_gen(secret, MOD_RANGE, shapes))
-                continue
-            for neighbour in (ring[owner] & shared) - {owner}:  # a dropped client's masks
-                key = generate_shared_key(
-                    bytes_to_private_key(secret), bytes_to_public_key(keys[neighbour][0])
-                )
-                mask = pseudo_rand_gen(key, MOD_RANGE, shapes)
-                add = parameters_addition if owner > neighbour else parameters_subtraction
-                masked = add(masked, mask)
-        total_ratio, vector = factor_extract(parameters_mod(masked, MOD_RANGE))
-        if total_ratio == 0:
-            return None
-        mean = dequantize(vector, self.cfg.clipping_range, self.target_range)
-        offset = -(len(survivors) - 1) * self.cfg.clipping_range
-        return [(v + offset) * (self.target_range / total_ratio) for v in mean]
-
-    @staticmethod
     def _enough(present, threshold: int, stage: str) -> None:
         if len(present) < threshold:
             raise SecureAggregationFailed(
                 f"secure aggregation: {len(present)} client(s) remained after {stage}, "
                 f"fewer than secagg.threshold={threshold}; the round cannot be unmasked"
             )
-
-
-def _forward(replies: dict[int, ConfigRecord]) -> dict[int, tuple[list[bytes], list[int]]]:
-    """Each node's incoming encrypted shares and their sources."""
-    forwarded: dict[int, tuple[list[bytes], list[int]]] = {n: ([], []) for n in replies}
-    for source, config in replies.items():
-        destinations = cast(list[int], config[Key.DESTINATION_LIST])
-        ciphertexts = cast(list[bytes], config[Key.CIPHERTEXT_LIST])
-        for destination, ciphertext in zip(destinations, ciphertexts, strict=True):
-            if destination in forwarded:
-                forwarded[destination][0].append(ciphertext)
-                forwarded[destination][1].append(source)
-    return forwarded
 
 
 def secure_aggregation(cfg: FlowerbedConfig) -> SecAggPlus | None:
