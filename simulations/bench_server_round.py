@@ -15,6 +15,12 @@ or less per round with 16-bit transport.
     uv run python simulations/bench_server_round.py                          # fp16, 5 rounds
     uv run python simulations/bench_server_round.py --dtype fp32 --rounds 4
     uv run python simulations/bench_server_round.py --clients 5 --combiner krum --faulty 1
+    uv run python simulations/bench_server_round.py --clients 3 --secure   # SecAgg+
+
+With `--secure` the round is SecAgg+'s four stages; each echo client masks a zero update
+(Flower's `secaggplus_mod`: quantize, one private and one pairwise mask per neighbour),
+so the round also holds the clients' masking, which runs beside the server's work.
+`unmask` is the server rebuilding and removing the masks.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from flowerbed.client.secure import secure_aggregation_mod, with_masked_update
 from flowerbed.config import compose_config
 from flowerbed.model import build_model, num_parameters
-from flowerbed.protocol import EvaluateReply, TrainReply, global_weights
+from flowerbed.model.transport import from_array_record
+from flowerbed.protocol import EvaluateReply, TrainInstructions, TrainReply, global_weights
 from flowerbed.run.prepare import prepare_run
-from flowerbed.server import callbacks, engine, pipeline
+from flowerbed.server import callbacks, engine, pipeline, secure_aggregation
 from flowerbed.tracking import RunLayout
 
 SECONDS: dict[str, list[float]] = defaultdict(list)
@@ -57,11 +65,13 @@ def timed(owner: object, name: str, phase: str) -> None:
 
 
 def echo_client_app() -> ClientApp:
-    """Clients that train nothing: each replies with the weights it received."""
-    app = ClientApp()
+    """Clients that train nothing: each replies with the weights it received (under
+    secure aggregation: a masked zero update)."""
+    app = ClientApp(mods=[secure_aggregation_mod])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
+        job = TrainInstructions.from_content(msg.content)
         reply = TrainReply(
             partition_id=int(context.node_config["partition-id"]),
             num_examples=1,
@@ -70,6 +80,10 @@ def echo_client_app() -> ClientApp:
             train_loss=0.0,
             weights=global_weights(msg.content),
         )
+        if job.secure_max_weight is not None:
+            received = from_array_record(global_weights(msg.content), job.transport_dtype)
+            masked = with_masked_update(reply.to_content(), received, received, 1)
+            return Message(masked, reply_to=msg)
         return Message(reply.to_content(), reply_to=msg)
 
     @app.evaluate()
@@ -97,6 +111,7 @@ def main() -> None:
         help="the combine stage (its aggregate phase includes admission and the outer step)",
     )
     parser.add_argument("--faulty", type=int, help="combiner.faulty_clients (krum, median)")
+    parser.add_argument("--secure", action="store_true", help="SecAgg+ (3 clients or more)")
     args = parser.parse_args()
     import flwr.simulation
 
@@ -122,6 +137,7 @@ def main() -> None:
             "device=cpu",
             f"combiner={args.combiner}",
             *([f"combiner.faulty_clients={args.faulty}"] if args.faulty is not None else []),
+            *(["federation.secure_aggregation=secaggplus"] if args.secure else []),
         )
         run_dir = Path(tmp) / "run"
         prepare_run(cfg, RunLayout(run_dir))
@@ -131,6 +147,8 @@ def main() -> None:
         timed(engine, "to_array_record", "encode")
         timed(engine, "load_shared_state", "load new weights")
         timed(pipeline.AggregationPipeline, "aggregate", "aggregate")
+        timed(pipeline.AggregationPipeline, "aggregate_sum", "aggregate")
+        timed(secure_aggregation, "remove_masks", "unmask")
         timed(callbacks.Checkpoints, "on_round_trained", "checkpoint")
         flwr.simulation.run_simulation(
             server_app=make_server_app(cfg, run_dir),
@@ -151,11 +169,14 @@ def report(args: argparse.Namespace, parameters: int) -> None:
     later = slice(1, None) if len(rounds) > 1 else slice(None)
     median = {phase: statistics.median(s[later]) for phase, s in per_round.items()}
     inside = ("encode", "aggregate", "load new weights", "validation")
+    if "unmask" in SECONDS:
+        inside = (*inside, "unmask")
     median["transport (the rest)"] = median["round (engine)"] - sum(median[p] for p in inside)
     total = median["round (engine)"] + median["checkpoint"]
     print(
         f"\nserver round, {args.clients} echo clients, {args.preset} ({parameters:,} "
-        f"parameters), {args.dtype} transport, CPU ({torch.get_num_threads()} threads); "
+        f"parameters), {args.dtype} transport{', SecAgg+' if args.secure else ''}, "
+        f"CPU ({torch.get_num_threads()} threads); "
         f"median of rounds 2..{len(rounds)}"
     )
     print("| phase | s |\n|---|---|")

@@ -173,6 +173,7 @@ class RoundEngine:
             refused_clients=refused or None,
             rejected_clients=result.rejected or None,
             outside_guarantee=outside_guarantee(answered),
+            masked_bytes_per_client=exchange.secure.masked_bytes if exchange.secure else None,
         )
 
     def complete(

@@ -30,7 +30,7 @@ class RoundRecord:
     """Clients whose reply was an error (a crash, a timeout)."""
     budget_exhausted_clients: int
     bytes_per_client: int
-    """Weights sent to one client (it sends as many back)."""
+    """Weights sent to one client (it sends as many back, unless `masked_bytes_per_client`)."""
     client_epsilon: dict[str, float] | None
     """DP-SGD: each client's lifetime epsilon as it last reported it (by partition id)."""
     epsilon_max: float | None
@@ -41,6 +41,8 @@ class RoundRecord:
     """Clients whose reply admission left out (`server/admission.py`), with the sentence."""
     outside_guarantee: list[int] | None = None
     """Clients whose exact losses and counts left them under DP-SGD (`release: exact`)."""
+    masked_bytes_per_client: int | None = None
+    """Secure aggregation: the masked update one client sends back."""
     experience: int | None = None
     """Continual: the newest experience any client has seen."""
     experience_loss: dict[str, float] | None = None

@@ -41,6 +41,7 @@ from flowerbed.server.secure_masks import (
     MOD_RANGE,
     SecureAggregationFailed,
     forward_shares,
+    masked_nbytes,
     masked_sum,
     remove_masks,
     shares_by_owner,
@@ -60,6 +61,8 @@ class SecureSum:
     survivor had a weight)."""
     dropped: list[int] = field(default_factory=list)
     """Node ids sampled but gone before the end (their masks removed)."""
+    masked_bytes: int = 0
+    """The masked vector one client sent."""
 
 
 class SecAggPlus:
@@ -119,10 +122,11 @@ class SecAggPlus:
         )
         if masked is None:
             return SecureSum(collected, None, sorted(dead))
+        nbytes = masked_nbytes(collected)
         shares = shares_by_owner(unmasked, set(ring))
         total = remove_masks(masked, shares, ring, keys, (shared, survivors), threshold)
         mean = weighted_mean(total, len(survivors), self.cfg.clipping_range, self.target_range)
-        return SecureSum(collected, mean, sorted(dead))
+        return SecureSum(collected, mean, sorted(dead), nbytes)
 
     def _sizes(self, n: int) -> tuple[int, int]:
         """Neighbours (odd, at most n) and the shares that rebuild a secret."""

@@ -48,6 +48,18 @@ def masked_sum(replies: list[Message]) -> list[np.ndarray] | None:
     return None if total is None else parameters_mod(total, MOD_RANGE)
 
 
+def masked_nbytes(replies: list[Message]) -> int:
+    """The bytes of the largest masked vector a client sent (SecAgg+ sends 64-bit
+    integers, whatever the transport dtype)."""
+    sizes = [
+        sum(len(b) for b in cast(list[bytes], config[Key.MASKED_PARAMETERS]))
+        for reply in replies
+        if not reply.has_error() and reply.metadata.message_type == MessageType.TRAIN
+        for config in [reply.content.config_records[RECORD_KEY_CONFIGS]]
+    ]
+    return max(sizes, default=0)
+
+
 def forward_shares(replies: dict[int, ConfigRecord]) -> dict[int, tuple[list[bytes], list[int]]]:
     """Each node's incoming encrypted shares and their sources (the server cannot read
     them: each is encrypted for its destination)."""
