@@ -126,6 +126,14 @@ def test_secure_aggregation_masks_only_the_adapters_and_composes_with_dp_replay_
         (["combiner=median"], "secure aggregation hides from the server"),
         (["privacy=user_level", "federation.transport_dtype=fp32"], "privacy=user_level clips"),
         (["secagg.threshold=9"], "secagg.threshold=9 is more shares than the 4 neighbours"),
+        (
+            ["federation.num_clients=6", "secagg.neighbours=5", "secagg.threshold=2"],
+            "a coordinator lying about who dropped out",
+        ),
+        (
+            ["federation.num_clients=20", "secagg.quantization_bits=28"],
+            "overflow the protocol's 32-bit sum",
+        ),
     ],
 )
 def test_what_secure_aggregation_cannot_serve_is_refused_at_start(overrides, message):

@@ -181,9 +181,5 @@ class FlowerbedConfig:
             "privacy=user_level clips each client's update at the server, which secure "
             "aggregation hides: use privacy=dp_sgd (each client's own noise) or privacy=off",
         )
-        neighbours = min(secagg.neighbours or n, n)
-        require(
-            secagg.threshold is None or secagg.threshold <= neighbours,
-            f"secagg.threshold={secagg.threshold} is more shares than the {neighbours} "
-            "neighbours a client has: lower it, or raise secagg.neighbours",
-        )
+        problem = secagg.problem(n)
+        require(problem is None, str(problem))

@@ -7,6 +7,7 @@ side).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -25,7 +26,9 @@ class SecureAggregationConfig(Section):
     threshold: Annotated[int | None, at_least(2)]
     """Shares needed to remove a client's masks (null: two thirds of the neighbours, at
     least 2): the round survives clients dropping out after the key exchange while at
-    least this many neighbours remain, and fewer colluding clients learn nothing."""
+    least this many neighbours remain, and fewer colluding clients learn nothing. It
+    must exceed half the neighbours, or a coordinator that tells some neighbours a
+    client dropped out and others that it did not could rebuild both of its secrets."""
     clipping_range: Annotated[float, positive()]
     """Each coordinate of a client's update (its weights minus the global ones) is clipped
     to +-this before it is quantized (1.0: far beyond what a round of AdamW moves)."""
@@ -35,3 +38,32 @@ class SecureAggregationConfig(Section):
     """The largest aggregation weight a client may claim (the server cannot see it): 1
     weighs every update the same; a larger value weighs by examples up to it, at
     max_weight times the quantization error."""
+
+    def sizes(self, clients: int) -> tuple[int, int]:
+        """Neighbours per client (odd unless every client, at most `clients`) and the
+        threshold, for a round of `clients`."""
+        neighbours = min(self.neighbours or clients, clients)
+        if neighbours < clients and neighbours % 2 == 0:
+            neighbours += 1
+        return neighbours, self.threshold or max(2, math.ceil(2 * neighbours / 3))
+
+    def problem(self, clients: int) -> str | None:
+        """Why a round of `clients` cannot run with these settings (None: it can)."""
+        neighbours, threshold = self.sizes(clients)
+        if threshold > neighbours:
+            return (
+                f"secagg.threshold={threshold} is more shares than the {neighbours} "
+                "neighbours a client has: lower it, or raise secagg.neighbours"
+            )
+        if 2 * threshold <= neighbours:
+            return (
+                f"secagg.threshold={threshold} is at most half of a client's {neighbours} "
+                "neighbours: a coordinator lying about who dropped out could rebuild both "
+                f"of a client's secrets; raise it above {neighbours // 2}"
+            )
+        if clients << self.quantization_bits > 1 << 32:
+            return (
+                f"{clients} clients of secagg.quantization_bits={self.quantization_bits} "
+                "overflow the protocol's 32-bit sum: lower the bits, or sample fewer clients"
+            )
+        return None

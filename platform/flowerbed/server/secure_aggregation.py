@@ -24,7 +24,6 @@ within quantization error. It never holds one client's update.
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,7 +75,10 @@ class SecAggPlus:
         """The secure sum of the updates `train` asks for; `others` (evaluate Messages)
         travel with the collect stage."""
         nodes = [m.metadata.dst_node_id for m in train]
-        shares, threshold = self._sizes(len(nodes))
+        problem = self.cfg.problem(len(nodes))
+        if problem is not None:
+            raise SecureAggregationFailed(f"secure aggregation: {problem}")
+        shares, threshold = self.cfg.sizes(len(nodes))
         random.shuffle(nodes)  # the neighbour ring (the engine seeds `random` per round)
         half = shares // 2
         ring = {
@@ -127,14 +129,6 @@ class SecAggPlus:
         total = remove_masks(masked, shares, ring, keys, (shared, survivors), threshold)
         mean = weighted_mean(total, len(survivors), self.cfg.clipping_range, self.target_range)
         return SecureSum(collected, mean, sorted(dead), nbytes)
-
-    def _sizes(self, n: int) -> tuple[int, int]:
-        """Neighbours (odd, at most n) and the shares that rebuild a secret."""
-        shares = min(self.cfg.neighbours or n, n)
-        if shares < n and shares % 2 == 0:
-            shares += 1
-        threshold = self.cfg.threshold or max(2, math.ceil(2 * shares / 3))
-        return shares, min(threshold, shares)
 
     def _stage(
         self, grid: Grid, stage: str, configs: dict[int, dict[str, Any]]
