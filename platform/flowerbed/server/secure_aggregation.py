@@ -40,7 +40,6 @@ from flowerbed.server.secure_masks import (
     MOD_RANGE,
     SecureAggregationFailed,
     forward_shares,
-    masked_nbytes,
     masked_sum,
     remove_masks,
     shares_by_owner,
@@ -107,9 +106,13 @@ class SecAggPlus:
         forwarded = forward_shares(replies)
         contents = {m.metadata.dst_node_id: m.content for m in train}
         collected = self._collect(grid, forwarded, contents, others)
-        masked = masked_sum(collected)
-        survivors = {m.metadata.src_node_id for m in collected if not m.has_error()} & set(nodes)
+        survivors = {
+            m.metadata.src_node_id
+            for m in collected
+            if not m.has_error() and m.metadata.message_type == MessageType.TRAIN
+        }
         self._enough(survivors, threshold, "training")
+        masked, nbytes = masked_sum(collected)
         dead = set(nodes) - survivors
         unmasked = self._stage(
             grid,
@@ -122,9 +125,7 @@ class SecAggPlus:
                 for n in survivors
             },
         )
-        if masked is None:
-            return SecureSum(collected, None, sorted(dead))
-        nbytes = masked_nbytes(collected)
+        self._enough(unmasked, threshold, "the unmask stage")
         shares = shares_by_owner(unmasked, set(ring))
         total = remove_masks(masked, shares, ring, keys, (shared, survivors), threshold)
         mean = weighted_mean(total, len(survivors), self.cfg.clipping_range, self.target_range)

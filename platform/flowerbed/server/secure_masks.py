@@ -36,28 +36,24 @@ class SecureAggregationFailed(FederationError):
     """Too few clients remained for the round's masks to be removed; says how many."""
 
 
-def masked_sum(replies: list[Message]) -> list[np.ndarray] | None:
-    """The sum of the masked vectors in the collect stage's train replies (None: none)."""
-    total = None
+def masked_sum(replies: list[Message]) -> tuple[list[np.ndarray], int]:
+    """The sum of the masked vectors in the collect stage's train replies and the largest
+    one's bytes (SecAgg+ sends 64-bit integers, whatever the transport dtype). Each
+    vector is dropped from its reply once added: at 125M parameters each is a gigabyte,
+    and the replies are kept for their metrics."""
+    total, largest = None, 0
     for reply in replies:
         if reply.has_error() or reply.metadata.message_type != MessageType.TRAIN:
             continue
         config = reply.content.config_records[RECORD_KEY_CONFIGS]
-        vector = [bytes_to_ndarray(b) for b in cast(list[bytes], config[Key.MASKED_PARAMETERS])]
+        chunks = cast(list[bytes], config[Key.MASKED_PARAMETERS])
+        largest = max(largest, sum(len(b) for b in chunks))
+        vector = [bytes_to_ndarray(b) for b in chunks]
+        config[Key.MASKED_PARAMETERS] = []
         total = vector if total is None else parameters_addition(total, vector)
-    return None if total is None else parameters_mod(total, MOD_RANGE)
-
-
-def masked_nbytes(replies: list[Message]) -> int:
-    """The bytes of the largest masked vector a client sent (SecAgg+ sends 64-bit
-    integers, whatever the transport dtype)."""
-    sizes = [
-        sum(len(b) for b in cast(list[bytes], config[Key.MASKED_PARAMETERS]))
-        for reply in replies
-        if not reply.has_error() and reply.metadata.message_type == MessageType.TRAIN
-        for config in [reply.content.config_records[RECORD_KEY_CONFIGS]]
-    ]
-    return max(sizes, default=0)
+    if total is None:
+        raise SecureAggregationFailed("secure aggregation: no masked update came back")
+    return parameters_mod(total, MOD_RANGE), largest
 
 
 def forward_shares(replies: dict[int, ConfigRecord]) -> dict[int, tuple[list[bytes], list[int]]]:
