@@ -112,6 +112,13 @@ def main() -> None:
     )
     parser.add_argument("--faulty", type=int, help="combiner.faulty_clients (krum, median)")
     parser.add_argument("--secure", action="store_true", help="SecAgg+ (3 clients or more)")
+    parser.add_argument(
+        "--client-cpus",
+        type=int,
+        default=1,
+        help="CPUs each simulated client holds (cores / this run at once; 2 on a 2-core "
+        "machine runs them one at a time, which SecAgg+ at 125M needs to fit in 24 GiB)",
+    )
     args = parser.parse_args()
     import flwr.simulation
 
@@ -154,7 +161,7 @@ def main() -> None:
             server_app=make_server_app(cfg, run_dir),
             client_app=echo_client_app(),
             num_supernodes=args.clients,
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0}},
+            backend_config={"client_resources": {"num_cpus": args.client_cpus, "num_gpus": 0}},
         )
     report(args, parameters)
 

@@ -80,6 +80,17 @@ def test_a_deployed_node_refuses_noise_the_server_could_reproduce():
     )
 
 
+def test_a_node_requiring_secure_aggregation_refuses_an_update_in_the_clear():
+    masked_only = policy_from_node_config({"require-secure-aggregation": "true"})
+    assert refusal(masked_only, dp(), 3, True, masked=False) == (
+        "client 3 refuses the server's privacy settings: its policy requires secure "
+        "aggregation (require-secure-aggregation), but the server asked for the update in "
+        "the clear (federation.secure_aggregation=off)"
+    )
+    assert refusal(masked_only, dp(), 3, True, masked=True) is None
+    assert refusal(masked_only, dp(), 3, True) is None  # an evaluate Message: no update
+
+
 def test_the_nodes_cap_binds_whatever_the_servers_budget():
     cap = dataclasses.replace(accepting_all(), max_epsilon=4.0)
     assert node_budget(cap, dp(target_epsilon=3.0)) == 3.0

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     node.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     node.add_argument("--require-dp", action="store_true", help="refuse to train without DP-SGD")
+    node.add_argument(
+        "--require-secure-aggregation",
+        action="store_true",
+        help="refuse to send an update the coordinator could read on its own",
+    )
     node.add_argument("--max-epsilon", type=float, help="the largest lifetime ε it accepts")
     node.add_argument("--max-delta", type=float, help="the largest δ it accepts")
     node.add_argument(
@@ -178,6 +183,7 @@ def _node_config(args: argparse.Namespace) -> None:
         machine["threads"] = args.threads
     policy = {
         "require-dp": "true" if args.require_dp else None,
+        "require-secure-aggregation": "true" if args.require_secure_aggregation else None,
         "max-epsilon": args.max_epsilon,
         "max-delta": args.max_delta,
         "privacy-unit": args.privacy_unit and f"'{args.privacy_unit}'",

@@ -29,14 +29,17 @@ def make_client_app(node_of: Callable[[Context], Node]) -> ClientApp:
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:
         job = TrainInstructions.from_content(msg.content)
+        # masked or not is what the Message is (client/secure.py), not what it claims
+        secure = (job.secure_max_weight or 1.0) if is_secure(msg) else None
+        job = dataclasses.replace(job, secure_max_weight=secure)
         weights = from_array_record(global_weights(msg.content), job.transport_dtype)
         node = node_of(context)
         crash_if_asked(node.faults, node.partition_id)
         reply, trained = train_round(job, weights, node)
         if trained is not None and misbehaves(node.faults, node.partition_id):
             reply, trained = misbehave(node.faults, reply, trained, weights, job.round)
-        if is_secure(msg):  # only the masked update leaves (client/secure.py)
-            weight = min(reply.num_examples, job.secure_max_weight or 1)
+        if secure is not None:  # only the masked update leaves (client/secure.py)
+            weight = min(reply.num_examples, secure)
             return _reply(msg, with_masked_update(reply.to_content(), trained, weights, weight))
         if trained is not None:
             reply = dataclasses.replace(

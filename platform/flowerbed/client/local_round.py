@@ -47,7 +47,8 @@ def train_round(
 ) -> tuple[TrainReply, dict[str, torch.Tensor] | None]:
     """Local steps from the global weights, unless the node's policy refuses the server's
     privacy settings; the reply that leaves the node and the new weights (None: none)."""
-    refused = refusal(node.policy, job.privacy, node.partition_id, node.deployed)
+    masked = job.secure_max_weight is not None
+    refused = refusal(node.policy, job.privacy, node.partition_id, node.deployed, masked)
     if refused:
         log.warning("%s", refused)
         return TrainReply(node.partition_id, 0, 0, 0.0, refused=refused), None

@@ -24,6 +24,9 @@ class NodePolicyConfig(Section):
     key = "node_policy"
     require_dp: bool
     """Refuse to train unless the node itself runs DP-SGD (privacy=dp_sgd)."""
+    require_secure_aggregation: bool
+    """Refuse to train unless the update leaves the node masked by secure aggregation
+    (the server's `federation.secure_aggregation=secaggplus`)."""
     max_epsilon: Annotated[float | None, positive()]
     """The largest lifetime ε the node accepts: a server asking for more is refused, and
     the node's ledger stops the client there whatever the server's budget."""
@@ -51,11 +54,12 @@ class NodePolicyConfig(Section):
 
 def accepting_all(release: Release = "minimal") -> NodePolicyConfig:
     """A node that accepts what the server asks (and releases as `release` says)."""
-    return NodePolicyConfig(False, None, None, None, None, release, None)
+    return NodePolicyConfig(False, False, None, None, None, None, release, None)
 
 
 NODE_CONFIG_KEYS = {
     "require-dp": "require_dp",
+    "require-secure-aggregation": "require_secure_aggregation",
     "max-epsilon": "max_epsilon",
     "max-delta": "max_delta",
     "privacy-unit": "unit",
@@ -75,7 +79,7 @@ def policy_from_node_config(config: Mapping[str, Any]) -> NodePolicyConfig:
     from flowerbed.config.loader import ConfigError, build_dataclass
 
     values: dict[str, Any] = {f.name: None for f in fields(NodePolicyConfig)}
-    values |= {"require_dp": False, "release": "minimal"}
+    values |= {"require_dp": False, "require_secure_aggregation": False, "release": "minimal"}
     for key, name in NODE_CONFIG_KEYS.items():
         if key in config:
             values[name] = _node_value(config[key])

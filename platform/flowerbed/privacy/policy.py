@@ -14,10 +14,22 @@ from flowerbed.privacy.units import STRENGTH
 
 
 def refusal(
-    policy: NodePolicyConfig, privacy: PrivacyConfig, partition_id: int, deployed: bool
+    policy: NodePolicyConfig,
+    privacy: PrivacyConfig,
+    partition_id: int,
+    deployed: bool,
+    masked: bool | None = None,
 ) -> str | None:
-    """Why client `partition_id` refuses the server's `privacy` (None: it accepts)."""
+    """Why client `partition_id` refuses the server's `privacy` (None: it accepts).
+
+    `masked`: whether the update the server asks for leaves under secure aggregation
+    (None: no update is asked for, as in an evaluate Message)."""
     refuses = f"client {partition_id} refuses the server's privacy settings: its policy"
+    if masked is False and policy.require_secure_aggregation:
+        return (
+            f"{refuses} requires secure aggregation (require-secure-aggregation), but the "
+            "server asked for the update in the clear (federation.secure_aggregation=off)"
+        )
     if privacy.mode != "dp_sgd":
         if policy.require_dp:
             return (
