@@ -75,6 +75,8 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         cfg.federation.rounds,
     )
     log.info("privacy: %s", guarantee(cfg.privacy))
+    if engine.secure is not None:
+        log.info("secure aggregation (SecAgg+): the server sees only the sum of the updates")
     shared = sum(t.numel() for t in shared_state(model).values())
     if spec.base_hash:
         log.info(
