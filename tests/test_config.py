@@ -7,6 +7,7 @@ import dataclasses
 import re
 import typing
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import yaml
@@ -19,6 +20,7 @@ from flowerbed.config import (
     to_plain_dict,
 )
 from flowerbed.config.conf_dir import conf_dir
+from flowerbed.config.robustness import FaultKind
 
 EXPERIMENTS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 SECTIONS = {f.name for f in dataclasses.fields(FlowerbedConfig)}
@@ -30,18 +32,7 @@ REQUIRED = {
     ("data", "files"): ["data.paths=[/some/file.txt]"],
     ("combiner", "krum"): ["combiner.faulty_clients=0"],  # 4 clients: n >= 2f + 3
     ("combiner", "multikrum"): ["combiner.faulty_clients=0"],
-} | {
-    ("faults", kind): ["faults.clients=[1]"]
-    for kind in (
-        "non_finite",
-        "scaled",
-        "sign_flip",
-        "wrong_shape",
-        "inflated_examples",
-        "random",
-        "crash",
-    )
-}
+} | {("faults", kind): ["faults.clients=[1]"] for kind in get_args(FaultKind) if kind != "none"}
 
 
 def test_there_are_named_experiments_and_no_unknown_config_folders():
