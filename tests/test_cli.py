@@ -124,3 +124,60 @@ def test_a_cuda_run_without_a_gpu_is_refused_before_anything_starts(tmp_path: Pa
     assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
     assert "device=cuda but no CUDA device is visible here" in out.stdout + out.stderr
     assert not (tmp_path / "config.yaml").exists()  # refused before the run directory
+
+
+def test_a_refused_config_leaves_no_run_folder_and_says_why_on_stderr(tmp_path: Path):
+    out = flowerbed("simulate", "federation.rounds=0", cwd=tmp_path)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip().endswith("federation.rounds must be >= 1, got 0")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_mistyped_key_gets_the_keys_it_might_have_meant(tmp_path: Path):
+    out = flowerbed("simulate", "federation.num_client=3", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "the config has no key federation.num_client: did you mean federation.num_clients" in (
+        out.stderr
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resuming_a_completed_run_is_refused_and_touches_nothing(federated_run):
+    _, run_dir = federated_run
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")}
+    out = flowerbed("simulate", f"resume={run_dir}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{run_dir} completed all its 3 rounds, so there is nothing to resume" in out.stderr
+    assert f"model.pretrained={run_dir}/final_model" in out.stderr
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run_dir.rglob("*")} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (["epsilon", "--noise-multiplier", "-1"], "--noise-multiplier must be > 0, got -1"),
+        (["noise", "--target-epsilon", "-1"], "noise: --target-epsilon must be > 0, got -1"),
+        (["noise", "--target-epsilon", "8", "--batch-size", "900"], "is more than the 100 units"),
+    ],
+)
+def test_a_bad_privacy_planning_input_is_one_sentence(args, sentence):
+    from flowerbed.cli.main import main
+
+    settings = ["--units", "100", "--batch-size", "8", "--rounds", "2", "--local-steps", "3"]
+    with pytest.raises(SystemExit) as stopped:  # a string: Python prints it, exits 1
+        main(["privacy", args[0], *settings, *args[1:]])
+    assert sentence in str(stopped.value.code) and "\n" not in str(stopped.value.code)
+
+
+def test_a_file_that_is_not_a_ledger_is_named(tmp_path: Path):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    out = flowerbed("privacy", "ledger", str(tmp_path / "config.yaml"))
+    assert out.returncode == 1 and out.stdout == "" and len(out.stderr.splitlines()) == 1
+    assert "config.yaml is not a privacy ledger" in out.stderr
+
+
+def test_the_version_is_printed():
+    from importlib.metadata import version
+
+    out = flowerbed("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"flowerbed {version('flowerbed')}"

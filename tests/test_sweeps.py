@@ -87,8 +87,8 @@ def test_named_sweeps_and_the_search_compose_with_their_sweepers_and_launchers()
     from flowerbed.config.conf_dir import conf_dir
 
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        grid = compose("config", ["+sweep=privacy_replay"], return_hydra_config=True)
-        search = compose("config", ["+search=dp_budget"], return_hydra_config=True)
+        grid = compose("config", ["sweep=privacy_replay"], return_hydra_config=True)
+        search = compose("config", ["search=dp_budget"], return_hydra_config=True)
         slurm = compose("config", ["hydra/launcher=slurm"], return_hydra_config=True)
     assert dict(grid.hydra.sweeper.params) == {
         "privacy.target_epsilon": "2,4,8",

@@ -1,6 +1,6 @@
 """Federated pretraining against centralized training: the table and the plot.
 
-Reads the jobs of `flowerbed simulate -m +sweep=pretraining ...` (see
+Reads the jobs of `flowerbed simulate -m sweep=pretraining ...` (see
 conf/sweep/pretraining.yaml for the three commands) and writes, next to them or where
 `--out` says, `comparison.md` and `val_loss_vs_tokens.png`. An arm is a strategy, a
 partition and a communication interval (local steps between syncs); the job with one

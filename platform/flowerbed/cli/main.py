@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: flowerbed <command> [args]
+USAGE = """usage: flowerbed <command> [args]     (flowerbed --version: the installed version)
 
 commands:
   simulate [hydra overrides]   run a simulated federation (a Hydra app: -m sweeps work)
                                e.g. flowerbed simulate experiment=smoke
-                                    flowerbed simulate resume=runs/2026-11-23/10-00-00
+                                    flowerbed simulate -m sweep=privacy_replay
+                                    flowerbed simulate resume=runs/default/2026-11-23_10-00-00
   deploy credentials|supernode-key|prepare|shard|run
                                a federation across institutions (Deployment Engine)
                                e.g. flowerbed deploy run runs/study --connection flowerbed
   report <sweep dir>           a sweep's report again: report.md, report.csv, plots
                                e.g. flowerbed report runs/default-sweep/2026-11-23_10-00-00
   privacy noise|epsilon|ledger  plan a privacy budget, or read a client's ledger
-                               e.g. flowerbed privacy noise --records 20000 --batch-size 16 \
+                               e.g. flowerbed privacy noise --units 20000 --batch-size 16
                                         --rounds 20 --local-steps 50 --target-epsilon 8
 """
 
@@ -27,10 +28,22 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         raise SystemExit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
+    if command in {"-V", "--version"}:
+        from importlib.metadata import version
+
+        print(f"flowerbed {version('flowerbed')}")
+        return
     if command == "simulate":
         from flowerbed.cli.simulate import hydra_simulate
 
-        sys.argv = ["flowerbed simulate", *rest]
+        # sweep= and search= are config groups; the `+` earlier releases needed still works
+        rest = [a.removeprefix("+") if a.startswith(("+sweep=", "+search=")) else a for a in rest]
+        from flowerbed.cli.precheck import precheck, resuming
+
+        refused = precheck(rest)
+        if refused:
+            raise SystemExit(f"flowerbed simulate: {refused}")
+        sys.argv = ["flowerbed simulate", *rest, *resuming(rest)]
         hydra_simulate()
         return
     if command == "deploy":

@@ -65,10 +65,9 @@ def main(argv: list[str]) -> None:
     if args.command == "ledger":
         _show_ledger(args.path)
         return
-    if min(args.units, args.batch_size, args.rounds, args.local_steps) < 1:
-        raise SystemExit(
-            "flowerbed privacy: --units, --batch-size, --rounds and --local-steps must be >= 1"
-        )
+    problem = _problem(args)
+    if problem:
+        raise SystemExit(f"flowerbed privacy {args.command}: {problem}")
     result = plan(
         args.units,
         args.batch_size,
@@ -92,10 +91,39 @@ def main(argv: list[str]) -> None:
     )
 
 
+def _problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the settings, in a sentence (None: nothing)."""
+    counts = {"--units": args.units, "--batch-size": args.batch_size}
+    counts |= {"--rounds": args.rounds, "--local-steps": args.local_steps}
+    for flag, value in counts.items():
+        if value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if args.batch_size > args.units:
+        return (
+            f"--batch-size {args.batch_size} is more than the {args.units} units the client "
+            "holds: a step samples each unit with probability batch-size / units, at most 1"
+        )
+    if not 0 < args.delta < 1:
+        return f"--delta must be between 0 and 1 (exclusive), got {args.delta:g}"
+    for flag in ("target_epsilon", "noise_multiplier"):
+        value = getattr(args, flag, None)
+        if value is not None and not value > 0:
+            return f"--{flag.replace('_', '-')} must be > 0, got {value:g}"
+    return None
+
+
 def _show_ledger(path: Path) -> None:
     if not path.is_file():
-        raise SystemExit(f"flowerbed privacy: no ledger at {path}")
-    data = json.loads(path.read_text())
+        raise SystemExit(f"flowerbed privacy ledger: no file at {path}")
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not {"delta", "entries"} <= data.keys():
+        raise SystemExit(
+            f"flowerbed privacy ledger: {path} is not a privacy ledger (a client's "
+            "privacy_ledger.json, in its state directory)"
+        )
     print(
         f"{path}: ε per {data.get('unit', 'sequence')}, delta {data['delta']:g}, accountant "
         f"{data['accountant']}, noise σ {data['noise_multiplier']}, planned steps "

@@ -47,10 +47,30 @@ def continue_simulation(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     """Run the federation in an already prepared `run_dir`, after its newest checkpoint.
 
     Raises:
+        ConfigError: the run has completed already; nothing in it is touched.
         SimulationFailed: the ServerApp did not finish (a client error, a crash).
     """
+    done = nothing_to_resume(run_dir)
+    if done:
+        raise ConfigError(done)
     preflight(cfg)
     return _run_prepared(cfg, run_dir)
+
+
+def nothing_to_resume(run_dir: Path) -> str | None:
+    """Why resuming `run_dir` would do nothing, in a sentence (None: it has rounds left)."""
+    summary = RunLayout(run_dir).summary
+    if not summary.is_file():
+        return None
+    facts = json.loads(summary.read_text())
+    if facts.get("status") != "completed":
+        return None
+    return (
+        f"{run_dir} completed all its {facts.get('rounds')} rounds, so there is nothing to "
+        f"resume; to train more, start a new run from its model: "
+        f"model.pretrained={run_dir}/final_model federation.rounds=<more> (its simulated "
+        "clients start new ledgers)"
+    )
 
 
 def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
