@@ -181,3 +181,59 @@ def test_the_version_is_printed():
 
     out = flowerbed("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"flowerbed {version('flowerbed')}"
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_an_interrupted_run_that_resumes_in_its_own_folder(tmp_path: Path):
+    import os
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex  # every process the run starts inherits it
+    settings = ["name=stopped", "model=tiny", "data=synthetic", "privacy=off"]
+    settings += ["continual=off", "data.synthetic_docs_per_domain=60", "federation.rounds=6"]
+    settings += ["train.local_steps=40", f"data.cache_dir={tmp_path / 'cache'}"]
+    run = subprocess.Popen(
+        [sys.executable, "-m", "flowerbed.cli.main", "simulate", *settings],
+        cwd=tmp_path,
+        env={**os.environ, "FLOWERBED_TEST_MARK": mark},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("runs/stopped/*/checkpoints/round-00001")):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err
+    [run_dir] = tmp_path.glob("runs/stopped/*")
+    assert f"resume with: flowerbed simulate resume={run_dir}" in err
+    assert "Traceback" not in err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["resume"] == f"flowerbed simulate resume={run_dir}"
+    time.sleep(5)  # Ray's processes take a moment to go
+    assert not _processes_marked(mark), "the interrupted run left processes behind"
+    resumed = flowerbed("simulate", f"resume={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert list(tmp_path.glob("runs/*/*")) == [run_dir]  # no new folder: it logs into its run
+    assert "resuming after round" in (run_dir / "simulate.log").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 6
+
+
+def _processes_marked(mark: str) -> list[int]:
+    """Processes whose environment holds `mark` (Linux: read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"FLOWERBED_TEST_MARK={mark}".encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found

@@ -8,6 +8,7 @@ that fails is recorded and the sweep goes on (`cli.sweep`).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,7 +21,12 @@ from flowerbed.cli.sweep import in_sweep_group, pin_gpu, record_outcome
 from flowerbed.config import ConfigError, load_config
 from flowerbed.config.conf_dir import conf_dir
 from flowerbed.data import DataError
-from flowerbed.run.simulation import SimulationFailed, continue_simulation, simulate
+from flowerbed.run.simulation import (
+    SimulationFailed,
+    SimulationInterrupted,
+    continue_simulation,
+    simulate,
+)
 from flowerbed.server.replies import FederationError, NothingToTrain
 
 log = logging.getLogger("flowerbed")
@@ -60,6 +66,15 @@ def hydra_simulate(node: DictConfig) -> float:
         pin_gpu(int(hydra_cfg.job.num), int(hydra_cfg.launcher.get("n_jobs") or 1))
     try:
         summary, run_dir = run(node, run_dir)
+    except SimulationInterrupted as err:
+        log.warning("%s", err)
+        # The summary is written and Ray is shut down, but Flower's simulation threads
+        # may still wait, without a timeout, on actors that are gone: end the process.
+        logging.shutdown()
+        os._exit(130)  # as a shell reports a run stopped by Ctrl-C
+    except KeyboardInterrupt:
+        log.warning("interrupted before the federation started; nothing to resume")
+        sys.exit(130)
     except NothingToTrain as err:
         if not in_sweep:
             log.error("%s", err)

@@ -8,20 +8,31 @@ node's machine facts (its folders under the run directory, device, threads) come
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import torch
 
 from flowerbed.atomic import write_json_atomic
 from flowerbed.config import ConfigError, FlowerbedConfig
 from flowerbed.run.prepare import prepare_run
+from flowerbed.server.checkpoint import latest_checkpoint
 from flowerbed.tracking import RunLayout
 
 
 class SimulationFailed(RuntimeError):
     """The federation stopped before its last round; the message says why."""
+
+
+class SimulationInterrupted(SimulationFailed):
+    """The user stopped the run (Ctrl-C, SIGTERM); the message says how to resume it."""
 
 
 def preflight(cfg: FlowerbedConfig) -> None:
@@ -91,20 +102,28 @@ def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     fed = cfg.federation
     threads = max(1, int(fed.client_cpus))
     nodes = SimulatedNodes(run_dir.resolve(), cfg.device, threads, cfg.node_policy, cfg.faults)
-    flwr.simulation.run_simulation(
-        server_app=make_server_app(cfg, run_dir),
-        client_app=make_client_app(nodes.node),
-        num_supernodes=fed.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": fed.client_cpus, "num_gpus": fed.client_gpus},
-            "init_args": {
-                "log_to_driver": cfg.tracking.verbose,
-                "include_dashboard": False,
-                "logging_level": "INFO" if cfg.tracking.verbose else "ERROR",
-            },
-        },
-        verbose_logging=cfg.tracking.verbose,
-    )
+    stop = threading.Event()
+    with stopped_by_signals(stop):
+        try:
+            flwr.simulation.run_simulation(
+                server_app=make_server_app(cfg, run_dir, stop),
+                client_app=make_client_app(nodes.node),
+                num_supernodes=fed.num_clients,
+                backend_config={
+                    "client_resources": {
+                        "num_cpus": fed.client_cpus,
+                        "num_gpus": fed.client_gpus,
+                    },
+                    "init_args": {
+                        "log_to_driver": cfg.tracking.verbose,
+                        "include_dashboard": False,
+                        "logging_level": "INFO" if cfg.tracking.verbose else "ERROR",
+                    },
+                },
+                verbose_logging=cfg.tracking.verbose,
+            )
+        except KeyboardInterrupt:
+            raise _interrupted(layout) from None
     summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else {}
     if summary.get("status") != "completed":
         raise SimulationFailed(
@@ -112,6 +131,52 @@ def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
             f"{run_dir}/simulate.log); continue it with resume={run_dir}"
         )
     return summary
+
+
+@contextlib.contextmanager
+def stopped_by_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C or SIGTERM sets `stop` (the ServerApp's Grid stops waiting, the federation
+    records itself as interrupted) and raises KeyboardInterrupt in the main thread, which
+    ends Flower's simulation loop. The Ray workers a terminal's Ctrl-C also reaches die
+    with it; their errors are not news, so Flower and Ray go quiet."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+        for name in ("flwr", "ray"):
+            logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+        raise KeyboardInterrupt
+
+    before = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, previous in before.items():
+            signal.signal(s, previous)
+
+
+def _interrupted(layout: RunLayout) -> SimulationInterrupted:
+    """Wait for the ServerApp to record the interruption; the error that says how to go on.
+
+    Flower's simulation threads may still wait, without a timeout, on Ray actors the
+    signal ended, and `ray.shutdown()` under them kills the process; so the caller ends
+    the process (`os._exit`, as `flowerbed simulate` does), and Ray's own processes,
+    which share the driver's fate, go with it."""
+    deadline = time.monotonic() + 120  # its callbacks close: the checkpoint writer finishes
+    while time.monotonic() < deadline and _status(layout) not in ("interrupted", "failed"):
+        time.sleep(0.2)
+    resume = f"flowerbed simulate resume={layout.root}"
+    if layout.summary.is_file():
+        summary = json.loads(layout.summary.read_text())
+        write_json_atomic(layout.summary, {**summary, "resume": resume}, durable=True)
+    done = latest_checkpoint(layout.checkpoints)
+    after = f"after round {int(done.name.split('-')[-1])}" if done else "before round 1"
+    return SimulationInterrupted(f"interrupted {after}; resume with: {resume}")
+
+
+def _status(layout: RunLayout) -> str | None:
+    if not layout.summary.is_file():
+        return None
+    return json.loads(layout.summary.read_text()).get("status")
 
 
 def _quiet_flower(verbose: bool) -> None:

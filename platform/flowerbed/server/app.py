@@ -8,6 +8,7 @@ around an already loaded config with `make_server_app`.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from flwr.app import Context
@@ -15,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from flowerbed.config import FlowerbedConfig, load_config
 from flowerbed.server.federation import run_federation
+from flowerbed.server.stoppable import StoppableGrid
 
 app = ServerApp()
 
@@ -42,12 +44,17 @@ def _log_rounds(log_file: Path) -> None:
         logger.addHandler(handler)
 
 
-def make_server_app(cfg: FlowerbedConfig, run_dir: Path) -> ServerApp:
-    """A ServerApp bound to a config already composed and validated in this process."""
+def make_server_app(
+    cfg: FlowerbedConfig, run_dir: Path, stop: threading.Event | None = None
+) -> ServerApp:
+    """A ServerApp bound to a config already composed and validated in this process.
+
+    `stop`: set when the user stops the simulation; the federation then records itself
+    as interrupted instead of waiting out the round (`server/stoppable.py`)."""
     bound = ServerApp()
 
     @bound.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid, cfg, run_dir)
+        run_federation(grid if stop is None else StoppableGrid(grid, stop), cfg, run_dir)
 
     return bound

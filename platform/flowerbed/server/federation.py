@@ -36,6 +36,7 @@ from flowerbed.server.instructions import model_spec
 from flowerbed.server.outer import FedAvgOuter, outer_optimizer
 from flowerbed.server.records import RoundRecord, RunFacts, summarize, summarize_failure
 from flowerbed.server.replies import FederationError, NothingToTrain
+from flowerbed.server.stoppable import Interrupted
 from flowerbed.tracking import MetricsLog, RunLayout
 
 log = logging.getLogger("flowerbed")
@@ -120,7 +121,8 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
         rounds = range(start_round, cfg.federation.rounds + 1)
         _run_rounds(engine, rounds, records, pending, callbacks)
     except FederationError as err:
-        summary = summarize_failure(records, facts(), str(err))
+        status = "interrupted" if isinstance(err, Interrupted) else "failed"
+        summary = summarize_failure(records, facts(), str(err), status)
         for callback in callbacks:
             callback.on_fail(records, summary)
         raise

@@ -140,9 +140,12 @@ def repeatedly_rejected(records: list[RoundRecord], at_least: int = 2) -> dict[s
     return found
 
 
-def summarize_failure(records: list[RoundRecord], facts: RunFacts, error: str) -> dict[str, Any]:
-    """summary.json of a run that stopped on an error: what it reached, and why it stopped;
-    `final_model` holds the last global model every admitted update kept finite."""
+def summarize_failure(
+    records: list[RoundRecord], facts: RunFacts, error: str, status: str = "failed"
+) -> dict[str, Any]:
+    """summary.json of a run that stopped early (`status`: failed on an error, or
+    interrupted by the user): what it reached, and why it stopped; `final_model` holds
+    the last global model every admitted update kept finite."""
     summary = (
         summarize(records, facts)
         if records
@@ -153,4 +156,4 @@ def summarize_failure(records: list[RoundRecord], facts: RunFacts, error: str) -
             "initial_val_loss": facts.initial_val_loss,
         }
     )
-    return {**summary, "status": "failed", "error": error, "stop_reason": "failed"}
+    return {**summary, "status": status, "error": error, "stop_reason": status}
