@@ -237,3 +237,19 @@ def _processes_marked(mark: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def test_runs_lists_each_run_with_how_it_ended(federated_run, tmp_path: Path):
+    import shutil
+
+    _, complete = federated_run
+    shutil.copytree(complete, tmp_path / "runs" / "done")
+    (tmp_path / "runs" / "crashed").mkdir()
+    shutil.copy(complete / "config.yaml", tmp_path / "runs" / "crashed" / "config.yaml")
+    out = flowerbed("runs", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["run", "status", "rounds", "final", "val", "loss", "max", "ε"]
+    assert lines[1].split()[0] == "crashed" and "no summary" in lines[1]
+    summary = json.loads((complete / "summary.json").read_text())
+    assert lines[2].split()[:4] == ["done", "completed", "3", f"{summary['final_val_loss']:.4f}"]

@@ -16,6 +16,7 @@ commands:
                                e.g. flowerbed deploy run runs/study --connection flowerbed
   report <sweep dir>           a sweep's report again: report.md, report.csv, plots
                                e.g. flowerbed report runs/default-sweep/2026-11-23_10-00-00
+  runs [DIR]                   every run under DIR (default ./runs): status, rounds, loss, ε
   privacy noise|epsilon|ledger  plan a privacy budget, or read a client's ledger
                                e.g. flowerbed privacy noise --units 20000 --batch-size 16
                                         --rounds 20 --local-steps 50 --target-epsilon 8
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> None:
         from flowerbed.cli.report import main as report_main
 
         report_main(rest)
+        return
+    if command == "runs":
+        from flowerbed.cli.runs import main as runs_main
+
+        runs_main(rest)
         return
     if command == "privacy":
         from flowerbed.cli.privacy import main as privacy_main
