@@ -7,14 +7,14 @@ client receives per round (it sends as many back) and the seconds of round 2 (ro
 also starts the ServerApp side).
 
     uv run python simulations/bench_deployment.py --presets small 125m
-    uv run python simulations/bench_deployment.py --experiment smoke_dp   # README's walk-through
+    uv run python simulations/bench_deployment.py --experiment smoke_dp   # docs/deployment.md's walk-through
     uv run python simulations/bench_deployment.py --secure --dtypes fp16  # SecAgg+ beside clear
 
 With `--secure`, three institutions run each preset and dtype twice, in the clear and with
 SecAgg+ (`federation.secure_aggregation=secaggplus`: four Messages per client per round,
 and a masked update of 64-bit integers back, whatever the transport dtype).
 
-With `--experiment`, the shards and the one run use that experiment, as README's
+With `--experiment`, the shards and the one run use that experiment, as docs/deployment.md's
 deployment walk-through does (`deploy prepare --shards ... experiment=smoke_dp`), and
 the table gives every round's seconds.
 """
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["small", "125m"])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "fp16"])
-    parser.add_argument("--experiment", help="run README's walk-through with this experiment")
+    parser.add_argument("--experiment", help="run the deployment walk-through with this experiment")
     parser.add_argument("--secure", action="store_true", help="also with SecAgg+ (3 sites)")
     args = parser.parse_args()
     sites = 3 if args.secure else 2

@@ -1,6 +1,6 @@
 """A coordinator and institutions on one machine: real Flower processes on loopback.
 
-The commands are the ones README's "Deployment" walk-through gives: `flowerbed deploy`,
+The commands are the ones docs/deployment.md's walk-through gives: `flowerbed deploy`,
 `flower-superlink` with TLS, SuperNode authentication and a state database,
 `flwr supernode register` and `flower-supernode`. The deployment tests and the transport
 benchmark use it, from a flowerbed checkout (its root is the Flower app); it is a test

@@ -2,7 +2,7 @@
 
 A coordinator (SuperLink with TLS, SuperNode authentication and a state database) and
 two institutions (SuperNodes with their own data and state directories) run the
-commands README's walk-through gives.
+commands docs/deployment.md's walk-through gives.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def deployment(tmp_path_factory, cache_dir):
     loopback.close()
 
 
-POLICY = "max-epsilon=8 max-delta=1e-5"  # README's walk-through: each institution's own
+POLICY = "max-epsilon=8 max-delta=1e-5"  # the walk-through's: each institution's own
 
 
 def start_institutions(

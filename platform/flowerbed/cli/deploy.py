@@ -10,7 +10,7 @@ Institution (with the run's config.yaml and data/tokenizer/ from the coordinator
     flowerbed deploy node-config --data-dir /data/site-a --state-dir /state/site-a \
         --require-dp --max-epsilon 8 --privacy-unit document  # the SuperNode's --node-config
 
-README ("Deployment") and clients/README.md walk through it command by command.
+docs/deployment.md and clients/README.md walk through it command by command.
 """
 
 from __future__ import annotations

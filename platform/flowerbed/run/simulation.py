@@ -1,7 +1,7 @@
 """A simulated federation on Flower's Simulation Engine, in this process.
 
 `flwr.simulation.run_simulation` runs the same ServerApp and ClientApp as a deployment;
-README ("Why run_simulation") says why it is used instead of `flwr run`. Each simulated
+docs/layout.md ("Why run_simulation") says why it is used instead of `flwr run`. Each simulated
 node's machine facts (its folders under the run directory, device, threads) come from
 `SimulatedNodes`, as a SuperNode's would come from its node config.
 """
