@@ -253,3 +253,24 @@ def test_runs_lists_each_run_with_how_it_ended(federated_run, tmp_path: Path):
     assert lines[1].split()[0] == "crashed" and "no summary" in lines[1]
     summary = json.loads((complete / "summary.json").read_text())
     assert lines[2].split()[:4] == ["done", "completed", "3", f"{summary['final_val_loss']:.4f}"]
+
+
+def test_simulate_help_lists_each_key_with_its_type_range_default_and_meaning():
+    out = flowerbed("simulate", "--help")
+    assert out.returncode == 0
+    assert "  federation.num_clients = 4    (int >= 1)" in out.stdout
+    assert "  federation.secure_aggregation = off    (off | secaggplus)" in out.stdout
+    assert ["privacy", "dp_sgd,", "off,", "user_level"] in [  # groups and their options
+        line.split() for line in out.stdout.splitlines()
+    ]
+    one = flowerbed("simulate", "--help", "secagg")
+    assert "secagg.threshold = null    (int or null >= 2)" in one.stdout
+    assert "federation." not in one.stdout
+    wrong = flowerbed("simulate", "--help", "federatoin")
+    assert wrong.returncode == 1 and "no section 'federatoin'" in wrong.stderr
+
+
+def test_a_named_sweep_composes_without_a_plus():
+    from flowerbed.config import compose_config
+
+    assert compose_config("sweep=privacy_replay").name == "privacy_replay"

@@ -37,6 +37,16 @@ def main(argv: list[str] | None = None) -> None:
     if command == "simulate":
         from flowerbed.cli.simulate import hydra_simulate
 
+        if rest[:1] in (["--help"], ["-h"]):
+            from flowerbed.cli.schema_help import schema_help
+
+            try:
+                print(schema_help(rest[1] if len(rest) > 1 else None))
+            except ValueError as err:
+                raise SystemExit(str(err)) from None
+            return
+        if rest[:1] == ["--hydra-help"]:
+            rest = ["--help", *rest[1:]]
         # sweep= and search= are config groups; the `+` earlier releases needed still works
         rest = [a.removeprefix("+") if a.startswith(("+sweep=", "+search=")) else a for a in rest]
         from flowerbed.cli.precheck import precheck, resuming
