@@ -215,3 +215,5 @@ class TrackingConfig(Section):
     """W&B group; the jobs of one sweep share one named after the sweep unless this is set."""
     verbose: bool
     """Show Flower's and Ray's own logs instead of one line per round."""
+    progress: bool
+    """A live line on a terminal while a round waits for its clients (never in a log)."""

@@ -48,7 +48,7 @@ def pack_domains(
     eos = tokenizer.eos_token_id
     tokens, domain_ids = [], []
     for index, domain in enumerate(domains):
-        encoded = tokenizer(domain.documents, add_special_tokens=False)["input_ids"]
+        encoded = _tokenized(domain, index, len(domains), tokenizer)
         stream = np.fromiter((t for ids in encoded for t in (*ids, eos)), dtype=np.int64)
         n = len(stream) // seq_len
         if n == 0:
@@ -70,7 +70,7 @@ def pack_documents(
     eos, pad = tokenizer.eos_token_id, pad_value(dtype)
     tokens, domain_ids, documents, users = [], [], [], []
     for index, domain in enumerate(domains):
-        encoded = tokenizer(domain.documents, add_special_tokens=False)["input_ids"]
+        encoded = _tokenized(domain, index, len(domains), tokenizer)
         for d, ids in enumerate(encoded):
             stream = np.asarray([*ids, eos], dtype=np.int64)
             n = len(stream) // seq_len + (len(stream) % seq_len >= 2)
@@ -94,6 +94,17 @@ def pack_documents(
         np.concatenate(documents),
         np.concatenate(users) if len(users) == len(documents) else None,
     )
+
+
+def _tokenized(
+    domain: Domain, index: int, count: int, tokenizer: PreTrainedTokenizerBase
+) -> list[list[int]]:
+    """A domain's documents as token ids, with a line a person can watch (a large domain
+    takes tens of seconds, once: the blocks are cached)."""
+    characters = sum(len(text) for text in domain.documents)
+    log.info("tokenizing domain %d/%d, %s (%s characters)", index + 1, count, domain.name,
+             f"{characters:,}")  # fmt: skip
+    return tokenizer(domain.documents, add_special_tokens=False)["input_ids"]
 
 
 def stable_id(name: str) -> int:

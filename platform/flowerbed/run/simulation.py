@@ -90,6 +90,7 @@ def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     from flowerbed.client.app import make_client_app
     from flowerbed.client.node import SimulatedNodes
     from flowerbed.server.app import make_server_app
+    from flowerbed.server.live import LiveStatus
 
     layout = RunLayout(run_dir)
     if not layout.config.is_file() or not layout.data.is_dir():
@@ -103,10 +104,11 @@ def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     threads = max(1, int(fed.client_cpus))
     nodes = SimulatedNodes(run_dir.resolve(), cfg.device, threads, cfg.node_policy, cfg.faults)
     stop = threading.Event()
+    live = LiveStatus.for_terminal(fed.rounds, cfg.tracking.progress)
     with stopped_by_signals(stop):
         try:
             flwr.simulation.run_simulation(
-                server_app=make_server_app(cfg, run_dir, stop),
+                server_app=make_server_app(cfg, run_dir, stop, live),
                 client_app=make_client_app(nodes.node),
                 num_supernodes=fed.num_clients,
                 backend_config={

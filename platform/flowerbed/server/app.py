@@ -16,6 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from flowerbed.config import FlowerbedConfig, load_config
 from flowerbed.server.federation import run_federation
+from flowerbed.server.live import LiveStatus
 from flowerbed.server.stoppable import StoppableGrid
 
 app = ServerApp()
@@ -45,16 +46,24 @@ def _log_rounds(log_file: Path) -> None:
 
 
 def make_server_app(
-    cfg: FlowerbedConfig, run_dir: Path, stop: threading.Event | None = None
+    cfg: FlowerbedConfig,
+    run_dir: Path,
+    stop: threading.Event | None = None,
+    live: LiveStatus | None = None,
 ) -> ServerApp:
     """A ServerApp bound to a config already composed and validated in this process.
 
     `stop`: set when the user stops the simulation; the federation then records itself
-    as interrupted instead of waiting out the round (`server/stoppable.py`)."""
+    as interrupted instead of waiting out the round (`server/stoppable.py`). `live`: the
+    terminal's line while a round waits for its clients."""
     bound = ServerApp()
 
     @bound.main()
     def _main(grid: Grid, context: Context) -> None:
-        run_federation(grid if stop is None else StoppableGrid(grid, stop), cfg, run_dir)
+        if stop is None:
+            run_federation(grid, cfg, run_dir)
+            return
+        extra = [live] if live is not None else []
+        run_federation(StoppableGrid(grid, stop, live), cfg, run_dir, extra)
 
     return bound

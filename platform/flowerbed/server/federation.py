@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,11 @@ from flowerbed.tracking import MetricsLog, RunLayout
 log = logging.getLogger("flowerbed")
 
 
-def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str, Any]:
-    """Run (or continue) every round; return the summary also written to summary.json."""
+def run_federation(
+    grid: Grid, cfg: FlowerbedConfig, run_dir: Path, extra: Sequence[Callback] = ()
+) -> dict[str, Any]:
+    """Run (or continue) every round; return the summary also written to summary.json.
+    `extra`: callbacks beside the run's recorders (the terminal's live line)."""
     from transformers import AutoTokenizer
 
     torch.manual_seed(cfg.seed)
@@ -67,6 +71,7 @@ def run_federation(grid: Grid, cfg: FlowerbedConfig, run_dir: Path) -> dict[str,
     )
     initial_val = _initial_val_loss(layout, engine, start_round)
     callbacks = default_callbacks(cfg, layout, model, outer, tokenizer, resume=start_round > 1)
+    callbacks += extra
     log.info(
         "model: %s parameters on %s; %d clients; rounds %d..%d",
         f"{num_parameters(model):,}",

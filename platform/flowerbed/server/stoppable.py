@@ -1,4 +1,5 @@
-"""A Grid whose waits end when the user stops the run (Ctrl-C or SIGTERM in a simulation).
+"""A Grid whose waits end when the user stops the run (Ctrl-C or SIGTERM in a simulation),
+and show on a terminal how many clients have answered (`server/live.py`).
 
 Flower's in-memory Grid waits for a round's replies until they all come or the round's
 timeout passes; once the user has stopped the simulation no reply will come, so the
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from flowerbed.server.live import LiveStatus
 from flowerbed.server.replies import FederationError
 
 
@@ -26,8 +28,8 @@ class Interrupted(FederationError):
 class StoppableGrid:
     """`grid`, except that `send_and_receive` stops waiting when `stop` is set."""
 
-    def __init__(self, grid: Grid, stop: threading.Event) -> None:
-        self.grid, self.stop = grid, stop
+    def __init__(self, grid: Grid, stop: threading.Event, live: LiveStatus | None = None) -> None:
+        self.grid, self.stop, self.live = grid, stop, live
 
     def __getattr__(self, name: str):
         return getattr(self.grid, name)
@@ -36,14 +38,21 @@ class StoppableGrid:
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
         waiting = set(self.grid.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        sent, started = len(waiting), time.monotonic()
+        deadline = None if timeout is None else started + timeout
         replies: list[Message] = []
-        while waiting and (deadline is None or time.monotonic() < deadline):
-            if self.stop.is_set():
-                raise Interrupted("the run was interrupted (Ctrl-C or SIGTERM)")
-            pulled = list(self.grid.pull_messages(waiting))
-            replies += pulled
-            waiting -= {m.metadata.reply_to_message_id for m in pulled}
-            if waiting:
-                self.stop.wait(0.1)
+        try:
+            while waiting and (deadline is None or time.monotonic() < deadline):
+                if self.stop.is_set():
+                    raise Interrupted("the run was interrupted (Ctrl-C or SIGTERM)")
+                pulled = list(self.grid.pull_messages(waiting))
+                replies += pulled
+                waiting -= {m.metadata.reply_to_message_id for m in pulled}
+                if self.live is not None:
+                    self.live.waiting(sent - len(waiting), sent, time.monotonic() - started)
+                if waiting:
+                    self.stop.wait(0.1)
+        finally:
+            if self.live is not None:
+                self.live.clear()
         return replies
