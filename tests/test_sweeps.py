@@ -57,6 +57,28 @@ def fake_job(folder: Path, overrides: list[str], val: float | None, eps: float |
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
+@pytest.mark.parametrize(
+    ("grid", "caveat"),
+    [
+        ([("1e-3", "0", 3.00), ("1e-2", "0", 3.02)], "with one seed per setting the seeds' spread"),
+        (
+            [("1e-3", "0", 3.0), ("1e-3", "1", 3.2), ("1e-2", "0", 3.05), ("1e-2", "1", 3.25)],
+            "within one standard deviation over seeds",
+        ),
+        ([("1e-3", "0", 3.0), ("1e-3", "1", 3.01), ("1e-2", "0", 3.5), ("1e-2", "1", 3.51)], None),
+    ],
+    ids=["one-seed", "within-spread", "clear-winner"],
+)
+def test_the_report_says_when_the_best_setting_is_not_told_apart(tmp_path: Path, grid, caveat):
+    for i, (lr, seed, val) in enumerate(grid):
+        fake_job(tmp_path / str(i), [f"train.lr={lr}", f"seed={seed}"], val, None)
+    text = write_report(tmp_path, max_epsilon=None).markdown.read_text()
+    assert "**Best setting** (lowest mean final validation loss" in text
+    assert ("The next, train.lr=1e-2" in text) == (caveat is not None)
+    if caveat:
+        assert caveat in text
+
+
 def test_a_report_has_one_row_per_setting_with_seeds_aggregated(tmp_path: Path):
     grid = [("2", "0", 3.0, 1.9), ("2", "1", 3.2, 2.0), ("8", "0", 2.5, 7.9), ("8", "1", 2.7, 8.0)]
     for i, (eps, seed, val, spent) in enumerate(grid):

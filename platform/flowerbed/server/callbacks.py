@@ -170,8 +170,10 @@ class FinalModel(Callback):
 class Plots(Callback):
     """Loss per round; each client's epsilon under DP-SGD; the continual loss matrix."""
 
-    def __init__(self, layout: RunLayout, title: str) -> None:
+    def __init__(self, layout: RunLayout, title: str, target_epsilon: float | None) -> None:
         self.layout, self.title = layout, title
+        self.target_epsilon = target_epsilon
+        """The server's ε budget, drawn as a line (a node's own policy may cap lower)."""
 
     def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
         from flowerbed.tracking.plots import plot_epsilon, plot_loss_matrix, plot_losses
@@ -179,7 +181,7 @@ class Plots(Callback):
         rows = [r.as_dict() for r in records]
         plot_losses(rows, summary["initial_val_loss"], self.layout.val_loss_plot)
         if summary["client_epsilon"]:
-            plot_epsilon(rows, self.layout.epsilon_plot)
+            plot_epsilon(rows, self.layout.epsilon_plot, self.target_epsilon, summary["delta"])
         if summary["continual"]:
             matrix = summary["continual"]["loss_matrix"]
             plot_loss_matrix(matrix, self.layout.loss_matrix_plot, self.title)
@@ -235,7 +237,9 @@ def default_callbacks(
         FinalModel(layout, model, tokenizer),
     ]
     if cfg.tracking.plots:
-        callbacks.append(Plots(layout, f"{cfg.name}: continual={cfg.continual.mode}"))
+        title = f"{cfg.name}: continual={cfg.continual.mode}"
+        budget = cfg.privacy.budget if cfg.privacy.mode == "dp_sgd" else None
+        callbacks.append(Plots(layout, title, budget))
     if cfg.tracking.wandb:  # after the final model and plots, which it uploads
         callbacks.append(WandbLog(cfg, layout, resume))
     return [*callbacks, SummaryFile(layout)]

@@ -28,6 +28,7 @@ def plot_losses(records: list[dict[str, Any]], initial_val_loss: float | None, p
         points = [(r["round"], r[key]) for r in records if r.get(key) is not None]
         if points:
             ax.plot(*zip(*points, strict=True), marker=marker, label=label)
+    _mark_experiences(ax, records)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("loss (nats per token)")
@@ -39,8 +40,28 @@ def plot_losses(records: list[dict[str, Any]], initial_val_loss: float | None, p
     plt.close(fig)
 
 
-def plot_epsilon(records: list[dict[str, Any]], path: Path) -> None:
-    """The federation ledger: each client's lifetime epsilon per round, and the worst case."""
+def _mark_experiences(ax, records: list[dict[str, Any]]) -> None:
+    """A dotted line before each round in which a new continual experience arrived."""
+    seen = 0
+    for r in records:
+        experience = r.get("experience")
+        if experience is not None and experience > seen:
+            ax.axvline(r["round"] - 0.5, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(f"experience {experience}", (r["round"] - 0.5, 1), xycoords=("data",
+                        "axes fraction"), rotation=90, va="top", ha="right", fontsize="x-small",
+                        color="grey")  # fmt: skip
+            seen = experience
+
+
+def plot_epsilon(
+    records: list[dict[str, Any]],
+    path: Path,
+    target: float | None = None,
+    delta: float | None = None,
+) -> None:
+    """The federation ledger: each client's lifetime epsilon per round, the worst case, and
+    the target the noise was calibrated for (clients with the same shard size and plan
+    spend the same ε, so their lines lie on each other: the markers tell them apart)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -49,19 +70,25 @@ def plot_epsilon(records: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     clients = sorted({c for r in records for c in (r.get("client_epsilon") or {})}, key=int)
-    for client in clients:
+    markers = "os^vD<>p*h"
+    for i, client in enumerate(clients):
         points = [
             (r["round"], r["client_epsilon"][client])
             for r in records
             if client in (r.get("client_epsilon") or {})
         ]
-        ax.plot(*zip(*points, strict=True), marker=".", alpha=0.6, label=f"client {client}")
+        ax.plot(*zip(*points, strict=True), marker=markers[i % len(markers)], markersize=4,
+                linewidth=0.8, alpha=0.7, label=f"client {client}")  # fmt: skip
     worst = [(r["round"], r["epsilon_max"]) for r in records if r.get("epsilon_max") is not None]
     ax.plot(*zip(*worst, strict=True), color="black", linewidth=2, label="worst case")
+    if target is not None:
+        ax.axhline(target, color="red", linestyle="--", linewidth=1, label=f"target ε {target:g}")
+    top = max([target or 0.0, *(e for _, e in worst)])
+    ax.set_ylim(0, top * 1.1 if top > 0 else 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel("lifetime epsilon")
-    ax.set_title("flowerbed: privacy spent per client")
+    ax.set_ylabel("lifetime ε" + (f" (δ = {delta:g})" if delta is not None else ""))
+    ax.set_title("flowerbed: privacy spent per client, over its whole life")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()

@@ -88,7 +88,30 @@ def best_setting(rows: list[Setting], max_epsilon: float | None) -> str:
         f"**Best setting** ({criterion}): {name}, with val loss "
         f"{_cell(best.stats('final_val_loss'), '.4f', len(best.jobs))} and "
         + (f"ε {spent}." if spent != "-" else "no DP.")
+        + _closeness(best, [r for r in candidates if r is not best])
     )
+
+
+def _closeness(best: Setting, others: list[Setting]) -> str:
+    """A caveat when the runner-up is within the seeds' spread, or one seed decides."""
+    if not others:
+        return ""
+    mean, spread = best.stats("final_val_loss")
+    runner = min(others, key=lambda r: r.stats("final_val_loss")[0])
+    gap = runner.stats("final_val_loss")[0] - mean
+    name = ", ".join(f"{k}={v}" for k, v in runner.keys.items())
+    if len(best.jobs) < 2 or len(runner.jobs) < 2:
+        return (
+            f" The next, {name}, is {gap:.4f} behind; with one seed per setting the seeds' "
+            "spread is unknown, so this order may not hold: run more seeds before choosing."
+        )
+    widest = max(spread, runner.stats("final_val_loss")[1])
+    if gap <= widest:
+        return (
+            f" The next, {name}, is {gap:.4f} behind, within one standard deviation over "
+            f"seeds ({widest:.4f}): the two are not told apart by this sweep."
+        )
+    return ""
 
 
 def _table(rows: list[Setting], keys: list[str]) -> list[str]:

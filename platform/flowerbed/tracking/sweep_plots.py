@@ -24,7 +24,8 @@ def plot_sweep(rows: list[Setting], keys: list[str], folder: Path) -> list[Path]
 
 
 def _label(keys: dict[str, str], leave_out: str = "") -> str:
-    return ", ".join(f"{k}={v}" for k, v in keys.items() if k != leave_out) or "all"
+    """The setting a line stands for; empty (no legend entry) when nothing else was swept."""
+    return ", ".join(f"{k}={v}" for k, v in keys.items() if k != leave_out)
 
 
 def _lines(rows: list[Setting], leave_out: str) -> dict[str, list[Setting]]:
@@ -93,6 +94,9 @@ def _loss_over_rounds(rows: list[Setting], path: Path) -> Path:
             length = min(len(c) for c in curves)
             mean = np.mean([c[:length] for c in curves], axis=0)
             ax.plot(range(1, length + 1), mean, marker=".", label=_label(row.keys))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("validation loss")
     ax.set_title("validation loss per round (mean over seeds)")
