@@ -7,7 +7,7 @@ client receives per round (it sends as many back) and the seconds of round 2 (ro
 also starts the ServerApp side).
 
     uv run python simulations/bench_deployment.py --presets small 125m
-    uv run python simulations/bench_deployment.py --experiment smoke_dp   # docs/deployment.md's walk-through
+    uv run python simulations/bench_deployment.py --experiment smoke_dp   # the walk-through
     uv run python simulations/bench_deployment.py --secure --dtypes fp16  # SecAgg+ beside clear
 
 With `--secure`, three institutions run each preset and dtype twice, in the clear and with

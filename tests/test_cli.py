@@ -274,3 +274,24 @@ def test_a_named_sweep_composes_without_a_plus():
     from flowerbed.config import compose_config
 
     assert compose_config("sweep=privacy_replay").name == "privacy_replay"
+
+
+def test_asking_for_a_missing_extra_is_one_sentence_naming_it(monkeypatch):
+    import importlib.util
+
+    from flowerbed.config import ConfigError, compose_config
+    from flowerbed.extras import missing_extra
+    from flowerbed.run.simulation import preflight
+
+    present = importlib.util.find_spec
+    gone = {"wandb", "hydra_plugins.hydra_optuna_sweeper"}
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in gone else present(name, *a)
+    )
+    assert missing_extra(["-m", "search=dp_budget"]) == (
+        "search=dp_budget needs flowerbed's optional `search` extra, which is not installed: "
+        "`uv sync --extra search` (or `pip install 'flowerbed[search]'`)"
+    )
+    assert missing_extra(["hydra/launcher=slurm"]) is None  # submitit is still there
+    with pytest.raises(ConfigError, match="needs flowerbed's optional `tracking` extra"):
+        preflight(compose_config("tracking=wandb"))

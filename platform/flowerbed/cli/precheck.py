@@ -22,8 +22,12 @@ UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'")
 def precheck(args: list[str]) -> str | None:
     """Why `flowerbed simulate args` would be refused, in a sentence (None: go on; a
     sweep, a resume or Hydra's own flags are Hydra's to check)."""
+    from flowerbed.extras import missing_extra
     from flowerbed.run.simulation import nothing_to_resume, preflight
 
+    missing = missing_extra(args)
+    if missing:
+        return missing
     run = _resumed(args)
     if run is not None:
         return nothing_to_resume(Path(run).expanduser())

@@ -37,6 +37,12 @@ class SimulationInterrupted(SimulationFailed):
 
 def preflight(cfg: FlowerbedConfig) -> None:
     """What the config cannot know by itself but this machine can: refuse before any work."""
+    import importlib.util
+
+    if cfg.tracking.wandb and importlib.util.find_spec("wandb") is None:
+        from flowerbed.extras import needs_extra
+
+        raise ConfigError(needs_extra("tracking.wandb=true", "tracking"))
     if not torch.cuda.is_available():
         if cfg.device == "cuda":
             raise ConfigError("device=cuda but no CUDA device is visible here; use device=auto")
