@@ -295,3 +295,11 @@ def test_asking_for_a_missing_extra_is_one_sentence_naming_it(monkeypatch):
     assert missing_extra(["hydra/launcher=slurm"]) is None  # submitit is still there
     with pytest.raises(ConfigError, match="needs flowerbed's optional `tracking` extra"):
         preflight(compose_config("tracking=wandb"))
+
+
+def test_a_refused_data_file_leaves_no_run_folder(tmp_path: Path):
+    (tmp_path / "bad.txt").write_bytes(b"\x00\x01binary")
+    out = flowerbed("simulate", "data=files", "data.paths=[bad.txt]", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "bad.txt looks binary" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]

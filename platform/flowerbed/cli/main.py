@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 USAGE = """usage: flowerbed <command> [args]     (flowerbed --version: the installed version)
 
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"flowerbed {version('flowerbed')}")
         return
     if command == "simulate":
+        from flowerbed.cli import simulate as cli_simulate
         from flowerbed.cli.simulate import hydra_simulate
 
         if rest[:1] in (["--help"], ["-h"]):
@@ -55,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
         if refused:
             raise SystemExit(f"flowerbed simulate: {refused}")
         sys.argv = ["flowerbed simulate", *rest, *resuming(rest)]
+        cli_simulate.fresh_folder = not any(
+            a.startswith("hydra.run.dir=") and Path(a.split("=", 1)[1]).expanduser().exists()
+            for a in rest
+        )
         hydra_simulate()
         return
     if command == "deploy":

@@ -7,8 +7,10 @@ that fails is recorded and the sweep goes on (`cli.sweep`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,6 +33,26 @@ from flowerbed.server.replies import FederationError, NothingToTrain
 
 log = logging.getLogger("flowerbed")
 USER_ERRORS = (ConfigError, DataError, FileNotFoundError, SimulationFailed, FederationError)
+REFUSALS = (ConfigError, DataError, FileNotFoundError)
+"""Errors that refuse a run before its first round (a bad value, an empty or binary file)."""
+fresh_folder = False
+"""Set by `flowerbed simulate` when Hydra's run folder is made for this invocation (no
+`hydra.run.dir=` of an existing folder): a refused run may then take it away again."""
+
+
+def discard_refused(run_dir: Path) -> None:
+    """A refused run leaves no folder: remove the one Hydra made for it, unless a round
+    left something in it (metrics, a checkpoint), and `runs/<name>/` and `runs/` when
+    they are left empty (only below the working directory)."""
+    if not fresh_folder or any((run_dir / p).exists() for p in ("metrics.jsonl", "checkpoints")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    here = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == here or here not in parent.parents:
+            break
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 def ignored_by_resume(overrides: list[str]) -> list[str]:
@@ -83,6 +105,8 @@ def hydra_simulate(node: DictConfig) -> float:
     except USER_ERRORS as err:
         if not in_sweep:
             log.error("%s", err)
+            if isinstance(err, REFUSALS) and not node.get("resume"):
+                discard_refused(run_dir)
             sys.exit(1)
         return record_outcome(run_dir, "failed", err)
     except Exception as err:
