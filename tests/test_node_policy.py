@@ -24,7 +24,7 @@ from flowerbed.privacy.policy import node_budget, refusal
 from flowerbed.protocol import EvaluateReply, TrainReply
 from flowerbed.run.prepare import prepare_run
 from flowerbed.run.simulation import continue_simulation, simulate
-from flowerbed.server.callbacks import progress_line
+from flowerbed.server.progress import progress_line
 from flowerbed.server.records import RoundRecord
 from flowerbed.tracking import RunLayout
 from tests.conftest import section, tiny_config

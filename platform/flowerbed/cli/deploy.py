@@ -16,7 +16,6 @@ docs/deployment.md and clients/README.md walk through it command by command.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -210,12 +209,14 @@ def _run(args: argparse.Namespace) -> None:
     command = [flwr, "run", str(args.app), args.connection, "--stream"]
     command += ["--run-config", f"config-path='{layout.config}'"]
     returncode = subprocess.run(command).returncode
-    summary = json.loads(layout.summary.read_text()) if layout.summary.is_file() else {}
-    if summary.get("status") != "completed":
+    from flowerbed.server.summary import RunSummary
+
+    summary = RunSummary.read(layout.summary) if layout.summary.is_file() else None
+    if summary is None or summary.status != "completed":
         # `flwr run` exits 0 even when the ServerApp failed: the run directory tells.
         sys.exit(
             f"flowerbed deploy run: the run in {layout.root} did not complete (flwr run "
             f"exited {returncode}; see `flwr log` and the SuperLink's log); submit the same "
             "command again to continue from its newest checkpoint"
         )
-    print(f"completed: final val loss {summary['final_val_loss']:.4f}; outputs in {layout.root}")
+    print(f"completed: final val loss {summary.final_val_loss:.4f}; outputs in {layout.root}")

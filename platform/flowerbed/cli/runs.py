@@ -8,7 +8,6 @@ bookkeeping: it crashed, or runs still.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -41,15 +40,17 @@ def row(run: Path, folder: Path) -> tuple[str, ...]:
     path = run / "summary.json"
     if not path.is_file():
         return name, "no summary (crashed, or running)", "-", "-", "-"
+    from flowerbed.server.summary import RunSummary
+
     try:
-        summary = json.loads(path.read_text())
-    except ValueError:
+        summary = RunSummary.read(path)
+    except (ValueError, TypeError):
         return name, "unreadable summary.json", "-", "-", "-"
-    loss, epsilon = summary.get("final_val_loss"), summary.get("epsilon_max")
+    loss, epsilon = summary.final_val_loss, summary.epsilon_max
     return (
         name,
-        str(summary.get("status", "?")),
-        str(summary.get("rounds", "-")),
+        summary.status,
+        str(summary.rounds),
         "-" if loss is None else f"{loss:.4f}",
         "-" if epsilon is None else f"{epsilon:.2f}",
     )

@@ -9,6 +9,7 @@ node's machine facts (its folders under the run directory, device, threads) come
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -24,6 +25,7 @@ from flowerbed.atomic import write_json_atomic
 from flowerbed.config import ConfigError, FlowerbedConfig
 from flowerbed.run.prepare import prepare_run
 from flowerbed.server.checkpoint import latest_checkpoint
+from flowerbed.server.summary import RunSummary
 from flowerbed.tracking import RunLayout
 
 
@@ -76,14 +78,12 @@ def continue_simulation(cfg: FlowerbedConfig, run_dir: Path) -> dict:
 
 def nothing_to_resume(run_dir: Path) -> str | None:
     """Why resuming `run_dir` would do nothing, in a sentence (None: it has rounds left)."""
-    summary = RunLayout(run_dir).summary
-    if not summary.is_file():
-        return None
-    facts = json.loads(summary.read_text())
-    if facts.get("status") != "completed":
+    path = RunLayout(run_dir).summary
+    summary = RunSummary.read(path) if path.is_file() else None
+    if summary is None or summary.status != "completed":
         return None
     return (
-        f"{run_dir} completed all its {facts.get('rounds')} rounds, so there is nothing to "
+        f"{run_dir} completed all its {summary.rounds} rounds, so there is nothing to "
         f"resume; to train more, start a new run from its model: "
         f"model.pretrained={run_dir}/final_model federation.rounds=<more> (its simulated "
         "clients start new ledgers)"
@@ -174,17 +174,15 @@ def _interrupted(layout: RunLayout) -> SimulationInterrupted:
         time.sleep(0.2)
     resume = f"flowerbed simulate resume={layout.root}"
     if layout.summary.is_file():
-        summary = json.loads(layout.summary.read_text())
-        write_json_atomic(layout.summary, {**summary, "resume": resume}, durable=True)
+        summary = dataclasses.replace(RunSummary.read(layout.summary), resume=resume)
+        write_json_atomic(layout.summary, summary.as_dict(), durable=True)
     done = latest_checkpoint(layout.checkpoints)
     after = f"after round {int(done.name.split('-')[-1])}" if done else "before round 1"
     return SimulationInterrupted(f"interrupted {after}; resume with: {resume}")
 
 
 def _status(layout: RunLayout) -> str | None:
-    if not layout.summary.is_file():
-        return None
-    return json.loads(layout.summary.read_text()).get("status")
+    return RunSummary.read(layout.summary).status if layout.summary.is_file() else None
 
 
 def _quiet_flower(verbose: bool) -> None:

@@ -3,8 +3,9 @@
 The round engine knows nothing of these: once a round is trained every callback's
 `on_round_trained` sees its record, and `on_round_end` sees it again once the clients'
 held-out losses of the round's model are in (they ride on the next round's Messages);
-at the end `on_finish` sees the summary. A callback only records; it never changes what
-the federation does.
+at the end `on_finish` sees the summary (frozen: what a recorder adds to it, it states
+before, in `summary_facts`). A callback only records; it never changes what the
+federation does.
 """
 
 from __future__ import annotations
@@ -17,31 +18,15 @@ import torch
 
 from flowerbed.config import FlowerbedConfig
 from flowerbed.model.adapter import is_adapted, save_adapter_outputs
+from flowerbed.server.callback import Callback
 from flowerbed.server.checkpoint import snapshot, write_checkpoint
 from flowerbed.server.outer import FedAvgOuter
+from flowerbed.server.progress import ProgressLine
 from flowerbed.server.records import RoundRecord
+from flowerbed.server.summary import RunSummary
 from flowerbed.tracking import MetricsLog, RunLayout
 
 log = logging.getLogger("flowerbed")
-
-
-class Callback:
-    """The interface: every hook does nothing unless a recorder overrides it."""
-
-    def on_round_trained(self, record: RoundRecord) -> None:
-        """After a round's aggregation and validation; `heldout_loss` is not known yet."""
-
-    def on_round_end(self, record: RoundRecord) -> None:
-        """After a round's record is complete, held-out losses included."""
-
-    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
-        """After the last round, with every record of the run and its summary."""
-
-    def on_fail(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
-        """When a round stops the run (its summary says `failed` and why)."""
-
-    def close(self) -> None:
-        """When the run ends, finished or failed: let go of what the recorder holds."""
 
 
 class MetricsFile(Callback):
@@ -52,56 +37,6 @@ class MetricsFile(Callback):
 
     def on_round_end(self, record: RoundRecord) -> None:
         self.log.append(record.as_dict())
-
-
-class ProgressLine(Callback):
-    """A log line when a round is trained (losses, throughput, clients, epsilon), and one
-    when the clients' held-out losses of its model arrive (with the next round)."""
-
-    def __init__(self, rounds: int) -> None:
-        self.rounds = rounds
-
-    def on_round_trained(self, record: RoundRecord) -> None:
-        log.info(progress_line(record, self.rounds))
-
-    def on_round_end(self, record: RoundRecord) -> None:
-        if record.heldout_loss is not None:
-            log.info(heldout_line(record, self.rounds))
-
-    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
-        for client, what in (summary.get("repeatedly_rejected") or {}).items():
-            log.warning("client %s's replies were left out in %s", client, what)
-
-
-def progress_line(record: RoundRecord, rounds: int) -> str:
-    parts = [
-        f"round {record.round}/{rounds}",
-        "train withheld" if record.train_loss is None else f"train {record.train_loss:.4f}",
-        f"val {record.val_loss:.4f} (ppl {record.val_perplexity:.1f})",
-        f"{record.tokens_per_s:,.0f} tok/s",
-        f"{record.seconds:.1f} s",
-        f"{record.clients} clients",
-    ]
-    if record.failed_clients:
-        parts.append(f"{record.failed_clients} failed")
-    if record.refused_clients:
-        parts.append(f"{len(record.refused_clients)} refused")
-    if record.rejected_clients:
-        parts.append(f"{len(record.rejected_clients)} rejected")
-    if record.epsilon_max is not None:
-        parts.append(f"ε {record.epsilon_max:.2f}")
-    return " | ".join(parts)
-
-
-def heldout_line(record: RoundRecord, rounds: int) -> str:
-    parts = [f"round {record.round}/{rounds}", f"held-out {record.heldout_loss:.4f}"]
-    if record.continual:
-        seen = record.continual
-        experience = f"exp {record.experience} seen-avg {seen['average_loss']:.4f}"
-        if seen["forgetting"] is not None:
-            experience += f" forgetting {seen['forgetting']:+.4f}"
-        parts.append(experience)
-    return " | ".join(parts)
 
 
 class Checkpoints(Callback):
@@ -134,7 +69,7 @@ class Checkpoints(Callback):
             record.as_dict(),
         )
 
-    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+    def on_finish(self, records: list[RoundRecord], summary: RunSummary) -> None:
         self._wait()
 
     def close(self) -> None:
@@ -155,7 +90,7 @@ class FinalModel(Callback):
     def __init__(self, layout: RunLayout, model: torch.nn.Module, tokenizer: Any) -> None:
         self.layout, self.model, self.tokenizer = layout, model, tokenizer
 
-    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+    def on_finish(self, records: list[RoundRecord], summary: RunSummary) -> None:
         if is_adapted(self.model):
             save_adapter_outputs(self.model, self.layout.final_adapter, self.layout.final_model)
             self.tokenizer.save_pretrained(self.layout.final_adapter)
@@ -163,7 +98,7 @@ class FinalModel(Callback):
             self.model.save_pretrained(self.layout.final_model)
         self.tokenizer.save_pretrained(self.layout.final_model)
 
-    def on_fail(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+    def on_fail(self, records: list[RoundRecord], summary: RunSummary) -> None:
         self.on_finish(records, summary)  # the last finite model, kept
 
 
@@ -175,15 +110,15 @@ class Plots(Callback):
         self.target_epsilon = target_epsilon
         """The server's ε budget, drawn as a line (a node's own policy may cap lower)."""
 
-    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+    def on_finish(self, records: list[RoundRecord], summary: RunSummary) -> None:
         from flowerbed.tracking.plots import plot_epsilon, plot_loss_matrix, plot_losses
 
         rows = [r.as_dict() for r in records]
-        plot_losses(rows, summary["initial_val_loss"], self.layout.val_loss_plot)
-        if summary["client_epsilon"]:
-            plot_epsilon(rows, self.layout.epsilon_plot, self.target_epsilon, summary["delta"])
-        if summary["continual"]:
-            matrix = summary["continual"]["loss_matrix"]
+        plot_losses(rows, summary.initial_val_loss, self.layout.val_loss_plot)
+        if summary.client_epsilon:
+            plot_epsilon(rows, self.layout.epsilon_plot, self.target_epsilon, summary.delta)
+        if summary.continual:
+            matrix = summary.continual["loss_matrix"]
             plot_loss_matrix(matrix, self.layout.loss_matrix_plot, self.title)
 
 
@@ -193,12 +128,12 @@ class SummaryFile(Callback):
     def __init__(self, layout: RunLayout) -> None:
         self.path = layout.summary
 
-    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+    def on_finish(self, records: list[RoundRecord], summary: RunSummary) -> None:
         from flowerbed.atomic import write_json_atomic
 
-        write_json_atomic(self.path, summary, durable=True)
+        write_json_atomic(self.path, summary.as_dict(), durable=True)
 
-    def on_fail(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
+    def on_fail(self, records: list[RoundRecord], summary: RunSummary) -> None:
         self.on_finish(records, summary)
 
 
@@ -214,11 +149,13 @@ class WandbLog(Callback):
     def on_round_end(self, record: RoundRecord) -> None:
         self.run.log(record.as_dict())
 
-    def on_finish(self, records: list[RoundRecord], summary: dict[str, Any]) -> None:
-        summary["wandb_run_id"] = self.run.id
+    def summary_facts(self) -> dict[str, Any]:
+        return {"wandb_run_id": self.run.id}
+
+    def on_finish(self, records: list[RoundRecord], summary: RunSummary) -> None:
         layout = self.layout
         plots = [layout.val_loss_plot, layout.epsilon_plot, layout.loss_matrix_plot]
-        self.run.finish(summary, plots, layout.final_model)
+        self.run.finish(summary.as_dict(), plots, layout.final_model)
 
 
 def default_callbacks(

@@ -30,14 +30,16 @@ from flowerbed.model.inner_state import inner_state_bytes
 from flowerbed.model.runtime import resolve_device
 from flowerbed.privacy.modes import guarantee, privacy_mode
 from flowerbed.protocol import EvaluateReply
-from flowerbed.server.callbacks import Callback, default_callbacks
+from flowerbed.server.callback import Callback
+from flowerbed.server.callbacks import default_callbacks
 from flowerbed.server.checkpoint import latest_checkpoint, load_checkpoint
 from flowerbed.server.engine import RoundEngine
 from flowerbed.server.instructions import model_spec
 from flowerbed.server.outer import FedAvgOuter, outer_optimizer
-from flowerbed.server.records import RoundRecord, RunFacts, summarize, summarize_failure
+from flowerbed.server.records import RoundRecord, RunFacts
 from flowerbed.server.replies import FederationError, NothingToTrain
 from flowerbed.server.stoppable import Interrupted
+from flowerbed.server.summary import RunSummary, summarize, summarize_failure
 from flowerbed.tracking import MetricsLog, RunLayout
 
 log = logging.getLogger("flowerbed")
@@ -45,7 +47,7 @@ log = logging.getLogger("flowerbed")
 
 def run_federation(
     grid: Grid, cfg: FlowerbedConfig, run_dir: Path, extra: Sequence[Callback] = ()
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run (or continue) every round; return the summary also written to summary.json.
     `extra`: callbacks beside the run's recorders (the terminal's live line)."""
     from transformers import AutoTokenizer
@@ -127,7 +129,7 @@ def run_federation(
         _run_rounds(engine, rounds, records, pending, callbacks)
     except FederationError as err:
         status = "interrupted" if isinstance(err, Interrupted) else "failed"
-        summary = summarize_failure(records, facts(), str(err), status)
+        summary = summarize_failure(records, facts(), str(err), status, added(callbacks))
         for callback in callbacks:
             callback.on_fail(records, summary)
         raise
@@ -139,10 +141,15 @@ def run_federation(
             "no round completed: every client's privacy budget was spent "
             "before round 1; raise the budget or start new ledgers"
         )
-    summary = summarize(records, facts())
+    summary = summarize(records, facts(), added(callbacks))
     for callback in callbacks:
         callback.on_finish(records, summary)
     return summary
+
+
+def added(callbacks: Sequence[Callback]) -> dict[str, Any]:
+    """What the recorders add to the summary (W&B: its run id)."""
+    return {k: v for callback in callbacks for k, v in callback.summary_facts().items()}
 
 
 def _run_rounds(

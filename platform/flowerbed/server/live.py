@@ -13,7 +13,7 @@ import sys
 import time
 from typing import TextIO
 
-from flowerbed.server.callbacks import Callback
+from flowerbed.server.callback import Callback
 from flowerbed.server.records import RoundRecord
 
 

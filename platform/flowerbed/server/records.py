@@ -1,5 +1,5 @@
-"""What a round leaves behind (`RoundRecord`, one line of metrics.jsonl) and the run's
-summary, a pure function of the records."""
+"""What a round leaves behind (`RoundRecord`, one line of metrics.jsonl) and the facts
+the run's summary adds to the records (`server/summary.py`)."""
 
 from __future__ import annotations
 
@@ -81,45 +81,6 @@ class RunFacts:
     """Parameters that train and travel (the adapters', or all of them)."""
 
 
-def summarize(records: list[RoundRecord], facts: RunFacts) -> dict[str, Any]:
-    """summary.json: where the run ended and how it got there."""
-    last = records[-1]
-    return {
-        "status": "completed",
-        "name": facts.name,
-        "rounds": last.round,
-        "initial_val_loss": facts.initial_val_loss,
-        "final_val_loss": last.val_loss,
-        "final_val_perplexity": last.val_perplexity,
-        "best_val_loss": min(r.val_loss for r in records),
-        "final_train_loss": last.train_loss,
-        "total_tokens": sum(r.tokens for r in records),
-        "seconds_this_session": facts.seconds_this_session,
-        "parameters": facts.parameters,
-        "shared_parameters": facts.shared_parameters,
-        "adapter": facts.adapter,
-        "base_hash": facts.base_hash,
-        "final_model": facts.final_model,
-        "stop_reason": facts.stop_reason,
-        "privacy": facts.privacy,
-        "guarantee": facts.guarantee,
-        "epsilon_max": last.epsilon_max,
-        "client_epsilon": last.client_epsilon,
-        "user_level_epsilon": last.user_level_epsilon,
-        "delta": facts.delta,
-        "continual_mode": facts.continual_mode,
-        "continual": last.continual,
-        "refusals": {k: v for r in records for k, v in (r.refused_clients or {}).items()} or None,
-        "rejections": {k: v for r in records for k, v in (r.rejected_clients or {}).items()}
-        or None,
-        "repeatedly_rejected": repeatedly_rejected(records) or None,
-        "outside_guarantee_clients": sorted(
-            {c for r in records for c in (r.outside_guarantee or [])}
-        )
-        or None,
-    }
-
-
 def repeatedly_rejected(records: list[RoundRecord], at_least: int = 2) -> dict[str, str]:
     """Clients whose replies were left out in `at_least` consecutive rounds or more: the
     longest such run of rounds, and the last sentence."""
@@ -138,22 +99,3 @@ def repeatedly_rejected(records: list[RoundRecord], at_least: int = 2) -> dict[s
             last = next(r for r in reversed(records) if client in (r.rejected_clients or {}))
             found[client] = f"rounds {longest[0]}-{longest[-1]}: {last.rejected_clients[client]}"
     return found
-
-
-def summarize_failure(
-    records: list[RoundRecord], facts: RunFacts, error: str, status: str = "failed"
-) -> dict[str, Any]:
-    """summary.json of a run that stopped early (`status`: failed on an error, or
-    interrupted by the user): what it reached, and why it stopped; `final_model` holds
-    the last global model every admitted update kept finite."""
-    summary = (
-        summarize(records, facts)
-        if records
-        else {
-            "name": facts.name,
-            "rounds": 0,
-            "final_model": facts.final_model,
-            "initial_val_loss": facts.initial_val_loss,
-        }
-    )
-    return {**summary, "status": status, "error": error, "stop_reason": status}
