@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowerbed.tracking.sweep import kept_jobs
+
 
 def job_facts(job: Path) -> dict:
     summary = json.loads((job / "summary.json").read_text())
@@ -70,8 +72,7 @@ def shard_facts(client: Path, unit: str) -> dict[str, int]:
 def keep(folder: Path, dest: Path) -> None:
     """Each job's config, overrides, records and clients' ledgers and logs (never the
     node secrets, never the data): what the table is made from."""
-    for job in sorted(p for p in folder.iterdir() if (p / "summary.json").is_file()):
-        out = dest / job.name
+    for job, out in kept_jobs(folder, dest):
         (out / ".hydra").mkdir(parents=True, exist_ok=True)
         for name in ("config.yaml", "metrics.jsonl", "summary.json", ".hydra/overrides.yaml"):
             shutil.copy(job / name, out / name)

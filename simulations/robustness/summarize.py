@@ -19,6 +19,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from flowerbed.tracking.sweep import kept_jobs
+
 KINDS = ["none", "non_finite", "scaled", "sign_flip", "wrong_shape", "inflated_examples", "random"]
 COMBINERS = ["mean", "trimmed_mean", "median", "krum"]
 
@@ -143,8 +145,7 @@ def plot(jobs: list[dict], clients: int, path: Path) -> None:
 
 def keep(folder: Path, dest: Path) -> None:
     """Each job's config, overrides, records and verdicts (not its model or data)."""
-    for job in sorted(p for p in folder.iterdir() if (p / "summary.json").is_file()):
-        out = dest / job.name
+    for job, out in kept_jobs(folder, dest):
         (out / ".hydra").mkdir(parents=True, exist_ok=True)
         for name in ("config.yaml", "metrics.jsonl", "summary.json", ".hydra/overrides.yaml"):
             if (job / name).is_file():

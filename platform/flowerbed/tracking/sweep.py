@@ -129,3 +129,22 @@ def settings(jobs: list[SweepJob]) -> list[Setting]:
 
 def _order(folder: Path) -> tuple[int, str]:
     return (int(folder.name), "") if folder.name.isdigit() else (1 << 30, folder.name)
+
+
+def kept_jobs(folder: Path, dest: Path) -> list[tuple[Path, Path]]:
+    """A study's jobs as kept in the repository: each job folder of the sweep `folder`
+    (Hydra names them by their overrides, up to 200 characters with commas) paired with a
+    short one under `dest` (`000`, `001`, ...), listed in `dest/jobs.md`. The report reads
+    a job's overrides from its `.hydra/overrides.yaml`, never from its folder's name."""
+    jobs = sorted(p for p in folder.iterdir() if (p / "summary.json").is_file())
+    pairs = [(job, dest / f"{i:03d}") for i, job in enumerate(jobs)]
+    rows = [f"| {kept.name} | `{job.name.replace(',', ' ')}` |" for job, kept in pairs]
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "jobs.md").write_text(
+        "# The jobs\n\nEach folder is one job of the sweep, named by its place. Its "
+        "`.hydra/overrides.yaml`\nsays what it ran, and the report and `summarize.py` read it "
+        "from there. The\noverrides of each:\n\n| job | overrides |\n|---|---|\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+    return pairs
