@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace) -> None:
     if not layout.config.is_file():
         raise FileNotFoundError(f"{layout.config} is missing: run `flowerbed deploy prepare`")
     if layout.summary.is_file():
-        write_json_atomic(layout.summary, {"status": "running"})
+        write_json_atomic(layout.summary, {"status": "running"}, durable=True)
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
     command = [flwr, "run", str(args.app), args.connection, "--stream"]
     command += ["--run-config", f"config-path='{layout.config}'"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -79,9 +80,9 @@ def _defaults() -> DictConfig:
         return compose(config_name="config")
 
 
-def _keys(node: DictConfig, prefix: str = ""):
+def _keys(node: DictConfig, prefix: str = "") -> Iterator[str]:
     for key, value in node.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{key!s}"
         yield name
         if isinstance(value, DictConfig):
             yield from _keys(value, f"{name}.")

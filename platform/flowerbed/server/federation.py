@@ -39,7 +39,7 @@ from flowerbed.server.outer import FedAvgOuter, outer_optimizer
 from flowerbed.server.records import RoundRecord, RunFacts
 from flowerbed.server.replies import FederationError, NothingToTrain
 from flowerbed.server.stoppable import Interrupted
-from flowerbed.server.summary import RunSummary, summarize, summarize_failure
+from flowerbed.server.summary import RunSummary, Status, summarize, summarize_failure
 from flowerbed.tracking import MetricsLog, RunLayout
 
 log = logging.getLogger("flowerbed")
@@ -128,7 +128,7 @@ def run_federation(
         rounds = range(start_round, cfg.federation.rounds + 1)
         _run_rounds(engine, rounds, records, pending, callbacks)
     except FederationError as err:
-        status = "interrupted" if isinstance(err, Interrupted) else "failed"
+        status: Status = "interrupted" if isinstance(err, Interrupted) else "failed"
         summary = summarize_failure(records, facts(), str(err), status, added(callbacks))
         for callback in callbacks:
             callback.on_fail(records, summary)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -94,7 +94,10 @@ class SecAggPlus:
             Key.MAX_WEIGHT: float(self.cfg.max_weight),
         }
         replies = self._stage(grid, Stage.SETUP, {n: setup for n in nodes})
-        keys = {n: [c[Key.PUBLIC_KEY_1], c[Key.PUBLIC_KEY_2]] for n, c in replies.items()}
+        keys = {
+            n: [cast(bytes, c[Key.PUBLIC_KEY_1]), cast(bytes, c[Key.PUBLIC_KEY_2])]
+            for n, c in replies.items()
+        }
         self._enough(keys, threshold, "the key set-up")
         replies = self._stage(
             grid,
@@ -126,8 +129,8 @@ class SecAggPlus:
             },
         )
         self._enough(unmasked, threshold, "the unmask stage")
-        shares = shares_by_owner(unmasked, set(ring))
-        total = remove_masks(masked, shares, ring, keys, (shared, survivors), threshold)
+        owned = shares_by_owner(unmasked, set(ring))
+        total = remove_masks(masked, owned, ring, keys, (shared, survivors), threshold)
         mean = weighted_mean(total, len(survivors), self.cfg.clipping_range, self.target_range)
         return SecureSum(collected, mean, sorted(dead), nbytes)
 
