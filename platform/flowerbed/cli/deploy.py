@@ -172,6 +172,10 @@ def _node_config(args: argparse.Namespace) -> None:
     from flowerbed.config.node_policy import policy_from_node_config
     from flowerbed.config.rules import SchemaError
 
+    if args.partition_id < 0 or args.threads < 0:
+        raise ConfigError(
+            f"--partition-id and --threads must be >= 0, got {args.partition_id} and {args.threads}"
+        )
     machine = {
         "partition-id": args.partition_id,
         "data-dir": f"'{args.data_dir.expanduser().resolve()}'",

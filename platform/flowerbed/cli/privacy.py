@@ -33,7 +33,7 @@ def _settings(parser: argparse.ArgumentParser) -> None:
         "--unit",
         choices=["sequence", "document", "user"],
         default="sequence",
-        help="what one unit is (privacy.unit); ε protects one of them (default: sequence)",
+        help="what one unit is (privacy.unit); ε protects one of them (default: %(default)s)",
     )
     parser.add_argument(
         "--batch-size",
@@ -41,22 +41,37 @@ def _settings(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="expected units per step (train.batch_size)",
     )
-    parser.add_argument("--rounds", type=int, required=True)
-    parser.add_argument("--local-steps", type=int, required=True)
-    parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--accountant", choices=["prv", "rdp"], default="prv")
+    parser.add_argument(
+        "--rounds", type=int, required=True, help="rounds the client trains in (its life)"
+    )
+    parser.add_argument(
+        "--local-steps", type=int, required=True, help="DP-SGD steps a round (train.local_steps)"
+    )
+    parser.add_argument(
+        "--delta", type=float, default=1e-5, help="δ of the guarantee (default: %(default)g)"
+    )
+    parser.add_argument(
+        "--accountant",
+        choices=["prv", "rdp"],
+        default="prv",
+        help="how steps compose into ε: prv (tighter) or rdp (default: %(default)s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser, commands = subcommand_parser("flowerbed privacy", __doc__)
     noise = commands.add_parser("noise", help="the noise multiplier that spends a target epsilon")
     _settings(noise)
-    noise.add_argument("--target-epsilon", type=float, required=True)
+    noise.add_argument(
+        "--target-epsilon", type=float, required=True, help="the ε the client's whole life spends"
+    )
     spend = commands.add_parser("epsilon", help="the epsilon that a noise multiplier spends")
     _settings(spend)
-    spend.add_argument("--noise-multiplier", type=float, required=True)
+    spend.add_argument(
+        "--noise-multiplier", type=float, required=True, help="σ, the noise per clipped sum"
+    )
     ledger = commands.add_parser("ledger", help="show a client's privacy ledger")
-    ledger.add_argument("path", type=Path)
+    ledger.add_argument("path", type=Path, help="a client's privacy_ledger.json")
     return parser
 
 
