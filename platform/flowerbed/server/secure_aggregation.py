@@ -25,7 +25,7 @@ within quantization error. It never holds one client's update.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -57,9 +57,7 @@ class SecureSum:
     mean_update: list[np.ndarray] | None
     """The survivors' weighted mean update, in the order the clients sent it (None: no
     survivor had a weight)."""
-    dropped: list[int] = field(default_factory=list)
-    """Node ids sampled but gone before the end (their masks removed)."""
-    masked_bytes: int = 0
+    masked_bytes: int
     """The masked vector one client sent."""
 
 
@@ -132,7 +130,7 @@ class SecAggPlus:
         owned = shares_by_owner(unmasked, set(ring))
         total = remove_masks(masked, owned, ring, keys, (shared, survivors), threshold)
         mean = weighted_mean(total, len(survivors), self.cfg.clipping_range, self.target_range)
-        return SecureSum(collected, mean, sorted(dead), nbytes)
+        return SecureSum(collected, mean, nbytes)
 
     def _stage(
         self, grid: Grid, stage: str, configs: dict[int, dict[str, Any]]

@@ -1,8 +1,8 @@
 """The arithmetic of a SecAgg+ round on the server, with Flower's own primitives: add the
 masked vectors, route the encrypted shares, rebuild secrets and remove every mask.
 
-Everything here works modulo `MOD_RANGE` on quantized integers; only `unmask` returns
-floats, and only for the sum of the survivors' updates.
+Everything here works modulo `MOD_RANGE` on quantized integers; only `weighted_mean`
+returns floats, and only for the sum of the survivors' updates.
 """
 
 from __future__ import annotations

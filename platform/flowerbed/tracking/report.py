@@ -98,14 +98,15 @@ def _closeness(best: Setting, others: list[Setting]) -> str:
         return ""
     mean, spread = best.stats("final_val_loss")
     runner = min(others, key=lambda r: r.stats("final_val_loss")[0])
-    gap = runner.stats("final_val_loss")[0] - mean
+    runner_mean, runner_spread = runner.stats("final_val_loss")
+    gap = runner_mean - mean
     name = ", ".join(f"{k}={v}" for k, v in runner.keys.items())
     if len(best.jobs) < 2 or len(runner.jobs) < 2:
         return (
             f" The next, {name}, is {gap:.4f} behind; with one seed per setting the seeds' "
             "spread is unknown, so this order may not hold: run more seeds before choosing."
         )
-    widest = max(spread, runner.stats("final_val_loss")[1])
+    widest = max(spread, runner_spread)
     if gap <= widest:
         return (
             f" The next, {name}, is {gap:.4f} behind, within one standard deviation over "
