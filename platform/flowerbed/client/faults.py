@@ -31,6 +31,13 @@ def crash_if_asked(faults: FaultsConfig | None, partition_id: int) -> None:
         raise Crashed(f"client {partition_id} crashed on purpose (faults=crash)")
 
 
+def killed_rank(faults: FaultsConfig | None, partition_id: int) -> int | None:
+    """`faults=rank_crash`: the rank of this node's rounds that dies (rank 1), else None."""
+    if misbehaves(faults, partition_id) and faults.kind == "rank_crash":
+        return 1
+    return None
+
+
 def misbehave(
     faults: FaultsConfig, reply: TrainReply, trained: Weights, received: Weights, round_: int
 ) -> tuple[TrainReply, Weights]:

@@ -16,16 +16,18 @@ import logging
 import numpy as np
 import torch
 
+from flowerbed.client.faults import killed_rank
 from flowerbed.client.node import Node
-from flowerbed.client.randomness import round_randomness
-from flowerbed.client.round_plan import plan_round
-from flowerbed.client.trainer import make_trainer
+from flowerbed.client.randomness import RunSeeded, SecretSeeded, round_randomness
+from flowerbed.client.round_plan import RoundPlan, plan_round
+from flowerbed.client.trainer import TrainResult, make_trainer
 from flowerbed.config import PrivacyConfig
 from flowerbed.continual.stream import arrived, scan_experiences
 from flowerbed.model.adapter import add_adapter, check_base, load_shared_state, shared_state
 from flowerbed.model.factory import base_from_architecture, model_from_architecture
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.runtime import mean_loss
+from flowerbed.privacy.guard import RoundPermit
 from flowerbed.privacy.ledger import FILENAME as LEDGER
 from flowerbed.privacy.ledger import PrivacyLedger
 from flowerbed.privacy.modes import privacy_mode
@@ -75,7 +77,7 @@ def _train(
         job.privacy, job.seed, job.round, node.partition_id, node.state_dir, guard.releases
     )
     steps = job.train.local_steps
-    planned_tokens = steps * job.train.batch_size * plan.pool.new.seq_len
+    planned_tokens = steps * job.train.batch_size * plan.pool.seq_len
     permit = guard.permit(plan.pool.accounting_rate(job.train.batch_size), steps, plan.planned)
     if not permit.allowed:
         reply = TrainReply(
@@ -88,13 +90,11 @@ def _train(
             heldout=heldout,
         )
         return reply, None, planned_tokens
-    trainer = make_trainer(model, job.train, job.privacy, device, permit, draws.noise_seed)
-    if job.keep_inner_state:
-        restore_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
-    result = trainer.train(plan.pool, plan.schedule, draws.sampler)
+    if node.ranks > 1:
+        result, trained = _train_on_ranks(job, weights, node, plan, permit, draws, device)
+    else:
+        result, trained = _train_here(job, model, node, plan, permit, draws, device)
     epsilon = guard.record(job.round, permit, steps)  # before the update leaves
-    if job.keep_inner_state:
-        save_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
     reply = TrainReply(
         partition_id=node.partition_id,
         num_examples=1 if mode.uniform_weights else plan.pool.num_records,
@@ -105,7 +105,57 @@ def _train(
         noise_multiplier=permit.noise_multiplier,
         heldout=heldout,
     )
-    return reply, shared_state(trainer.model), planned_tokens
+    return reply, trained, planned_tokens
+
+
+def _train_here(
+    job: TrainInstructions,
+    model: torch.nn.Module,
+    node: Node,
+    plan: RoundPlan,
+    permit: RoundPermit,
+    draws: RunSeeded | SecretSeeded,
+    device: torch.device,
+) -> tuple[TrainResult, dict[str, torch.Tensor]]:
+    """The round's local steps in this process."""
+    trainer = make_trainer(model, job.train, job.privacy, device, permit, draws.noise_seed)
+    if job.keep_inner_state:
+        restore_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
+    result = trainer.train(plan.pool, plan.schedule, draws.sampler)
+    if job.keep_inner_state:
+        save_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
+    return result, shared_state(trainer.model)
+
+
+def _train_on_ranks(
+    job: TrainInstructions,
+    weights: dict[str, torch.Tensor],
+    node: Node,
+    plan: RoundPlan,
+    permit: RoundPermit,
+    draws: RunSeeded | SecretSeeded,
+    device: torch.device,
+) -> tuple[TrainResult, dict[str, torch.Tensor]]:
+    """The round's local steps on the node's ranks (`client/ranked_round.py`); the noise
+    seed first, then the batches, in the order one process would draw them."""
+    from flowerbed.client.ranked_round import RankTask, RoundDraws, train_on_ranks
+
+    private = permit.noise_multiplier is not None
+    noise_seed = draws.noise_seed() if private else None
+    task = RankTask(
+        spec=job.model,
+        weights=weights,
+        base_model=node.base_model,
+        train=job.train,
+        privacy=job.privacy,
+        permit=permit,
+        noise_seed=noise_seed,
+        draws=RoundDraws.of(plan.pool, job.train, private, draws.sampler),
+        schedule=plan.schedule,
+        inner_state=(node.state_dir, job.round) if job.keep_inner_state else None,
+        killed_rank=killed_rank(node.faults, node.partition_id),
+    )
+    return train_on_ranks(task, node, device, job.round)
 
 
 def evaluate_round(

@@ -1,8 +1,8 @@
 """The machine a ClientApp runs on: its directories, device, threads and privacy policy.
 
 The server never sends these. A deployed SuperNode names them in its node config
-(`--node-config "partition-id=0 data-dir='...' state-dir='...' device='cuda' threads=8
-max-epsilon=4"`); a simulated node takes its partition's folders under the run
+(`--node-config "partition-id=0 data-dir='...' state-dir='...' device='cuda' ranks='auto'
+threads=8 max-epsilon=4"`); a simulated node takes its partition's folders under the run
 directory and the run's `node_policy`.
 """
 
@@ -45,6 +45,9 @@ class Node:
     """Adapters: where this node keeps the pretrained base (default: the server's path)."""
     faults: FaultsConfig | None = None
     """Simulation only: how this node misbehaves on purpose (`client/faults.py`)."""
+    ranks: int = 1
+    """Processes a round trains on (data parallel, `client/ranked_round.py`); on GPUs one
+    per device."""
 
     @classmethod
     def from_context(cls, context: Context) -> Node:
@@ -69,6 +72,7 @@ class Node:
             policy=policy,
             deployed=True,
             base_model=str(config["base-model"]) if "base-model" in config else None,
+            ranks=ranks_of(config.get("ranks", 1), str(config.get("device", "auto"))),
         )
 
     def torch_device(self) -> torch.device:
@@ -76,6 +80,28 @@ class Node:
         if self.threads > 0:
             torch.set_num_threads(self.threads)
         return resolve_device(self.device)
+
+
+def ranks_of(value: object, device: str) -> int:
+    """A node config's `ranks`: a count, or `auto` (every visible GPU; one on CPU)."""
+    gpus = torch.cuda.device_count() if resolve_device(device).type == "cuda" else 0
+    if value == "auto":
+        return max(gpus, 1)
+    try:
+        ranks = int(str(value))
+    except ValueError:
+        ranks = 0
+    if ranks < 1:
+        raise NodeConfigError(
+            f"the SuperNode's --node-config has ranks={value!r}: give a count of 1 or more, "
+            "or ranks='auto' (one per visible GPU)"
+        )
+    if gpus and ranks > gpus:
+        raise NodeConfigError(
+            f"the SuperNode's --node-config asks for ranks={ranks} but {gpus} GPU(s) are "
+            "visible: one rank per GPU, so lower ranks or use ranks='auto'"
+        )
+    return ranks
 
 
 @dataclass(frozen=True)
@@ -88,6 +114,7 @@ class SimulatedNodes:
     threads: int
     policy: NodePolicyConfig
     faults: FaultsConfig | None = None
+    ranks: int = 1
 
     def node(self, context: Context) -> Node:
         partition_id = int(context.node_config["partition-id"])
@@ -101,4 +128,5 @@ class SimulatedNodes:
             policy=self.policy.demands_of(partition_id),
             deployed=False,
             faults=self.faults,
+            ranks=self.ranks,
         )

@@ -11,16 +11,17 @@ import time
 import numpy as np
 import torch
 
+from flowerbed.client.ranks import Ranks
 from flowerbed.client.schedule import Schedule
-from flowerbed.client.trainer import LossMeter, TrainResult, make_optimizer, set_lr
+from flowerbed.client.trainer import Batches, LossMeter, TrainResult, make_optimizer, set_lr
 from flowerbed.config import PrivacyConfig, TrainConfig
-from flowerbed.continual.pool import TrainingPool
 from flowerbed.privacy.dp_sgd import PrivateStep
 
 
 class PrivateTrainer:
     """K DP-SGD steps; every step is one Poisson draw over the pool (new data and buffer),
-    of sequences or, under unit-level DP, of documents or users."""
+    of sequences or, under unit-level DP, of documents or users; on several ranks each
+    clips its share of the draw and the node's noise is drawn once."""
 
     def __init__(
         self,
@@ -30,15 +31,15 @@ class PrivateTrainer:
         device: torch.device,
         noise_multiplier: float,
         noise_seed: int,
+        ranks: Ranks | None = None,
     ) -> None:
         self.model = model.to(device)
         self.cfg, self.privacy, self.device = cfg, privacy, device
+        self.ranks = ranks or Ranks()
         self.noise_multiplier, self.noise_seed = noise_multiplier, noise_seed
         self.optimizer = make_optimizer(self.model, cfg, device)
 
-    def train(
-        self, pool: TrainingPool, schedule: Schedule, rng: np.random.Generator
-    ) -> TrainResult:
+    def train(self, pool: Batches, schedule: Schedule, rng: np.random.Generator) -> TrainResult:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(self.noise_seed)
         private = PrivateStep(
@@ -51,6 +52,7 @@ class PrivateTrainer:
             max_physical_batch=self.privacy.max_physical_batch,
             generator=generator,
             padded=pool.padded,
+            ranks=self.ranks,
         )
         self.model.train()
         meter = LossMeter(self.device)
@@ -61,8 +63,10 @@ class PrivateTrainer:
                 ids, groups = pool.poisson_batch(self.cfg.batch_size, rng)
                 ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
                 units = None if groups is None else torch.from_numpy(groups).to(self.device)
+                ids, units = self.ranks.mine(ids, units)
                 meter.add(private.step(ids, units), len(ids))
         finally:
             private.close()
-        tokens = meter.sequences * pool.new.seq_len  # padding included
+        meter.across(self.ranks)
+        tokens = meter.sequences * pool.seq_len  # padding included
         return TrainResult(meter.mean(), tokens, time.perf_counter() - start, self.cfg.local_steps)

@@ -19,9 +19,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from flowerbed.client.ranks import Ranks
 from flowerbed.client.schedule import Schedule
 from flowerbed.config import PrivacyConfig, TrainConfig
-from flowerbed.continual.pool import TrainingPool
 from flowerbed.model.runtime import autocast, inputs_and_labels
 from flowerbed.privacy.guard import RoundPermit
 
@@ -35,13 +35,31 @@ class TrainResult:
     steps: int
 
 
+class Batches(Protocol):
+    """Where a round's batches come from: the client's `TrainingPool`, or the batches its
+    supervisor drew for the ranks (`client/ranked_round.py: RoundDraws`)."""
+
+    padded: bool
+
+    @property
+    def seq_len(self) -> int: ...
+
+    def fixed_batches(
+        self, steps: int, batch_size: int, rng: np.random.Generator
+    ) -> np.ndarray: ...
+
+    def poisson_batch(
+        self, batch_size: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def expected_batch(self, batch_size: int) -> float: ...
+
+
 class Trainer(Protocol):
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
 
-    def train(
-        self, pool: TrainingPool, schedule: Schedule, rng: np.random.Generator
-    ) -> TrainResult: ...
+    def train(self, pool: Batches, schedule: Schedule, rng: np.random.Generator) -> TrainResult: ...
 
 
 class LossMeter:
@@ -54,6 +72,14 @@ class LossMeter:
     def add(self, summed_loss: torch.Tensor, sequences: int) -> None:
         self.total += summed_loss.detach()
         self.sequences += sequences
+
+    def across(self, ranks: Ranks) -> LossMeter:
+        """This meter summed over the ranks (unchanged for one)."""
+        if ranks.world > 1:
+            sequences = torch.tensor(float(self.sequences), device=self.total.device)
+            ranks.reduce_sum([self.total, sequences])
+            self.sequences = int(sequences)
+        return self
 
     def mean(self) -> float:
         return float(self.total) / max(self.sequences, 1)
@@ -77,18 +103,25 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class LocalTrainer:
-    """Plain training: fixed-size batches, the whole batch gradient clipped to `grad_clip`."""
+    """Plain training: fixed-size batches, the whole batch gradient clipped to `grad_clip`;
+    on several ranks each takes a share of every batch and the gradients are summed."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        device: torch.device,
+        ranks: Ranks | None = None,
+    ) -> None:
         self.model = model.to(device)
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.ranks = cfg, device, ranks or Ranks()
         self.optimizer = make_optimizer(self.model, cfg, device)
 
-    def train(
-        self, pool: TrainingPool, schedule: Schedule, rng: np.random.Generator
-    ) -> TrainResult:
+    def train(self, pool: Batches, schedule: Schedule, rng: np.random.Generator) -> TrainResult:
         """Take `cfg.local_steps` steps from `schedule.first_step`."""
         steps, model, optimizer = self.cfg.local_steps, self.model, self.optimizer
+        ranks = self.ranks
+        params = [p for p in model.parameters() if p.requires_grad]
         batches = torch.from_numpy(pool.fixed_batches(steps, self.cfg.batch_size, rng))
         if self.device.type == "cuda":
             batches = batches.pin_memory()
@@ -97,18 +130,22 @@ class LocalTrainer:
         start = time.perf_counter()
         for k in range(steps):
             set_lr(optimizer, schedule.lr(k, self.cfg))
-            ids = batches[k].to(self.device, non_blocking=True)
+            ids, _ = ranks.mine(batches[k].to(self.device, non_blocking=True))
             inputs, labels = inputs_and_labels(ids, pool.padded)
             with autocast(self.device):
                 loss = model(input_ids=inputs, labels=labels).loss
-            loss.backward()
+            if ranks.world > 1:  # each rank's mean, weighted to sum to the batch's mean
+                (loss * ranks.token_share(labels)).backward()
+                ranks.reduce_sum([p.grad for p in params if p.grad is not None])
+            else:
+                loss.backward()
             if self.cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             meter.add(loss * ids.shape[0], ids.shape[0])
         seconds = time.perf_counter() - start
-        return TrainResult(meter.mean(), batches.numel(), seconds, steps)
+        return TrainResult(meter.across(ranks).mean(), batches.numel(), seconds, steps)
 
 
 def make_trainer(
@@ -118,13 +155,15 @@ def make_trainer(
     device: torch.device,
     permit: RoundPermit,
     noise_seed: Callable[[], int],
+    ranks: Ranks | None = None,
 ) -> Trainer:
     """DP-SGD when the permit carries a noise multiplier, else plain training.
 
     `noise_seed` is asked only for DP-SGD, before any batch is drawn.
     """
     if permit.noise_multiplier is None:
-        return LocalTrainer(model, cfg, device)
+        return LocalTrainer(model, cfg, device, ranks)
     from flowerbed.client.private_trainer import PrivateTrainer
 
-    return PrivateTrainer(model, cfg, privacy, device, permit.noise_multiplier, noise_seed())
+    seed = noise_seed()
+    return PrivateTrainer(model, cfg, privacy, device, permit.noise_multiplier, seed, ranks)

@@ -22,6 +22,7 @@ FaultKind = Literal[
     "inflated_examples",
     "random",
     "crash",
+    "rank_crash",
 ]
 
 
@@ -50,7 +51,8 @@ class FaultsConfig(Section):
     """non_finite (NaN in the weights; Hydra reads a bare `nan` as a number), scaled (the
     update x `scale`), sign_flip (the update negated), wrong_shape (a tensor cut short),
     inflated_examples (the weight x `scale`), random (Gaussian noise `scale` times the
-    update's size in its place), crash (the client dies when asked to train)."""
+    update's size in its place), crash (the client dies when asked to train), rank_crash
+    (rank 1 of the client's round is killed; needs federation.ranks_per_client >= 2)."""
     clients: list[int]
     """The partition ids that misbehave."""
     scale: Annotated[float, positive()]

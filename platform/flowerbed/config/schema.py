@@ -47,6 +47,7 @@ class FlowerbedConfig:
     def __post_init__(self) -> None:
         self._resolve_unit()
         self._check_robustness()
+        self._check_ranks()
         require(
             not (
                 self.privacy.mode == "dp_sgd"
@@ -161,6 +162,20 @@ class FlowerbedConfig:
                 f"faults={self.faults.kind} needs faults.clients, partition ids in "
                 f"[0, {clients - 1}], got {self.faults.clients}",
             )
+
+    def _check_ranks(self) -> None:
+        """Every rank of a simulated client gets rows; a killed rank needs a second one."""
+        ranks = self.federation.ranks_per_client
+        require(
+            self.train.batch_size >= ranks,
+            f"train.batch_size={self.train.batch_size} cannot be shared by "
+            f"federation.ranks_per_client={ranks} ranks: give each rank a row at least",
+        )
+        require(
+            self.faults.kind != "rank_crash" or ranks >= 2,
+            "faults=rank_crash kills rank 1 of a client's round: set "
+            "federation.ranks_per_client=2 or more",
+        )
 
     def _check_secure_aggregation(self) -> None:
         """What secure aggregation can serve: a sum of updates from enough clients."""

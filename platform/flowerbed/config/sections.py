@@ -129,6 +129,12 @@ class FederationConfig(Section):
     """CPU cores reserved per simulated client (Ray)."""
     client_gpus: Annotated[float, at_least(0)]
     """GPU share per simulated client; 0.25 runs four clients on one GPU."""
+    ranks_per_client: Annotated[int, at_least(1)]
+    """Processes each simulated client trains its rounds on (data parallel; on GPUs one
+    whole GPU each, so client_gpus must equal it)."""
+    ray_address: str | None
+    """Join this Ray cluster instead of starting one: auto (found on this machine), or
+    HOST:PORT of its head node; null starts a private one."""
     round_timeout: Annotated[float, positive()]
     max_examples_per_client: Annotated[int | None, at_least(1)]
     """The largest aggregation weight a reply may claim; a larger one is capped to it
@@ -143,6 +149,14 @@ class FederationConfig(Section):
 
     def check(self) -> None:
         require(self.fraction_train > 0, "federation.fraction_train must be > 0")
+        require(
+            self.client_gpus == 0
+            or self.ranks_per_client == 1
+            or self.client_gpus == self.ranks_per_client,
+            f"federation.ranks_per_client={self.ranks_per_client} on GPUs takes one whole GPU "
+            f"per rank: set federation.client_gpus={self.ranks_per_client}, not "
+            f"{self.client_gpus}",
+        )
         require(
             1 <= self.min_clients <= self.num_clients,
             f"federation.min_clients must be in [1, num_clients={self.num_clients}], "

@@ -88,6 +88,10 @@ class TrainingPool:
         return cls(TokenRows.whole([tokens], [0]))
 
     @property
+    def seq_len(self) -> int:
+        return self.new.seq_len
+
+    @property
     def replaying(self) -> bool:
         return self.replay is not None and len(self.replay) > 0 and self.replay_fraction > 0
 

@@ -9,7 +9,9 @@ block of a sampled unit, up to `privacy.max_blocks_per_unit`). Every step:
   sequences only),
 - adds Gaussian noise once per logical batch, however many physical chunks it took,
 - takes a noise-only step when the Poisson draw is empty (HF attention cannot run on an
-  empty batch, and skipping would make the step count depend on the data).
+  empty batch, and skipping would make the step count depend on the data),
+- on several ranks of one node, sums the ranks' clipped sums before the noise, which is
+  drawn once for the node (`across_ranks.py`).
 
 Hooks attach to the plain model (Opacus's `wrap_model=False`), so the weights a client
 sends are the model's own state dict, and `close()` removes them again.
@@ -22,7 +24,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from flowerbed.client.ranks import Ranks
 from flowerbed.model.runtime import autocast
+from flowerbed.privacy.across_ranks import noised_once
 from flowerbed.privacy.units import Groups, chunks
 
 
@@ -149,13 +153,14 @@ class PrivateStep:
         max_physical_batch: int,
         generator: torch.Generator | None = None,
         padded: bool = False,
+        ranks: Ranks | None = None,
     ) -> None:
         self.clipping = CLIPPING[mode]()  # the one place a grad_sample_mode is looked up
         self.model, self.max_physical_batch = model, max_physical_batch
         self.padded = padded
         """Blocks packed by document: their padding (id < 0) is neither input nor target."""
         self.hooks = self.clipping.attach(model, max_grad_norm)
-        self.optimizer = self.clipping.optimizer_class()(
+        self.optimizer = noised_once(self.clipping.optimizer_class(), ranks or Ranks())(
             optimizer,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,

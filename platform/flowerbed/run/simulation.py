@@ -108,7 +108,9 @@ def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     _quiet_flower(cfg.tracking.verbose)
     fed = cfg.federation
     threads = max(1, int(fed.client_cpus))
-    nodes = SimulatedNodes(run_dir.resolve(), cfg.device, threads, cfg.node_policy, cfg.faults)
+    nodes = SimulatedNodes(
+        run_dir.resolve(), cfg.device, threads, cfg.node_policy, cfg.faults, fed.ranks_per_client
+    )
     stop = threading.Event()
     live = LiveStatus.for_terminal(fed.rounds, cfg.tracking.progress)
     with stopped_by_signals(stop):
@@ -123,6 +125,7 @@ def _run_prepared(cfg: FlowerbedConfig, run_dir: Path) -> dict:
                         "num_gpus": fed.client_gpus,
                     },
                     "init_args": {
+                        **({"address": fed.ray_address} if fed.ray_address else {}),
                         "log_to_driver": cfg.tracking.verbose,
                         "include_dashboard": False,
                         "logging_level": "INFO" if cfg.tracking.verbose else "ERROR",

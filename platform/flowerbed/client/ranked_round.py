@@ -1,0 +1,126 @@
+"""A client round's local training on several ranks of one node.
+
+The supervising process (the ClientApp's) plans the round as always: the continual
+state, the privacy guard's permit and the node's randomness are its alone. It then
+draws every batch of the round itself, from the node's sampler, exactly the batches one
+process would draw (`RoundDraws`): under DP-SGD one Poisson draw over the node's records
+per step, which the ranks split among them. Each rank rebuilds the model from the
+weights received, trains on its share, and sums gradients with the others every step;
+under DP-SGD the clipped sums meet before the one noise draw (`privacy/across_ranks.py`).
+Rank 0 saves the kept inner optimizer state and returns the weights and the loss; the
+supervisor then records the round in the ledger, once, as for one rank.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowerbed.client.node import Node
+from flowerbed.client.rank_processes import run_on_ranks
+from flowerbed.client.ranks import ProcessGroupRanks
+from flowerbed.client.schedule import Schedule
+from flowerbed.client.trainer import TrainResult, make_trainer
+from flowerbed.config import PrivacyConfig, TrainConfig
+from flowerbed.continual.pool import TrainingPool
+from flowerbed.model.inner_state import restore_inner_state, save_inner_state
+from flowerbed.privacy.guard import RoundPermit
+from flowerbed.protocol import ModelSpec
+
+Weights = dict[str, torch.Tensor]
+
+
+@dataclass
+class RoundDraws:
+    """Every batch of a round, drawn up front by the node's supervisor; the ranks read
+    them through the pool's interface, so the trainers cannot tell the difference."""
+
+    padded: bool
+    seq_len: int
+    expected: float
+    """The node's expected Poisson batch (DP-SGD's noise is scaled by the node's batch)."""
+    fixed: np.ndarray | None
+    poisson: list[tuple[np.ndarray, np.ndarray | None]]
+
+    @classmethod
+    def of(
+        cls, pool: TrainingPool, cfg: TrainConfig, private: bool, rng: np.random.Generator
+    ) -> RoundDraws:
+        steps, size = cfg.local_steps, cfg.batch_size
+        return cls(
+            padded=pool.padded,
+            seq_len=pool.seq_len,
+            expected=pool.expected_batch(size) if private else float(size),
+            fixed=None if private else pool.fixed_batches(steps, size, rng),
+            poisson=[pool.poisson_batch(size, rng) for _ in range(steps)] if private else [],
+        )
+
+    def fixed_batches(self, steps: int, batch_size: int, rng: object) -> np.ndarray:
+        assert self.fixed is not None
+        return self.fixed
+
+    def poisson_batch(self, batch_size: int, rng: object) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.poisson.pop(0)
+
+    def expected_batch(self, batch_size: int) -> float:
+        return self.expected
+
+
+@dataclass
+class RankTask:
+    """What every rank needs to train the round; nothing of the node's secret but the
+    round's noise seed, which stays in the node's own private temporary folder."""
+
+    spec: ModelSpec
+    weights: Weights
+    base_model: str | None
+    train: TrainConfig
+    privacy: PrivacyConfig
+    permit: RoundPermit
+    noise_seed: int | None
+    draws: RoundDraws
+    schedule: Schedule
+    inner_state: tuple[Path, int] | None
+    """(state directory, round) when the inner optimizer state is kept."""
+    killed_rank: int | None = None
+    """Simulation only (`faults=rank_crash`): this rank dies before its first step."""
+
+
+def train_on_ranks(
+    task: RankTask, node: Node, device: torch.device, round_: int
+) -> tuple[TrainResult, Weights]:
+    """The round trained on `node.ranks` ranks: the loss and the new shared weights."""
+    threads = max(1, (node.threads or os.cpu_count() or 1) // node.ranks)
+    what = f"client {node.partition_id}'s round {round_}"
+    return run_on_ranks(_train_rank, task, node.ranks, device.type, threads, what)
+
+
+def _train_rank(
+    ranks: ProcessGroupRanks, device: torch.device, task: RankTask
+) -> tuple[TrainResult, Weights] | None:
+    from flowerbed.client.local_round import global_model
+    from flowerbed.model.adapter import shared_state
+
+    if task.killed_rank == ranks.rank:
+        os.kill(os.getpid(), signal.SIGKILL)
+    model = global_model(task.spec, task.weights, task.base_model)
+    seed = task.noise_seed
+
+    def noise_seed() -> int:
+        assert seed is not None
+        return seed
+
+    trainer = make_trainer(model, task.train, task.privacy, device, task.permit, noise_seed, ranks)
+    if task.inner_state:
+        restore_inner_state(trainer.optimizer, trainer.model, *task.inner_state)
+    result = trainer.train(task.draws, task.schedule, np.random.default_rng(0))
+    if ranks.rank != 0:
+        return None
+    if task.inner_state:
+        save_inner_state(trainer.optimizer, trainer.model, *task.inner_state)
+    return result, {k: v.detach().cpu() for k, v in shared_state(trainer.model).items()}
