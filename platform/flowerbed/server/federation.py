@@ -74,11 +74,13 @@ def run_federation(
     initial_val = _initial_val_loss(layout, engine, start_round)
     callbacks = default_callbacks(cfg, layout, model, outer, tokenizer, resume=start_round > 1)
     callbacks += extra
+    ranks = cfg.federation.ranks_per_client
     log.info(
-        "model: %s parameters on %s; %d clients; rounds %d..%d",
+        "model: %s parameters on %s; %d clients%s; rounds %d..%d",
         f"{num_parameters(model):,}",
         engine.device,
         cfg.federation.num_clients,
+        f" of {ranks} ranks each" if ranks > 1 else "",
         start_round,
         cfg.federation.rounds,
     )
