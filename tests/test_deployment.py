@@ -66,13 +66,14 @@ def start_institutions(
     loopback: Loopback, run_dir: Path, state_root: Path, sites=(0, 1), policy: str = POLICY
 ) -> None:
     """SuperNodes for `sites`, with the shards of `run_dir`, state under `state_root` and
-    the institutions' privacy `policy`."""
+    the institutions' privacy `policy`; site 1's rounds train on two ranks."""
     for i in sites:
         loopback.start_supernode(
             f"site-{i}",
             loopback.certs / "supernodes" / f"site-{i}",
             f"partition-id={i} data-dir='{run_dir}/clients/client-{i}/data' "
-            f"state-dir='{state_root}/site-{i}-state' threads=1 {policy}",  # two on one machine
+            f"state-dir='{state_root}/site-{i}-state' threads=1 {policy}"  # two on one machine
+            + (" ranks=2" if i == 1 else ""),  # site 1 trains on two processes
         )
     loopback.wait_for(lambda: loopback.online_nodes() == 2, "two SuperNodes online")
 

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--state-dir", type=Path, required=True, help="ledger, secret, state")
     node.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     node.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    node.add_argument(
+        "--ranks",
+        default="1",
+        help="processes a round trains on, data parallel: a count, or auto (one per GPU)",
+    )
     node.add_argument("--require-dp", action="store_true", help="refuse to train without DP-SGD")
     node.add_argument(
         "--require-secure-aggregation",
@@ -184,6 +189,14 @@ def _node_config(args: argparse.Namespace) -> None:
     }
     if args.threads:
         machine["threads"] = args.threads
+    if args.ranks != "1":
+        from flowerbed.client.node import NodeConfigError, ranks_of
+
+        try:
+            ranks_of(args.ranks, "cpu")  # its form only: the GPUs are the node's to count
+        except NodeConfigError as err:
+            raise ConfigError(str(err)) from None
+        machine["ranks"] = "'auto'" if args.ranks == "auto" else int(args.ranks)
     policy = {
         "require-dp": "true" if args.require_dp else None,
         "require-secure-aggregation": "true" if args.require_secure_aggregation else None,

@@ -93,8 +93,8 @@ def ranks_of(value: object, device: str) -> int:
         ranks = 0
     if ranks < 1:
         raise NodeConfigError(
-            f"the SuperNode's --node-config has ranks={value!r}: give a count of 1 or more, "
-            "or ranks='auto' (one per visible GPU)"
+            f"ranks={value!r} is not a count of ranks: give 1 or more, or ranks='auto' "
+            "(one rank per visible GPU)"
         )
     if gpus and ranks > gpus:
         raise NodeConfigError(

@@ -5,7 +5,7 @@ temporary folder, spawns N workers (NCCL on GPUs, one per device; gloo on CPU), 
 waits. Rank 0 writes the result back. A worker that dies (killed, out of memory, an
 error) fails the round at once with a sentence: the supervisor kills the other ranks,
 which would otherwise wait for it in a collective forever, and joins every worker, so
-no process outlives the round. The supervisor's own torch state is never touched by
+no process outlives the round; a worker whose supervisor is killed dies with it (Linux). The supervisor's own torch state is never touched by
 torch.distributed, which matters in a simulation, where one process serves many rounds.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -93,8 +94,21 @@ def _how(exitcode: int) -> str:
     return f"exit code {exitcode}; its error is above"
 
 
+def _die_with(parent: int) -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux's PR_SET_PDEATHSIG);
+    elsewhere the collectives' timeout ends an orphan."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request
+        os._exit(1)
+
+
 def _worker(rank: int, world: int, device_type: str, threads: int, folder: str) -> None:
     """One rank: join the node's process group, do the work, rank 0 writes the result."""
+    _die_with(parent=os.getppid())
     root = Path(folder)
     if threads > 0:
         torch.set_num_threads(threads)
