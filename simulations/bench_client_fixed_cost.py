@@ -18,7 +18,10 @@ process only reads it from disk before its Message is made. The round waits for 
 reply; the process's exit (Python tearing down torch and transformers, about 1.3 s
 here) comes after it and is reported apart.
 
-    uv run python simulations/bench_client_fixed_cost.py [--preset small]
+With `--ranks N` every round also runs on a node of N ranks (`ranks=N` in its node
+config), side by side: the difference is what starting and joining the workers adds.
+
+    uv run python simulations/bench_client_fixed_cost.py [--preset small] [--ranks 2]
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="runs of each round, from the same state"
     )
+    parser.add_argument("--ranks", type=int, default=1, help="also run each round on N ranks")
     args = parser.parse_args()
     from safetensors.torch import save_file
 
@@ -87,35 +91,46 @@ def main() -> None:
             f"median of {args.repeats} runs of each round"
         )
         print(
-            "| round | until the reply s | imports s | in the call, besides training and "
-            "evaluation s | held-out evaluation s | training s | **besides training and "
+            "| round | ranks | until the reply s | imports s | in the call, besides training "
+            "and evaluation s | held-out evaluation s | training s | **besides training and "
             "evaluation s** | process exit s |"
         )
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|")
         state = layout.client_state(0)
         state.mkdir(parents=True, exist_ok=True)
+        added = []
         for round_, privacy, label in ROUNDS:
-            m = median_run(run_dir, state, privacy, round_, args.repeats)
+            fixed = {}
+            for ranks in sorted({1, args.ranks}):
+                m = median_run(run_dir, state, privacy, round_, args.repeats, ranks)
+                fixed[ranks] = m["fixed"]
+                print(
+                    f"| {label} | {ranks} | {m['until_reply']:.1f} | {m['imports']:.1f} "
+                    f"| {m['besides']:.1f} | {m['heldout']:.1f} | {m['train']:.1f} "
+                    f"| **{m['fixed']:.1f}** | {m['exit']:.1f} |"
+                )
+            advance(run_dir, state, privacy, round_)
+            added.append(fixed[args.ranks] - fixed[1])
+        if args.ranks > 1:
             print(
-                f"| {label} | {m['until_reply']:.1f} | {m['imports']:.1f} | {m['besides']:.1f} "
-                f"| {m['heldout']:.1f} | {m['train']:.1f} | **{m['fixed']:.1f}** "
-                f"| {m['exit']:.1f} |"
+                f"starting {args.ranks} ranks adds {statistics.median(added):.1f} s to a round's "
+                f"fixed cost (median over the rounds; {min(added):.1f} to {max(added):.1f} s)"
             )
 
 
 def median_run(
-    run_dir: Path, state: Path, privacy: str, round_: int, repeats: int
+    run_dir: Path, state: Path, privacy: str, round_: int, repeats: int, ranks: int
 ) -> dict[str, float]:
-    """`run_child` `repeats` times, each from the client state the round starts with; the
-    median of every figure (this machine's timings vary by a third from run to run)."""
+    """`run_child` `repeats` times, each from the client state the round starts with, which
+    it leaves as it found it; the median of every figure (this machine's timings vary by a
+    third from run to run)."""
     before = Path(tempfile.mkdtemp())
     shutil.copytree(state, before / "state")
     runs = []
-    for repeat in range(repeats):
-        if repeat:
-            shutil.rmtree(state)
-            shutil.copytree(before / "state", state)
-        t, until_reply, exit_seconds = run_child(run_dir, privacy, round_)
+    for _ in range(repeats):
+        t, until_reply, exit_seconds = run_child(run_dir, privacy, round_, ranks)
+        shutil.rmtree(state)
+        shutil.copytree(before / "state", state)
         runs.append(
             t
             | {
@@ -129,13 +144,18 @@ def median_run(
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def run_child(run_dir: Path, privacy: str, round_: int) -> tuple[dict, float, float]:
+def advance(run_dir: Path, state: Path, privacy: str, round_: int) -> None:
+    """Run the round once more, untimed, so the next round starts from its state."""
+    run_child(run_dir, privacy, round_, 1)
+
+
+def run_child(run_dir: Path, privacy: str, round_: int, ranks: int) -> tuple[dict, float, float]:
     """The child's timings, the seconds until its reply, and the seconds it then takes to
     exit (the interpreter's teardown, after the reply has left: no round waits for it)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as errors:
         child = subprocess.Popen(
-            [sys.executable, __file__, "--child", str(run_dir), privacy, str(round_)],
+            [sys.executable, __file__, "--child", str(run_dir), privacy, str(round_), str(ranks)],
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
@@ -151,7 +171,7 @@ def run_child(run_dir: Path, privacy: str, round_: int) -> tuple[dict, float, fl
     return timings, until_reply, time.perf_counter() - started - until_reply
 
 
-def child(run_dir: Path, privacy: str, round_: int) -> None:
+def child(run_dir: Path, privacy: str, round_: int, ranks: int) -> None:
     """One train Message through the ClientApp in this fresh process; print timings."""
     started = time.perf_counter()
     from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -191,6 +211,7 @@ def child(run_dir: Path, privacy: str, round_: int) -> None:
         "partition-id": 0,
         "data-dir": str(layout.client_data(0)),
         "state-dir": str(layout.client_state(0)),
+        "ranks": ranks,
     }  # as a SuperNode's --node-config names them
     context = Context(
         run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={}
@@ -205,6 +226,6 @@ def child(run_dir: Path, privacy: str, round_: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
+        child(Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         main()

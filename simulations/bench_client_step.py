@@ -5,7 +5,12 @@ same optimizer and gradient clipping, measured side by side in one process. The 
 arms alternate over several repeats and the median of each is reported, so drift of the
 machine affects both alike. Goal: the client reaches >= 0.97 of the plain loop.
 
+With `--ranks N` the client's step also runs on N ranks of one node (the same batch
+split N ways, gradients all-reduced; gloo on CPU, NCCL and one GPU a rank on GPUs), in
+the same run: the node's tokens/s and each rank's, against one rank.
+
     uv run python simulations/bench_client_step.py                       # CPU, small
+    uv run python simulations/bench_client_step.py --ranks 2             # CPU, 2 ranks
     uv run python simulations/bench_client_step.py --preset 125m --seq-len 512 \\
         --batch-size 16 --device cuda                                    # GPU, bf16 autocast
 """
@@ -20,6 +25,8 @@ import numpy as np
 import torch
 
 from bench_common import bench_parser, describe, sync
+from flowerbed.client.rank_processes import run_on_ranks
+from flowerbed.client.ranks import Ranks
 from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import compose_config
@@ -48,8 +55,18 @@ def plain_loop(
     return time.perf_counter() - start
 
 
+def ranked_seconds(ranks: Ranks, device: torch.device, task: dict) -> list[float] | None:
+    """The client's trainer on this rank: a warm-up round, then `repeats` timed rounds."""
+    trainer = LocalTrainer(task["model"], task["train"], device, ranks)
+    constant, rng = Schedule(0, 10**9), np.random.default_rng(0)
+    trainer.train(task["pool"], constant, rng)
+    seconds = [trainer.train(task["pool"], constant, rng).seconds for _ in range(task["repeats"])]
+    return seconds if ranks.rank == 0 else None
+
+
 def main() -> None:
     parser = bench_parser(__doc__, steps=10, repeats=5)
+    parser.add_argument("--ranks", type=int, default=1, help="also train on N ranks of a node")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -91,6 +108,16 @@ def main() -> None:
     print(f"| plain PyTorch | {plain_tps:,.0f} |")
     print(f"| flowerbed client | {client_tps:,.0f} |")
     print(f"ratio client / plain: {client_tps / plain_tps:.3f}")
+    if args.ranks > 1:
+        task = {"model": base, "train": cfg, "pool": pool, "repeats": args.repeats}
+        threads = max(1, torch.get_num_threads() // args.ranks)
+        seconds = run_on_ranks(ranked_seconds, task, args.ranks, device.type, threads, "a bench")
+        node_tps = step_tokens / statistics.median(seconds)
+        print("\n| ranks of one node | node tokens/s | per rank | threads a rank (CPU) |")
+        print("|---|---|---|---|")
+        print(f"| 1 | {client_tps:,.0f} | {client_tps:,.0f} | {torch.get_num_threads()} |")
+        print(f"| {args.ranks} | {node_tps:,.0f} | {node_tps / args.ranks:,.0f} | {threads} |")
+        print(f"ratio {args.ranks} ranks / 1 rank (node tokens/s): {node_tps / client_tps:.3f}")
 
 
 if __name__ == "__main__":

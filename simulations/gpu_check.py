@@ -4,7 +4,8 @@ The GPU path has run only in tests that skip on CPU; this runs, each under its o
 limit, what tells whether it works and what it costs: the GPU tests, the client's
 training step against a plain PyTorch loop and the DP-SGD step against the plain one at
 125M parameters, sequence 512, bf16 autocast, batch 16 and 64 (tokens/s, ratios, peak
-GPU memory), and a 2-round 125M simulated federation with DP. Every step's command,
+GPU memory), a 2-round 125M simulated federation with DP, and with two or more GPUs the
+client's step on one rank per GPU against one rank. Every step's command,
 exit status, seconds and output go into the JSON, also when a step fails or times out,
 so one run on a lent GPU answers as much as it can.
 
@@ -25,7 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def steps(device: str, preset: str, seq_len: int, out: Path) -> list[tuple[str, list[str], int]]:
+def steps(
+    device: str, preset: str, seq_len: int, out: Path, gpus: int
+) -> list[tuple[str, list[str], int]]:
     """(name, command, seconds allowed) of every step, in order."""
     python = [sys.executable]
     shape = ["--preset", preset, "--seq-len", str(seq_len), "--device", device]
@@ -42,7 +45,7 @@ def steps(device: str, preset: str, seq_len: int, out: Path) -> list[tuple[str, 
             (
                 f"client step, batch {batch}",
                 [*python, "simulations/bench_client_step.py", *shape, "--batch-size", str(batch)],
-                60,
+                55,
             )
             for batch in (16, 64)
         ),
@@ -50,16 +53,35 @@ def steps(device: str, preset: str, seq_len: int, out: Path) -> list[tuple[str, 
             (
                 f"DP step, batch {batch}",
                 [*python, "simulations/bench_dp.py", *shape, "--batch-size", str(batch)],
-                75,
+                70,
             )
             for batch in (16, 64)
         ),
         (
             "federation, 2 rounds with DP",
             [*python, "-m", "flowerbed.cli.main", "simulate", *federation],
-            150,
+            120,
         ),
-    ]  # at most 60 + 2 x 60 + 2 x 75 + 150 = 480 s: the check fits in 8 minutes
+        *(
+            [
+                (
+                    f"client step on {gpus} ranks, batch 64",
+                    [
+                        *python,
+                        "simulations/bench_client_step.py",
+                        *shape,
+                        "--batch-size",
+                        "64",
+                        "--ranks",
+                        str(gpus),
+                    ],
+                    50,
+                )
+            ]
+            if device == "cuda" and gpus >= 2
+            else []
+        ),
+    ]  # at most 60 + 2 x 55 + 2 x 70 + 120 + 50 = 480 s: the check fits in 8 minutes
 
 
 def machine() -> dict:
@@ -102,7 +124,8 @@ def main() -> None:
     args = parser.parse_args()
     work = args.out.resolve().parent / "gpu_check_runs"
     results = {"machine": machine(), "device": args.device, "preset": args.preset, "steps": []}
-    for name, command, limit in steps(args.device, args.preset, args.seq_len, work):
+    gpus = len(results["machine"].get("devices", []))
+    for name, command, limit in steps(args.device, args.preset, args.seq_len, work, gpus):
         results["steps"].append(run(name, command, limit))
         args.out.write_text(json.dumps(results, indent=2))  # what is known so far, kept
     failed = [s["name"] for s in results["steps"] if s["rc"] != 0]

@@ -55,3 +55,66 @@ def test_bookkeeping_clips_under_cuda_bf16_autocast_as_ghost_does():
     cosine = torch.nn.functional.cosine_similarity(updates["ghost"], updates["bookkeeping"], dim=0)
     assert float(cosine) > 0.99
     assert float(updates["bookkeeping"].norm()) <= 0.05 * 1.01
+
+
+def _dp_lora_update(device: torch.device) -> torch.Tensor:
+    """The adapters' change after one DP step with noise 0 (SGD at lr 1), the model moved
+    to `device` after `get_peft_model`, as a client does."""
+    from flowerbed.model.adapter import add_adapter
+    from flowerbed.privacy.dp_sgd import PrivateStep
+
+    lora = section("adapter", "adapter=lora", "adapter.rank=4", "adapter.dropout=0.0")
+    model = add_adapter(build_model(section("model", "model=tiny"), 257, 256, 0), lora)
+    model = model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    before = torch.cat([p.detach().reshape(-1) for p in trainable])
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    step = PrivateStep(
+        model,
+        torch.optim.SGD(trainable, lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=1e-3,
+        expected_batch_size=4,
+        mode="bookkeeping",
+        max_physical_batch=0,
+    )
+    ids = torch.randint(0, 257, (4, 64), generator=torch.Generator().manual_seed(0))
+    step.step(ids.to(device))
+    step.close()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    return (before - torch.cat([p.detach().reshape(-1) for p in trainable])).cpu()
+
+
+def test_dp_lora_moved_to_cuda_after_peft_updates_the_adapters_as_on_cpu():
+    """Opacus issue #820: DP-LoRA's weights were silently wrong when the model was moved to
+    the device after `get_peft_model`. With noise 0, the CUDA update is the CPU update
+    (up to bf16 autocast)."""
+    on_cpu, on_cuda = _dp_lora_update(torch.device("cpu")), _dp_lora_update(resolve_device("cuda"))
+    assert float(on_cpu.norm()) > 0
+    cosine = torch.nn.functional.cosine_similarity(on_cpu, on_cuda, dim=0)
+    assert float(cosine) > 0.99
+    assert float(on_cuda.norm()) == pytest.approx(float(on_cpu.norm()), rel=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_two_nccl_ranks_clip_and_noise_as_one_gpu_does():
+    from flowerbed.client.rank_processes import run_on_ranks
+    from flowerbed.client.ranks import Ranks
+    from flowerbed.config import compose_config
+    from flowerbed.server.instructions import model_spec
+    from tests.test_ranks import _dp_gradients
+
+    cfg = compose_config("model=tiny")
+    model = build_model(cfg.model, 257, 0, 0)
+    task = {
+        "architecture": model_spec(cfg, model).architecture,
+        "weights": model.state_dict(),
+        "batch": torch.randint(0, 257, (12, 16), generator=torch.Generator().manual_seed(1)),
+        "sigma": 1.0,
+        "clip": 0.01,
+    }
+    one = _dp_gradients(Ranks(), torch.device("cuda", 0), task)
+    two = run_on_ranks(_dp_gradients, task, 2, "cuda", 0, "the GPU test's DP step")
+    for key, update in one.items():
+        cosine = torch.nn.functional.cosine_similarity(update, two[key], dim=0)
+        assert float(cosine) > 0.999, key

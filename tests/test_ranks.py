@@ -23,9 +23,9 @@ from flowerbed.client.node import Node, NodeConfigError, ranks_of
 from flowerbed.client.rank_processes import RankFailed, run_on_ranks
 from flowerbed.client.ranks import ProcessGroupRanks, Ranks
 from flowerbed.config import FlowerbedConfig
+from flowerbed.config.loader import ConfigError
 from flowerbed.config.node_policy import accepting_all
 from flowerbed.config.robustness import FaultsConfig
-from flowerbed.config.loader import ConfigError
 from flowerbed.model.adapter import add_adapter, shared_state
 from flowerbed.model.factory import build_model, model_from_architecture
 from flowerbed.privacy.dp_sgd import PrivateStep
@@ -64,11 +64,11 @@ def test_a_rank_takes_a_contiguous_share_and_whole_units():
 
 
 def test_ranks_the_config_cannot_serve_are_refused_with_the_fix(cache_dir):
-    with pytest.raises(ConfigError, match="train.batch_size=2 cannot be shared"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size=2 cannot be shared"):
         tiny_config(cache_dir, train={"batch_size": 2}, federation={"ranks_per_client": 3})
-    with pytest.raises(ConfigError, match="set federation.ranks_per_client=2 or more"):
+    with pytest.raises(ConfigError, match=r"set federation\.ranks_per_client=2 or more"):
         tiny_config(cache_dir, faults={"kind": "rank_crash", "clients": [0]})
-    with pytest.raises(ConfigError, match="set federation.client_gpus=2"):
+    with pytest.raises(ConfigError, match=r"set federation\.client_gpus=2"):
         tiny_config(cache_dir, federation={"ranks_per_client": 2, "client_gpus": 0.5})
     for wrong in ("0", "two"):
         with pytest.raises(NodeConfigError, match=f"ranks='{wrong}'"):
@@ -86,8 +86,8 @@ def _prepared(cfg: FlowerbedConfig, root: Path):
 
 
 def _node(layout: RunLayout, ranks: int, faults: FaultsConfig | None = None) -> Node:
-    state = layout.client_state(0)
-    return Node(0, layout.client_data(0), state, "cpu", 1, accepting_all(), False, None, faults, ranks)
+    data, state = layout.client_data(0), layout.client_state(0)
+    return Node(0, data, state, "cpu", 1, accepting_all(), False, None, faults, ranks)
 
 
 def _rounds(cfg: FlowerbedConfig, layout: RunLayout, model, spec, ranks: int, rounds: int):
@@ -151,7 +151,7 @@ def _dp_gradients(ranks: Ranks, device: torch.device, task: dict) -> dict | None
         for sigma in (0.0, task["sigma"]):
             model = model_from_architecture(task["architecture"], task["weights"]).to(device)
             before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-            generator = torch.Generator().manual_seed(7)
+            generator = torch.Generator(device).manual_seed(7)
             step = PrivateStep(
                 model,
                 torch.optim.SGD(model.parameters(), lr=1.0),
@@ -163,10 +163,10 @@ def _dp_gradients(ranks: Ranks, device: torch.device, task: dict) -> dict | None
                 generator=generator,
                 ranks=ranks,
             )
-            step.step(ranks.mine(task["batch"])[0])
+            step.step(ranks.mine(task["batch"].to(device))[0])
             step.close()
             after = torch.cat([p.detach().flatten() for p in model.parameters()])
-            out[mode, sigma] = before - after
+            out[mode, sigma] = (before - after).cpu()
     return out if ranks.rank == 0 else None
 
 
@@ -192,9 +192,7 @@ def test_dp_noise_is_drawn_once_for_the_node_not_once_a_rank(cache_dir):
 
 
 @pytest.mark.slow
-def test_a_killed_rank_fails_the_round_with_a_sentence_and_leaves_no_process(
-    cache_dir, tmp_path
-):
+def test_a_killed_rank_fails_the_round_with_a_sentence_and_leaves_no_process(cache_dir, tmp_path):
     cfg = tiny_config(cache_dir, privacy=DP, federation={"ranks_per_client": 2})
     layout, model, spec = _prepared(cfg, tmp_path / "run")
     faults = FaultsConfig(kind="rank_crash", clients=[0], scale=1.0)

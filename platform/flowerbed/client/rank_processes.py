@@ -5,8 +5,9 @@ temporary folder, spawns N workers (NCCL on GPUs, one per device; gloo on CPU), 
 waits. Rank 0 writes the result back. A worker that dies (killed, out of memory, an
 error) fails the round at once with a sentence: the supervisor kills the other ranks,
 which would otherwise wait for it in a collective forever, and joins every worker, so
-no process outlives the round; a worker whose supervisor is killed dies with it (Linux). The supervisor's own torch state is never touched by
-torch.distributed, which matters in a simulation, where one process serves many rounds.
+no process outlives the round; a worker whose supervisor is killed dies with it (Linux).
+The supervisor's own torch state is never touched by torch.distributed, which matters in
+a simulation, where one process serves many rounds.
 """
 
 from __future__ import annotations
