@@ -41,13 +41,17 @@ LORA = {"mode": "lora", "rank": 4, "target_modules": ["q_proj", "v_proj", "down_
 DILOCO = {"name": "diloco", "outer_lr": 0.7, "outer_momentum": 0.9, "keep_inner_state": True}
 
 
-def _child_processes() -> list[str]:
-    """This process's children's command lines, but multiprocessing's resource tracker
-    (one per process that spawned, ending with it)."""
-    me = os.getpid()
-    found = Path(f"/proc/{me}/task/{me}/children").read_text().split()
-    lines = [Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ") for pid in found]
-    return [line for line in lines if "multiprocessing.resource_tracker" not in line]
+def _descendants(pid: int | None = None) -> list[str]:
+    """The command lines of this process's descendants, but multiprocessing's resource
+    tracker and fork server, which serve every round of the process and end with it."""
+    pid = pid or os.getpid()
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        line = Path(f"/proc/{child}/cmdline").read_text().replace("\0", " ")
+        if not any(helper in line for helper in ("resource_tracker", "forkserver import main")):
+            found.append(line)
+        found += _descendants(int(child))
+    return found
 
 
 def test_a_rank_takes_a_contiguous_share_and_whole_units():
@@ -200,6 +204,6 @@ def test_a_killed_rank_fails_the_round_with_a_sentence_and_leaves_no_process(cac
     with pytest.raises(RankFailed, match="rank 1 of 2 ended during client 0's round 1 "):
         train_round(job, model, _node(layout, 2, faults))
     assert multiprocessing.active_children() == []
-    assert _child_processes() == []
+    assert _descendants() == []
     ledger = PrivacyLedger.open(layout.client_state(0) / LEDGER, 1e-5, "prv", "sequence")
     assert ledger.entries == []

@@ -1,21 +1,28 @@
 """Start a client round's ranks as worker processes, watch them, and end them.
 
 The ClientApp's process supervises and does not train: it writes the work to a private
-temporary folder, spawns N workers (NCCL on GPUs, one per device; gloo on CPU), and
-waits. Rank 0 writes the result back. A worker that dies (killed, out of memory, an
-error) fails the round at once with a sentence: the supervisor kills the other ranks,
-which would otherwise wait for it in a collective forever, and joins every worker, so
-no process outlives the round; a worker whose supervisor is killed dies with it (Linux).
-The supervisor's own torch state is never touched by torch.distributed, which matters in
-a simulation, where one process serves many rounds.
+temporary folder, starts N workers (NCCL on GPUs, one per device; gloo on CPU), and
+waits. Workers are forked from a fork server that imported torch, flowerbed and the
+model's code once (`preload`), never from the supervisor itself, whose threads and CUDA
+state a fork must not copy; in a simulation the server outlives the round, so later
+rounds start their workers in a fraction of a second. Rank 0 writes the result back.
+
+A worker that dies (killed, out of memory, an error) fails the round at once with a
+sentence: the supervisor kills the other ranks, which would otherwise wait for it in a
+collective forever, and joins every worker, so no process outlives the round; a worker
+whose supervisor is killed ends on its own. The supervisor's own torch state is never
+touched by torch.distributed, which matters in a simulation, where one process serves
+many rounds.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
-import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from multiprocessing.connection import wait
@@ -42,20 +49,23 @@ def run_on_ranks(
     device_type: str,
     threads: int,
     what: str,
+    preload: tuple[str, ...] = (),
 ) -> Any:
     """`work(ranks, device, task)` on `world` ranks; what rank 0 returned.
 
-    `work` must be importable (a module's function): spawned workers import it anew.
-    `what` names the work in the sentence a failed rank gives, e.g. "client 3's round 7".
+    `work` must be importable (a module's function). `what` names the work in the
+    sentence a failed rank gives, e.g. "client 3's round 7"; `preload`: modules the fork
+    server imports once, when it starts.
     """
-    context = torch.multiprocessing.get_context("spawn")
+    context = torch.multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, *preload])
     with tempfile.TemporaryDirectory(prefix="flowerbed-ranks-") as folder:
         root = Path(folder)
         torch.save({"work": work, "task": task}, root / "task.pt")
         workers = [
             context.Process(
                 target=_worker,
-                args=(rank, world, device_type, threads, str(root)),
+                args=(rank, world, device_type, threads, str(root), os.getpid()),
                 name=f"flowerbed-rank-{rank}",
                 daemon=True,
             )
@@ -95,21 +105,34 @@ def _how(exitcode: int) -> str:
     return f"exit code {exitcode}; its error is above"
 
 
-def _die_with(parent: int) -> None:
-    """Ask the kernel to kill this process when its parent dies (Linux's PR_SET_PDEATHSIG);
-    elsewhere the collectives' timeout ends an orphan."""
-    if sys.platform != "linux":
-        return
-    import ctypes
+def _die_with(supervisor: int) -> None:
+    """End this worker when the supervisor ends, however it ends: a thread waits on the
+    supervisor's process (a pidfd on Linux; elsewhere it polls every second)."""
 
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before the request
+    def watch() -> None:
+        try:
+            select.select([os.pidfd_open(supervisor)], [], [])
+        except (AttributeError, OSError):  # no pidfd here, or the supervisor is gone already
+            while _alive(supervisor):
+                time.sleep(1)
         os._exit(1)
 
+    threading.Thread(target=watch, name="flowerbed-supervisor-watch", daemon=True).start()
 
-def _worker(rank: int, world: int, device_type: str, threads: int, folder: str) -> None:
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _worker(
+    rank: int, world: int, device_type: str, threads: int, folder: str, supervisor: int
+) -> None:
     """One rank: join the node's process group, do the work, rank 0 writes the result."""
-    _die_with(parent=os.getppid())
+    _die_with(supervisor)
     root = Path(folder)
     if threads > 0:
         torch.set_num_threads(threads)
@@ -132,3 +155,4 @@ def _worker(rank: int, world: int, device_type: str, threads: int, folder: str) 
             os.replace(root / "result.pt.part", root / "result.pt")
     finally:
         torch.distributed.destroy_process_group()
+    os._exit(0)  # the work is written: skip the interpreter's teardown (~1 s), nobody waits

@@ -28,6 +28,7 @@ from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import TrainResult, make_trainer
 from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.continual.pool import TrainingPool
+from flowerbed.model.factory import modeling_module
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.privacy.guard import RoundPermit
 from flowerbed.protocol import ModelSpec
@@ -97,7 +98,8 @@ def train_on_ranks(
     """The round trained on `node.ranks` ranks: the loss and the new shared weights."""
     threads = max(1, (node.threads or os.cpu_count() or 1) // node.ranks)
     what = f"client {node.partition_id}'s round {round_}"
-    return run_on_ranks(_train_rank, task, node.ranks, device.type, threads, what)
+    preload = (__name__, "flowerbed.client.local_round", modeling_module(task.spec.architecture))
+    return run_on_ranks(_train_rank, task, node.ranks, device.type, threads, what, preload)
 
 
 def _train_rank(

@@ -91,6 +91,14 @@ def base_from_architecture(architecture: str, pretrained: str | None, seed: int)
     return model_from_config(_config_of(architecture))
 
 
+def modeling_module(architecture: str) -> str:
+    """The transformers module that holds the model classes of `architecture`."""
+    import json
+
+    kind = json.loads(architecture)["model_type"].replace("-", "_")
+    return f"transformers.models.{kind}.modeling_{kind}"
+
+
 def _config_of(architecture: str) -> PretrainedConfig:
     import json
 
