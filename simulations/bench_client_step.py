@@ -26,12 +26,12 @@ import torch
 
 from bench_common import bench_parser, describe, sync
 from flowerbed.client.rank_processes import run_on_ranks
-from flowerbed.client.ranks import Ranks
 from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import LocalTrainer
 from flowerbed.config import compose_config
 from flowerbed.continual.pool import TrainingPool
 from flowerbed.model import autocast, build_model, resolve_device
+from flowerbed.model.ranks import Ranks
 
 
 def plain_loop(

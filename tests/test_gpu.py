@@ -99,8 +99,8 @@ def test_dp_lora_moved_to_cuda_after_peft_updates_the_adapters_as_on_cpu():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_two_nccl_ranks_clip_and_noise_as_one_gpu_does():
     from flowerbed.client.rank_processes import run_on_ranks
-    from flowerbed.client.ranks import Ranks
     from flowerbed.config import compose_config
+    from flowerbed.model.ranks import Ranks
     from flowerbed.server.instructions import model_spec
     from tests.test_ranks import _dp_gradients
 

@@ -21,13 +21,13 @@ from transformers import AutoTokenizer
 from flowerbed.client.local_round import train_round
 from flowerbed.client.node import Node, NodeConfigError, ranks_of
 from flowerbed.client.rank_processes import RankFailed, run_on_ranks
-from flowerbed.client.ranks import ProcessGroupRanks, Ranks
 from flowerbed.config import FlowerbedConfig
 from flowerbed.config.loader import ConfigError
 from flowerbed.config.node_policy import accepting_all
 from flowerbed.config.robustness import FaultsConfig
 from flowerbed.model.adapter import add_adapter, shared_state
 from flowerbed.model.factory import build_model, model_from_architecture
+from flowerbed.model.ranks import ProcessGroupRanks, Ranks
 from flowerbed.privacy.dp_sgd import PrivateStep
 from flowerbed.privacy.ledger import FILENAME as LEDGER
 from flowerbed.privacy.ledger import PrivacyLedger

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import torch
 
-from flowerbed.client.ranks import Ranks
 from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import Batches, LossMeter, TrainResult, make_optimizer, set_lr
 from flowerbed.config import PrivacyConfig, TrainConfig
+from flowerbed.model.ranks import Ranks
 from flowerbed.privacy.dp_sgd import PrivateStep
 
 

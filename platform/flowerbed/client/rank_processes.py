@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from flowerbed.client.ranks import ProcessGroupRanks
+from flowerbed.model.ranks import ProcessGroupRanks
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
 """How long a rank waits for the others in one collective before it gives up: the

@@ -23,13 +23,13 @@ import torch
 
 from flowerbed.client.node import Node
 from flowerbed.client.rank_processes import run_on_ranks
-from flowerbed.client.ranks import ProcessGroupRanks
 from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import TrainResult, make_trainer
 from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.continual.pool import TrainingPool
 from flowerbed.model.factory import modeling_module
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
+from flowerbed.model.ranks import ProcessGroupRanks
 from flowerbed.privacy.guard import RoundPermit
 from flowerbed.protocol import ModelSpec
 

@@ -19,9 +19,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from flowerbed.client.ranks import Ranks
 from flowerbed.client.schedule import Schedule
 from flowerbed.config import PrivacyConfig, TrainConfig
+from flowerbed.model.ranks import Ranks
 from flowerbed.model.runtime import autocast, inputs_and_labels
 from flowerbed.privacy.guard import RoundPermit
 

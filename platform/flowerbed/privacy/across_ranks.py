@@ -11,7 +11,7 @@ noise for nothing, a draw on one rank only would have needed a second collective
 
 from __future__ import annotations
 
-from flowerbed.client.ranks import Ranks
+from flowerbed.model.ranks import Ranks
 
 
 def noised_once(optimizer_class: type, ranks: Ranks) -> type:

@@ -24,7 +24,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from flowerbed.client.ranks import Ranks
+from flowerbed.model.ranks import Ranks
 from flowerbed.model.runtime import autocast
 from flowerbed.privacy.across_ranks import noised_once
 from flowerbed.privacy.units import Groups, chunks
