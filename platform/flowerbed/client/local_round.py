@@ -15,19 +15,18 @@ import logging
 
 import numpy as np
 import torch
+from numpy.random import Generator
 
-from flowerbed.client.faults import killed_rank
 from flowerbed.client.node import Node
-from flowerbed.client.randomness import RunSeeded, SecretSeeded, round_randomness
+from flowerbed.client.randomness import round_randomness
 from flowerbed.client.round_plan import RoundPlan, plan_round
-from flowerbed.client.trainer import TrainResult, make_trainer
+from flowerbed.client.trainer import Trainer, TrainResult, make_trainer
 from flowerbed.config import PrivacyConfig
 from flowerbed.continual.stream import arrived, scan_experiences
 from flowerbed.model.adapter import add_adapter, check_base, load_shared_state, shared_state
 from flowerbed.model.factory import base_from_architecture, model_from_architecture
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.runtime import mean_loss
-from flowerbed.privacy.guard import RoundPermit
 from flowerbed.privacy.ledger import FILENAME as LEDGER
 from flowerbed.privacy.ledger import PrivacyLedger
 from flowerbed.privacy.modes import privacy_mode
@@ -90,10 +89,14 @@ def _train(
             heldout=heldout,
         )
         return reply, None, planned_tokens
-    if node.ranks > 1:
-        result, trained = _train_on_ranks(job, weights, node, plan, permit, draws, device)
+    if node.ranks > 1:  # the batches drawn here, trained on the node's ranks
+        from flowerbed.client.ranked_round import train_on_ranks
+
+        result, trained = train_on_ranks(job, weights, node, plan, permit, draws, device)
     else:
-        result, trained = _train_here(job, model, node, plan, permit, draws, device)
+        trainer = make_trainer(model, job.train, job.privacy, device, permit, draws.noise_seed)
+        result = _train_here(trainer, job, node, plan, draws.sampler)
+        trained = shared_state(trainer.model)
     epsilon = guard.record(job.round, permit, steps)  # before the update leaves
     reply = TrainReply(
         partition_id=node.partition_id,
@@ -109,53 +112,15 @@ def _train(
 
 
 def _train_here(
-    job: TrainInstructions,
-    model: torch.nn.Module,
-    node: Node,
-    plan: RoundPlan,
-    permit: RoundPermit,
-    draws: RunSeeded | SecretSeeded,
-    device: torch.device,
-) -> tuple[TrainResult, dict[str, torch.Tensor]]:
-    """The round's local steps in this process."""
-    trainer = make_trainer(model, job.train, job.privacy, device, permit, draws.noise_seed)
+    trainer: Trainer, job: TrainInstructions, node: Node, plan: RoundPlan, sampler: Generator
+) -> TrainResult:
+    """The round's local steps in this process, between the kept inner state's load and save."""
     if job.keep_inner_state:
         restore_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
-    result = trainer.train(plan.pool, plan.schedule, draws.sampler)
+    result = trainer.train(plan.pool, plan.schedule, sampler)
     if job.keep_inner_state:
         save_inner_state(trainer.optimizer, trainer.model, node.state_dir, job.round)
-    return result, shared_state(trainer.model)
-
-
-def _train_on_ranks(
-    job: TrainInstructions,
-    weights: dict[str, torch.Tensor],
-    node: Node,
-    plan: RoundPlan,
-    permit: RoundPermit,
-    draws: RunSeeded | SecretSeeded,
-    device: torch.device,
-) -> tuple[TrainResult, dict[str, torch.Tensor]]:
-    """The round's local steps on the node's ranks (`client/ranked_round.py`); the noise
-    seed first, then the batches, in the order one process would draw them."""
-    from flowerbed.client.ranked_round import RankTask, RoundDraws, train_on_ranks
-
-    private = permit.noise_multiplier is not None
-    noise_seed = draws.noise_seed() if private else None
-    task = RankTask(
-        spec=job.model,
-        weights=weights,
-        base_model=node.base_model,
-        train=job.train,
-        privacy=job.privacy,
-        permit=permit,
-        noise_seed=noise_seed,
-        draws=RoundDraws.of(plan.pool, job.train, private, draws.sampler),
-        schedule=plan.schedule,
-        inner_state=(node.state_dir, job.round) if job.keep_inner_state else None,
-        killed_rank=killed_rank(node.faults, node.partition_id),
-    )
-    return train_on_ranks(task, node, device, job.round)
+    return result
 
 
 def evaluate_round(

@@ -21,8 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowerbed.client.faults import killed_rank
 from flowerbed.client.node import Node
+from flowerbed.client.randomness import RunSeeded, SecretSeeded
 from flowerbed.client.rank_processes import run_on_ranks
+from flowerbed.client.round_plan import RoundPlan
 from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import TrainResult, make_trainer
 from flowerbed.config import PrivacyConfig, TrainConfig
@@ -31,7 +34,7 @@ from flowerbed.model.factory import modeling_module
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.ranks import ProcessGroupRanks
 from flowerbed.privacy.guard import RoundPermit
-from flowerbed.protocol import ModelSpec
+from flowerbed.protocol import ModelSpec, TrainInstructions
 
 Weights = dict[str, torch.Tensor]
 
@@ -93,11 +96,33 @@ class RankTask:
 
 
 def train_on_ranks(
-    task: RankTask, node: Node, device: torch.device, round_: int
+    job: TrainInstructions,
+    weights: Weights,
+    node: Node,
+    plan: RoundPlan,
+    permit: RoundPermit,
+    draws: RunSeeded | SecretSeeded,
+    device: torch.device,
 ) -> tuple[TrainResult, Weights]:
-    """The round trained on `node.ranks` ranks: the loss and the new shared weights."""
+    """The round trained on `node.ranks` ranks: the loss and the new shared weights. The
+    noise seed is drawn first, then the batches, in the order one process draws them."""
+    private = permit.noise_multiplier is not None
+    noise_seed = draws.noise_seed() if private else None
+    task = RankTask(
+        spec=job.model,
+        weights=weights,
+        base_model=node.base_model,
+        train=job.train,
+        privacy=job.privacy,
+        permit=permit,
+        noise_seed=noise_seed,
+        draws=RoundDraws.of(plan.pool, job.train, private, draws.sampler),
+        schedule=plan.schedule,
+        inner_state=(node.state_dir, job.round) if job.keep_inner_state else None,
+        killed_rank=killed_rank(node.faults, node.partition_id),
+    )
     threads = max(1, (node.threads or os.cpu_count() or 1) // node.ranks)
-    what = f"client {node.partition_id}'s round {round_}"
+    what = f"client {node.partition_id}'s round {job.round}"
     preload = (__name__, "flowerbed.client.local_round", modeling_module(task.spec.architecture))
     return run_on_ranks(_train_rank, task, node.ranks, device.type, threads, what, preload)
 
