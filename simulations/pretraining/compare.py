@@ -51,7 +51,7 @@ class Arm:
     @property
     def name(self) -> str:
         if self.centralized:
-            return f"centralized, batch {self.batch_size}"
+            return f"centralized, batch {self.batch_size}, {self.syncs * self.local_steps} steps"
         return f"{self.label}, {self.partition}, H={self.local_steps}"
 
     @property
@@ -108,10 +108,21 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
     )
 
 
+def references(arm: Arm, rows: list[Arm]) -> list[Arm | None]:
+    """The centralized arms `arm` is measured against, at its tokens: the one with the
+    largest batch (the same global batch and sequential steps as 4 clients), the one with
+    the smallest (a client's batch, 4x the sequential steps)."""
+    same_tokens = sorted(
+        (a for a in rows if a.centralized and a.tokens == arm.tokens), key=lambda a: a.batch_size
+    )
+    if not same_tokens:
+        return [None, None]
+    return [same_tokens[-1], same_tokens[0] if len(same_tokens) > 1 else None]
+
+
 def table(rows: list[Arm]) -> list[str]:
-    """One row per arm; one gap column per centralized arm (each batch size)."""
-    references = [a for a in rows if a.centralized]
-    gaps = [f"gap to {a.name}" for a in references]
+    """One row per arm, with its gaps to centralized training at equal tokens."""
+    gaps = ["gap to centralized, same sequential steps", "gap to centralized, batch 8"]
     lines = [
         "| arm | seeds | val loss | val ppl | " + " | ".join(gaps) + " | syncs | tokens "
         "| MB sent per client |",
@@ -121,8 +132,8 @@ def table(rows: list[Arm]) -> list[str]:
         loss, spread = arm.val_loss
         cell = f"{loss:.4f}" + (f" ± {spread:.4f}" if len(arm.jobs) > 1 else "")
         gap = [
-            "-" if ref is arm else f"{100 * (loss / ref.val_loss[0] - 1):+.1f}%"
-            for ref in references
+            "-" if ref is None or ref is arm else f"{100 * (loss / ref.val_loss[0] - 1):+.1f}%"
+            for ref in references(arm, rows)
         ]
         lines.append(
             f"| {arm.name} | {len(arm.jobs)} | {cell} | {math.exp(loss):.1f} | "
