@@ -5,22 +5,29 @@ conf/sweep/pretraining.yaml for the three commands) and writes, next to them or 
 `--out` says, `comparison.md` and `val_loss_vs_tokens.png`. An arm is a strategy, a
 partition and a communication interval (local steps between syncs); the job with one
 client is the centralized reference every gap is measured against. Seeds are aggregated
-as mean ± sample standard deviation.
+as mean ± sample standard deviation; arms that differ only in the server's learning rate
+or momentum are told apart by them.
 
     uv run python simulations/pretraining/compare.py runs/pretraining
+    uv run python simulations/pretraining/compare.py runs/pretraining_regime \
+        --keep simulations/pretraining/regime/records --out simulations/pretraining/regime
+
+`--keep` copies each job's config, overrides and records into the repository first (the
+sweep folder under `runs/` is not kept) and reads them from there.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from flowerbed.tracking.sweep import Setting, SweepJob, read_jobs
+from flowerbed.tracking.sweep import Setting, SweepJob, kept_jobs, read_jobs
 
 
 @dataclass
@@ -33,6 +40,8 @@ class Arm:
     clients: int
     batch_size: int
     keeps_inner_state: bool
+    outer_lr: float
+    outer_momentum: float
     jobs: list[SweepJob] = field(default_factory=list)
 
     @property
@@ -42,14 +51,18 @@ class Arm:
     @property
     def name(self) -> str:
         if self.centralized:
-            return f"centralized, batch {self.batch_size}"
+            return f"centralized, batch {self.batch_size}, {self.syncs * self.local_steps} steps"
         return f"{self.label}, {self.partition}, H={self.local_steps}"
 
     @property
     def label(self) -> str:
-        """The strategy, and whether clients keep AdamW where the strategy does not say so."""
+        """The strategy, whether clients keep AdamW where the strategy does not say so, and
+        the server's step where it has one."""
         if self.keeps_inner_state and self.strategy != "diloco":
             return f"{self.strategy} + kept AdamW"
+        if self.strategy in ("diloco", "fedadam", "fedavgm"):
+            momentum = f" m {self.outer_momentum:g}" if self.strategy != "fedadam" else ""
+            return f"{self.strategy} lr {self.outer_lr:g}{momentum}"
         return self.strategy
 
     @property
@@ -85,6 +98,8 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
             cfg["federation"]["num_clients"],
             cfg["train"]["batch_size"],
             cfg["strategy"]["keep_inner_state"],
+            cfg["strategy"]["outer_lr"],
+            cfg["strategy"]["outer_momentum"],
         )
         grouped.setdefault(key, Arm(*key)).jobs.append(job)
     return sorted(
@@ -93,10 +108,21 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
     )
 
 
+def references(arm: Arm, rows: list[Arm]) -> list[Arm | None]:
+    """The centralized arms `arm` is measured against, at its tokens: the one with the
+    largest batch (the same global batch and sequential steps as 4 clients), the one with
+    the smallest (a client's batch, 4x the sequential steps)."""
+    same_tokens = sorted(
+        (a for a in rows if a.centralized and a.tokens == arm.tokens), key=lambda a: a.batch_size
+    )
+    if not same_tokens:
+        return [None, None]
+    return [same_tokens[-1], same_tokens[0] if len(same_tokens) > 1 else None]
+
+
 def table(rows: list[Arm]) -> list[str]:
-    """One row per arm; one gap column per centralized arm (each batch size)."""
-    references = [a for a in rows if a.centralized]
-    gaps = [f"gap to {a.name}" for a in references]
+    """One row per arm, with its gaps to centralized training at equal tokens."""
+    gaps = ["gap to centralized, same sequential steps", "gap to centralized, batch 8"]
     lines = [
         "| arm | seeds | val loss | val ppl | " + " | ".join(gaps) + " | syncs | tokens "
         "| MB sent per client |",
@@ -106,8 +132,8 @@ def table(rows: list[Arm]) -> list[str]:
         loss, spread = arm.val_loss
         cell = f"{loss:.4f}" + (f" ± {spread:.4f}" if len(arm.jobs) > 1 else "")
         gap = [
-            "-" if ref is arm else f"{100 * (loss / ref.val_loss[0] - 1):+.1f}%"
-            for ref in references
+            "-" if ref is None or ref is arm else f"{100 * (loss / ref.val_loss[0] - 1):+.1f}%"
+            for ref in references(arm, rows)
         ]
         lines.append(
             f"| {arm.name} | {len(arm.jobs)} | {cell} | {math.exp(loss):.1f} | "
@@ -132,8 +158,7 @@ def plot(rows: list[Arm], path: Path) -> None:
     fig, axes = plt.subplots(
         1, len(partitions), figsize=(6 * len(partitions), 4.5), dpi=120, squeeze=False
     )
-    colours = {"fedavg": "tab:blue", "diloco": "tab:red", "fedadam": "tab:green"}
-    colours["fedavg + kept AdamW"] = "tab:purple"
+    colours = {"fedavg": "tab:blue", "fedavg + kept AdamW": "tab:purple"}
     for ax, partition in zip(axes[0], partitions, strict=True):
         for arm in rows:
             if not arm.centralized and arm.partition != partition:
@@ -145,7 +170,7 @@ def plot(rows: list[Arm], path: Path) -> None:
                 for i in range(len(records))
             ]
             style = {
-                "color": "black" if arm.centralized else colours.get(arm.label, "tab:gray"),
+                "color": "black" if arm.centralized else colours.get(arm.label),
                 "linestyle": ":" if arm.batch_size > 8 else "-" if arm.local_steps > 10 else "--",
                 "marker": "o" if not arm.centralized and arm.local_steps > 10 else None,
                 "markersize": 3,
@@ -163,19 +188,30 @@ def plot(rows: list[Arm], path: Path) -> None:
     plt.close(fig)
 
 
+def keep(folder: Path, dest: Path) -> None:
+    """Each job's config, overrides, round records and summary: what the table is made of."""
+    for job, kept in kept_jobs(folder, dest):
+        (kept / ".hydra").mkdir(parents=True, exist_ok=True)
+        for name in ("config.yaml", "metrics.jsonl", "summary.json", ".hydra/overrides.yaml"):
+            shutil.copy(job / name, kept / name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--out", type=Path, help="default: the sweep folder")
+    parser.add_argument("--keep", type=Path, help="copy the jobs' records here, read them there")
     args = parser.parse_args()
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    rows = arms(read_jobs(args.sweep_dir))
+    if args.keep:
+        keep(args.sweep_dir, args.keep)
+    rows = arms(read_jobs(args.keep or args.sweep_dir))
     plot(rows, out / "val_loss_vs_tokens.png")
     text = [
         "# Federated pretraining against centralized training",
         "",
-        f"From `{args.sweep_dir}`; final validation loss after equal tokens.",
+        f"From `{args.keep or args.sweep_dir}`; final validation loss after equal tokens.",
         "",
         *table(rows),
         "",
