@@ -24,8 +24,8 @@ class Ranks:
     def reduce_sum(self, tensors: list[torch.Tensor]) -> None:
         """Nothing to add."""
 
-    def token_share(self, labels: torch.Tensor) -> float:
-        return 1.0
+    def token_share(self, labels: torch.Tensor) -> torch.Tensor:
+        return torch.ones((), device=labels.device)
 
 
 class ProcessGroupRanks(Ranks):
@@ -56,10 +56,11 @@ class ProcessGroupRanks(Ranks):
         for tensor, total in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
             tensor.copy_(total.view_as(tensor))
 
-    def token_share(self, labels: torch.Tensor) -> float:
+    def token_share(self, labels: torch.Tensor) -> torch.Tensor:
         """My share of the step's targets (labels not -100, after the causal shift): a loss
-        averaged over my tokens, times this, sums over the ranks to the step's mean."""
+        averaged over my tokens, times this, sums over the ranks to the step's mean. A
+        device scalar, so a step never waits for the host."""
         mine = (labels[:, 1:] != -100).sum().to(torch.float64)
         total = mine.clone()
         torch.distributed.all_reduce(total)
-        return float(mine / total.clamp(min=1))
+        return (mine / total.clamp(min=1)).float()
