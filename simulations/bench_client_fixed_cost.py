@@ -101,15 +101,19 @@ def main() -> None:
         added = []
         for round_, privacy, label in ROUNDS:
             fixed = {}
+            start = (
+                Path(tempfile.mkdtemp()) / "state"
+            )  # the state every run of the round starts from
+            shutil.copytree(state, start)
             for ranks in sorted({1, args.ranks}):
-                m = median_run(run_dir, state, privacy, round_, args.repeats, ranks)
+                m = median_run(run_dir, state, start, privacy, round_, args.repeats, ranks)
                 fixed[ranks] = m["fixed"]
                 print(
                     f"| {label} | {ranks} | {m['until_reply']:.1f} | {m['imports']:.1f} "
                     f"| {m['besides']:.1f} | {m['heldout']:.1f} | {m['train']:.1f} "
                     f"| **{m['fixed']:.1f}** | {m['exit']:.1f} |"
                 )
-            advance(run_dir, state, privacy, round_)
+            shutil.rmtree(start.parent)  # the last run's state is where the next round starts
             added.append(fixed[args.ranks] - fixed[1])
         if args.ranks > 1:
             print(
@@ -119,18 +123,15 @@ def main() -> None:
 
 
 def median_run(
-    run_dir: Path, state: Path, privacy: str, round_: int, repeats: int, ranks: int
+    run_dir: Path, state: Path, start: Path, privacy: str, round_: int, repeats: int, ranks: int
 ) -> dict[str, float]:
-    """`run_child` `repeats` times, each from the client state the round starts with, which
-    it leaves as it found it; the median of every figure (this machine's timings vary by a
-    third from run to run)."""
-    before = Path(tempfile.mkdtemp())
-    shutil.copytree(state, before / "state")
+    """`run_child` `repeats` times, each from the client state `start`; the median of every
+    figure (this machine's timings vary by a third from run to run)."""
     runs = []
     for _ in range(repeats):
-        t, until_reply, exit_seconds = run_child(run_dir, privacy, round_, ranks)
         shutil.rmtree(state)
-        shutil.copytree(before / "state", state)
+        shutil.copytree(start, state)
+        t, until_reply, exit_seconds = run_child(run_dir, privacy, round_, ranks)
         runs.append(
             t
             | {
@@ -140,13 +141,7 @@ def median_run(
                 "fixed": until_reply - t["train"] - t["heldout"],
             }
         )
-    shutil.rmtree(before)
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-
-
-def advance(run_dir: Path, state: Path, privacy: str, round_: int) -> None:
-    """Run the round once more, untimed, so the next round starts from its state."""
-    run_child(run_dir, privacy, round_, 1)
 
 
 def run_child(run_dir: Path, privacy: str, round_: int, ranks: int) -> tuple[dict, float, float]:
