@@ -75,8 +75,9 @@ def _train(
     draws = round_randomness(
         job.privacy, job.seed, job.round, node.partition_id, node.state_dir, guard.releases
     )
-    steps = job.train.local_steps
-    planned_tokens = steps * job.train.batch_size * plan.pool.seq_len
+    train = job.train.in_round(job.round)
+    steps = train.local_steps
+    planned_tokens = steps * train.batch_size * plan.pool.seq_len
     permit = guard.permit(plan.pool.accounting_rate(job.train.batch_size), steps, plan.planned)
     if not permit.allowed:
         reply = TrainReply(
@@ -94,7 +95,7 @@ def _train(
 
         result, trained = train_on_ranks(job, weights, node, plan, permit, draws, device)
     else:
-        trainer = make_trainer(model, job.train, job.privacy, device, permit, draws.noise_seed)
+        trainer = make_trainer(model, train, job.privacy, device, permit, draws.noise_seed)
         result = _train_here(trainer, job, node, plan, draws.sampler)
         trained = shared_state(trainer.model)
     epsilon = guard.record(job.round, permit, steps)  # before the update leaves

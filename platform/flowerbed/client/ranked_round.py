@@ -108,15 +108,16 @@ def train_on_ranks(
     noise seed is drawn first, then the batches, in the order one process draws them."""
     private = permit.noise_multiplier is not None
     noise_seed = draws.noise_seed() if private else None
+    train = job.train.in_round(job.round)
     task = RankTask(
         spec=job.model,
         weights=weights,
         base_model=node.base_model,
-        train=job.train,
+        train=train,
         privacy=job.privacy,
         permit=permit,
         noise_seed=noise_seed,
-        draws=RoundDraws.of(plan.pool, job.train, private, draws.sampler),
+        draws=RoundDraws.of(plan.pool, train, private, draws.sampler),
         schedule=plan.schedule,
         inner_state=(node.state_dir, job.round) if job.keep_inner_state else None,
         killed_rank=killed_rank(node.faults, node.partition_id),

@@ -94,13 +94,13 @@ def schedule_of(
     still_to_come: bool,
 ) -> Schedule:
     """The whole run's schedule, or the current experience's when re-warming."""
-    steps = job.train.local_steps
+    before = job.train.steps_before
     if not policy.rewarms:
-        return Schedule((job.round - 1) * steps, job.total_rounds * steps)
+        return Schedule(before(job.round), before(job.total_rounds + 1))
     start = state.arrival_rounds[-1]
     next_arrival_known = job.arrival_every > 0 and still_to_come
     span = job.arrival_every if next_arrival_known else job.total_rounds - start + 1
-    return Schedule((job.round - start) * steps, span * steps)
+    return Schedule(before(job.round) - before(start), before(start + span) - before(start))
 
 
 def planned_life(
@@ -119,5 +119,9 @@ def planned_life(
     """
     every, batch = job.arrival_every, job.train.batch_size
     rounds = range(1, job.total_rounds + 1)
-    which = [min(len(sizes) - 1, (r - 1) // every) if every else current for r in rounds]
-    return [(policy.sample_rate(sizes, e, batch, units), job.train.local_steps) for e in which]
+
+    def experience(r: int) -> int:
+        return min(len(sizes) - 1, (r - 1) // every) if every else current
+
+    steps = job.train.steps_in
+    return [(policy.sample_rate(sizes, experience(r), batch, units), steps(r)) for r in rounds]

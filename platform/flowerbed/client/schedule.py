@@ -1,7 +1,8 @@
 """The learning-rate schedule across the whole federation: warmup, then cosine decay.
 
-A client's step k in round r is global step (r - 1) * local_steps + k, so every client
-follows one schedule over the run, and a resumed run picks it up where it stopped
+A client's step k in round r is global step `train.steps_before(r) + k` ((r - 1) *
+local_steps + k without a synchronous warm start), so every client follows one schedule
+over the run, and a resumed run picks it up where it stopped
 (`continual.rewarm` restarts it at each new experience instead).
 """
 

@@ -7,7 +7,7 @@ key that breaks a rule spanning several fields.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 from flowerbed.config.rules import Range, Section, at_least, between, positive, require
@@ -184,6 +184,23 @@ class TrainConfig(Section):
     sequences_per_round: Annotated[int | None, at_least(1)]
     """Sequences a client trains on per round; when set, local_steps becomes this divided by
     batch_size, so a sweep over batch_size compares batch sizes at equal tokens."""
+    sync_rounds: Annotated[int, at_least(0)]
+    """Synchronous warm start: the first this many rounds take one local step each and the
+    server averages them without its outer step, so the federation begins as data-parallel
+    training (DiLoCo's warm start); the rounds after take local_steps each."""
+
+    def steps_in(self, round_: int) -> int:
+        """Local steps of round `round_` (1-based)."""
+        return 1 if round_ <= self.sync_rounds else self.local_steps
+
+    def steps_before(self, round_: int) -> int:
+        """Local steps of the rounds before round `round_`: where it starts on the schedule."""
+        synchronous = min(round_ - 1, self.sync_rounds)
+        return synchronous + (round_ - 1 - synchronous) * self.local_steps
+
+    def in_round(self, round_: int) -> TrainConfig:
+        """This config as round `round_` trains it: `local_steps` is that round's steps."""
+        return replace(self, local_steps=self.steps_in(round_), sequences_per_round=None)
 
     def check(self) -> None:
         if self.sequences_per_round is None:

@@ -139,7 +139,7 @@ class RoundEngine:
         if exchange.secure is None:
             result = self.pipeline.aggregate(round_, trained, exchange.arrays, current)
         else:
-            result = self.pipeline.aggregate_sum(exchange.secure, answered, current)
+            result = self.pipeline.aggregate_sum(round_, exchange.secure, answered, current)
         for sentence in result.rejected.values():
             log.warning("round %d: %s", round_, sentence)
         if len(result.admitted) < min_clients or result.weights is None:

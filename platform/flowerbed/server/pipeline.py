@@ -10,7 +10,9 @@ go through three stages, each chosen once from the config by a registry:
    aggregation (`server/secure_aggregation.py`) the survivors' mean is all the server
    holds, so admission checks that sum and it is the combined update;
 3. **outer step** (`server/outer.py`, `strategy.name`): how the global weights move
-   towards it (FedAvg takes it as it is).
+   towards it (FedAvg takes it as it is). The synchronous warm start's rounds
+   (`train.sync_rounds`) take the combined weights as they are and leave the outer
+   state untouched: they are data-parallel steps, not outer steps.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class AggregationPipeline:
         self.admission = Admission(cfg.federation)
         self.combiner = combiner_for(cfg)
         self.outer = outer
+        self.sync_rounds = cfg.train.sync_rounds
+
+    def outer_step(self, round_: int, current: Weights, combined: Weights) -> Weights:
+        """The strategy's outer step, or the combined weights in a warm-start round."""
+        return combined if round_ <= self.sync_rounds else self.outer.step(current, combined)
 
     def aggregate(
         self, round_: int, trained: list[TrainReply], sent: ArrayRecord, current: Weights
@@ -55,10 +62,10 @@ class AggregationPipeline:
         if not admitted:
             return Aggregate(None, admitted, rejected)
         combined = self.combiner.combine(admitted, current, round_)
-        return Aggregate(self.outer.step(current, combined), admitted, rejected)
+        return Aggregate(self.outer_step(round_, current, combined), admitted, rejected)
 
     def aggregate_sum(
-        self, secure: SecureSum, answered: list[TrainReply], current: Weights
+        self, round_: int, secure: SecureSum, answered: list[TrainReply], current: Weights
     ) -> Aggregate:
         """Secure aggregation: the server holds only the survivors' mean update, so
         admission checks the sum (finite, norm) and the combine stage is that mean."""
@@ -75,7 +82,7 @@ class AggregationPipeline:
             for r in answered
             if r.num_examples > 0 and not r.budget_exhausted
         ]
-        return Aggregate(self.outer.step(current, tensors), admitted, {})
+        return Aggregate(self.outer_step(round_, current, tensors), admitted, {})
 
     def budget_spent(self) -> bool:
         """User-level DP: whether one more release would pass its `max_epsilon`."""
