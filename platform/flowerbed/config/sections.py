@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from flowerbed.config.rules import Range, Section, at_least, between, positive, require
 
-ModelPreset = Literal["tiny", "small", "125m", "350m", "1b", "pretrained"]
+ModelPreset = Literal["tiny", "mini", "small", "125m", "350m", "1b", "pretrained"]
 CorpusName = Literal["stdlib", "synthetic", "files"]
 PartitionName = Literal["iid", "domain", "dirichlet"]
 TransportDtype = Literal["fp32", "fp16", "bf16"]
