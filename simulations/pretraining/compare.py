@@ -2,11 +2,12 @@
 
 Reads the jobs of `flowerbed simulate -m sweep=pretraining ...` (see
 conf/sweep/pretraining.yaml for the three commands) and writes, next to them or where
-`--out` says, `comparison.md` and `val_loss_vs_tokens.png`. An arm is a strategy, a
-partition and a communication interval (local steps between syncs); the job with one
-client is the centralized reference every gap is measured against. Seeds are aggregated
-as mean ± sample standard deviation; arms that differ only in the server's learning rate
-or momentum are told apart by them.
+`--out` says, `comparison.md` and `val_loss_vs_tokens.png`. An arm is a model, a
+strategy, a partition, a communication interval (local steps between syncs), the inner
+and outer learning rates and momentum, and the synchronous warm start; a job with one
+client is centralized training, and every gap is measured against the best centralized
+arm (over its learning rates) of the same model and tokens. Seeds are aggregated as
+mean ± sample standard deviation.
 
     uv run python simulations/pretraining/compare.py runs/pretraining
     uv run python simulations/pretraining/compare.py runs/pretraining_regime \
@@ -32,8 +33,9 @@ from flowerbed.tracking.sweep import Setting, SweepJob, kept_jobs, read_jobs
 
 @dataclass
 class Arm:
-    """One strategy x partition x interval, over its seeds."""
+    """One model x strategy x partition x interval x learning rates, over its seeds."""
 
+    model: str
     strategy: str
     partition: str
     local_steps: int
@@ -42,6 +44,8 @@ class Arm:
     keeps_inner_state: bool
     outer_lr: float
     outer_momentum: float
+    lr: float
+    sync_rounds: int
     jobs: list[SweepJob] = field(default_factory=list)
 
     @property
@@ -50,9 +54,12 @@ class Arm:
 
     @property
     def name(self) -> str:
+        lr = f"lr {self.lr:g}"
         if self.centralized:
-            return f"centralized, batch {self.batch_size}, {self.syncs * self.local_steps} steps"
-        return f"{self.label}, {self.partition}, H={self.local_steps}"
+            steps = self.syncs * self.local_steps
+            return f"{self.model}: centralized, batch {self.batch_size}, {steps} steps, {lr}"
+        warm = f", {self.sync_rounds} synchronous steps first" if self.sync_rounds else ""
+        return f"{self.model}: {self.label}, {self.partition}, H={self.local_steps}, {lr}{warm}"
 
     @property
     def label(self) -> str:
@@ -75,6 +82,11 @@ class Arm:
         return len(self.jobs[0].records)
 
     @property
+    def outer_steps(self) -> int:
+        """Rounds that took the outer step (the warm start's rounds do not)."""
+        return self.syncs - self.sync_rounds
+
+    @property
     def tokens(self) -> int:
         return sum(r["tokens"] for r in self.jobs[0].records)
 
@@ -92,6 +104,7 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
             continue
         cfg = yaml.safe_load((job.folder / "config.yaml").read_text())
         key = (
+            cfg["model"]["preset"],
             cfg["strategy"]["name"],
             cfg["data"]["partition"],
             cfg["train"]["local_steps"],
@@ -100,33 +113,48 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
             cfg["strategy"]["keep_inner_state"],
             cfg["strategy"]["outer_lr"],
             cfg["strategy"]["outer_momentum"],
+            cfg["train"]["lr"],
+            cfg["train"].get("sync_rounds", 0),
         )
         grouped.setdefault(key, Arm(*key)).jobs.append(job)
     return sorted(
         grouped.values(),
-        key=lambda a: (not a.centralized, a.batch_size, -a.local_steps, a.partition, a.strategy),
+        key=lambda a: (
+            a.model != "tiny",
+            a.model,
+            not a.centralized,
+            -a.batch_size,
+            a.local_steps,
+            a.partition,
+            a.label,
+            a.lr,
+            a.sync_rounds,
+        ),
     )
 
 
 def references(arm: Arm, rows: list[Arm]) -> list[Arm | None]:
-    """The centralized arms `arm` is measured against, at its tokens: the one with the
-    largest batch (the same global batch and sequential steps as 4 clients), the one with
-    the smallest (a client's batch, 4x the sequential steps)."""
-    same_tokens = sorted(
-        (a for a in rows if a.centralized and a.tokens == arm.tokens), key=lambda a: a.batch_size
-    )
-    if not same_tokens:
+    """The centralized arms `arm` is measured against, of its model and tokens, each the
+    best over its learning rates: at the largest batch (the same global batch and
+    sequential steps as 4 clients) and at the smallest (a client's batch, 4x the steps)."""
+    same = [a for a in rows if a.centralized and a.tokens == arm.tokens and a.model == arm.model]
+    if not same:
         return [None, None]
-    return [same_tokens[-1], same_tokens[0] if len(same_tokens) > 1 else None]
+    batches = sorted({a.batch_size for a in same})
+
+    def best(batch: int) -> Arm:
+        return min((a for a in same if a.batch_size == batch), key=lambda a: a.val_loss[0])
+
+    return [best(batches[-1]), best(batches[0]) if len(batches) > 1 else None]
 
 
 def table(rows: list[Arm]) -> list[str]:
     """One row per arm, with its gaps to centralized training at equal tokens."""
     gaps = ["gap to centralized, same sequential steps", "gap to centralized, batch 8"]
     lines = [
-        "| arm | seeds | val loss | val ppl | " + " | ".join(gaps) + " | syncs | tokens "
-        "| MB sent per client |",
-        "|---|---|---|---|" + "---|" * len(gaps) + "---|---|---|",
+        "| arm | seeds | val loss | val ppl | " + " | ".join(gaps) + " | outer steps | syncs "
+        "| tokens | MB sent per client |",
+        "|---|---|---|---|" + "---|" * len(gaps) + "---|---|---|---|",
     ]
     for arm in rows:
         loss, spread = arm.val_loss
@@ -139,29 +167,40 @@ def table(rows: list[Arm]) -> list[str]:
             f"| {arm.name} | {len(arm.jobs)} | {cell} | {math.exp(loss):.1f} | "
             + " | ".join(gap)
             + (
-                f" | - | {arm.tokens:,} | - |"  # one process: nothing travels
+                f" | - | - | {arm.tokens:,} | - |"  # one process: nothing travels
                 if arm.centralized
-                else f" | {arm.syncs} | {arm.tokens:,} | {arm.bytes_per_client / 1e6:,.0f} |"
+                else f" | {arm.outer_steps} | {arm.syncs} | {arm.tokens:,} "
+                f"| {arm.bytes_per_client / 1e6:,.0f} |"
             )
         )
     return lines
 
 
+def best_lr(rows: list[Arm]) -> list[Arm]:
+    """Of arms that differ only in their inner learning rate, the one that ended lowest."""
+    best: dict[tuple, Arm] = {}
+    for arm in rows:
+        key = (arm.model, arm.name.replace(f"lr {arm.lr:g}", ""), arm.tokens)
+        if key not in best or arm.val_loss[0] < best[key].val_loss[0]:
+            best[key] = arm
+    return list(best.values())
+
+
 def plot(rows: list[Arm], path: Path) -> None:
-    """Validation loss against tokens trained: one panel per partition, centralized in both."""
+    """Validation loss against tokens trained, each arm at its best inner learning rate:
+    one panel per model and partition, centralized training in each of its model's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    partitions = sorted({a.partition for a in rows if not a.centralized})
-    fig, axes = plt.subplots(
-        1, len(partitions), figsize=(6 * len(partitions), 4.5), dpi=120, squeeze=False
-    )
+    rows = best_lr(rows)
+    panels = sorted({(a.model != "tiny", a.model, a.partition) for a in rows if not a.centralized})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), dpi=120, squeeze=False)
     colours = {"fedavg": "tab:blue", "fedavg + kept AdamW": "tab:purple"}
-    for ax, partition in zip(axes[0], partitions, strict=True):
+    for ax, (_, model, partition) in zip(axes[0], panels, strict=True):
         for arm in rows:
-            if not arm.centralized and arm.partition != partition:
+            if arm.model != model or (not arm.centralized and arm.partition != partition):
                 continue
             records = arm.jobs[0].records
             tokens = [sum(r["tokens"] for r in records[: i + 1]) for i in range(len(records))]
@@ -173,16 +212,16 @@ def plot(rows: list[Arm], path: Path) -> None:
                 "color": "black" if arm.centralized else colours.get(arm.label),
                 "linestyle": ":" if arm.batch_size > 8 else "-" if arm.local_steps > 10 else "--",
                 "marker": "o" if not arm.centralized and arm.local_steps > 10 else None,
-                "markersize": 3,
+                "markersize": 2,
             }
-            label = arm.name if arm.centralized else f"{arm.label}, H={arm.local_steps}"
-            ax.plot(tokens, losses, label=label, **style)
-        ax.set_title(f"4 clients, {partition} (centralized: one client, all shards)")
+            ax.plot(tokens, losses, label=arm.name.removeprefix(f"{model}: "), **style)
+        ax.set_title(f"{model}, 4 clients, {partition} (centralized: one client)")
         ax.set_xlabel("tokens trained (all clients)")
         ax.set_ylabel("validation loss")
-        ax.set_ylim(top=min(ax.get_ylim()[1], 5.0))
+        ax.set_xscale("log")
+        ax.set_ylim(top=min(ax.get_ylim()[1], 4.0))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
