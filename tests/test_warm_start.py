@@ -36,7 +36,7 @@ def test_warm_start_rounds_take_one_step_on_the_runs_one_schedule():
 
 
 def test_warm_start_rounds_average_without_the_outer_step():
-    cfg = compose_config("strategy=diloco", "train.sync_rounds=2")
+    cfg = compose_config("strategy=diloco", "strategy.outer_lr=0.7", "train.sync_rounds=2")
     pipeline = AggregationPipeline(cfg, outer_optimizer(cfg.strategy))
     current, combined = {"w": torch.tensor([1.0])}, {"w": torch.tensor([0.8])}
     for round_ in (1, 2):
