@@ -85,6 +85,15 @@ def run_federation(
         cfg.federation.rounds,
     )
     log.info("privacy: %s", guarantee(cfg.privacy))
+    if cfg.train.sync_rounds:
+        log.info(
+            "synchronous warm start: rounds 1..%d take 1 local step each and are averaged; "
+            "from round %d on, %d local steps and the %s outer step",
+            cfg.train.sync_rounds,
+            cfg.train.sync_rounds + 1,
+            cfg.train.local_steps,
+            cfg.strategy.name,
+        )
     if engine.secure is not None:
         log.info("secure aggregation (SecAgg+): the server sees only the sum of the updates")
     shared = sum(t.numel() for t in shared_state(model).values())
