@@ -135,15 +135,17 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
 
 def references(arm: Arm, rows: list[Arm]) -> list[Arm | None]:
     """The centralized arms `arm` is measured against, of its model and tokens, each the
-    best over its learning rates: at the largest batch (the same global batch and
-    sequential steps as 4 clients) and at the smallest (a client's batch, 4x the steps)."""
+    best over its learning rates (of those with the most seeds, so one lucky seed is not
+    the bar): at the largest batch (the same global batch and sequential steps as 4
+    clients) and at the smallest (a client's batch, 4x the steps)."""
     same = [a for a in rows if a.centralized and a.tokens == arm.tokens and a.model == arm.model]
     if not same:
         return [None, None]
     batches = sorted({a.batch_size for a in same})
 
     def best(batch: int) -> Arm:
-        return min((a for a in same if a.batch_size == batch), key=lambda a: a.val_loss[0])
+        candidates = [a for a in same if a.batch_size == batch]
+        return min(candidates, key=lambda a: (-len(a.jobs), a.val_loss[0]))
 
     return [best(batches[-1]), best(batches[0]) if len(batches) > 1 else None]
 
@@ -177,11 +179,13 @@ def table(rows: list[Arm]) -> list[str]:
 
 
 def best_lr(rows: list[Arm]) -> list[Arm]:
-    """Of arms that differ only in their inner learning rate, the one that ended lowest."""
+    """Of arms that differ only in their inner learning rate, the one that ended lowest
+    among those with the most seeds."""
     best: dict[tuple, Arm] = {}
     for arm in rows:
         key = (arm.model, arm.name.replace(f"lr {arm.lr:g}", ""), arm.tokens)
-        if key not in best or arm.val_loss[0] < best[key].val_loss[0]:
+        rank = (-len(arm.jobs), arm.val_loss[0])
+        if key not in best or rank < (-len(best[key].jobs), best[key].val_loss[0]):
             best[key] = arm
     return list(best.values())
 
