@@ -135,17 +135,16 @@ def arms(jobs: list[SweepJob]) -> list[Arm]:
 
 def references(arm: Arm, rows: list[Arm]) -> list[Arm | None]:
     """The centralized arms `arm` is measured against, of its model and tokens, each the
-    best over its learning rates (of those with the most seeds, so one lucky seed is not
-    the bar): at the largest batch (the same global batch and sequential steps as 4
-    clients) and at the smallest (a client's batch, 4x the steps)."""
+    best over its learning rates (the lowest mean, so the hardest bar): at the largest
+    batch (the same global batch and sequential steps as 4 clients) and at the smallest
+    (a client's batch, 4x the steps)."""
     same = [a for a in rows if a.centralized and a.tokens == arm.tokens and a.model == arm.model]
     if not same:
         return [None, None]
     batches = sorted({a.batch_size for a in same})
 
     def best(batch: int) -> Arm:
-        candidates = [a for a in same if a.batch_size == batch]
-        return min(candidates, key=lambda a: (-len(a.jobs), a.val_loss[0]))
+        return min((a for a in same if a.batch_size == batch), key=lambda a: a.val_loss[0])
 
     return [best(batches[-1]), best(batches[0]) if len(batches) > 1 else None]
 
