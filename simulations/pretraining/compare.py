@@ -199,7 +199,7 @@ def plot(rows: list[Arm], path: Path) -> None:
 
     rows = best_lr(rows)
     panels = sorted({(a.model != "tiny", a.model, a.partition) for a in rows if not a.centralized})
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 9), dpi=110, squeeze=False)
     colours = {"fedavg": "tab:blue", "fedavg + kept AdamW": "tab:purple"}
     for ax, (_, model, partition) in zip(axes[0], panels, strict=True):
         for arm in rows:
@@ -222,9 +222,10 @@ def plot(rows: list[Arm], path: Path) -> None:
         ax.set_xlabel("tokens trained (all clients)")
         ax.set_ylabel("validation loss")
         ax.set_xscale("log")
-        ax.set_ylim(top=min(ax.get_ylim()[1], 4.0))
+        ax.set_xlim(left=5e4)
+        ax.set_ylim(top=min(ax.get_ylim()[1], 3.0))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
