@@ -58,7 +58,7 @@ class KeyStream:
         """Write the next `out.nbytes` bytes of the stream into the contiguous array `out`."""
         if not out.flags.c_contiguous:
             raise ValueError("KeyStream.fill needs a contiguous array")
-        view = memoryview(out.reshape(-1).view(np.uint8))
+        view = out.reshape(-1).view(np.uint8).data
         start, end = self.position, self.position + out.nbytes
         if -(-end // BLOCK) > MAX_BLOCKS:
             raise ValueError("this keystream is exhausted (256 GiB): derive a new key")
