@@ -13,11 +13,12 @@ import pytest
 
 from flowerbed.config import ContinualConfig, compose_config
 from flowerbed.config.node_policy import accepting_all
+from flowerbed.client.randomness import RunReservoir
 from flowerbed.continual.replay import buffer_refs, update_buffer
 from flowerbed.protocol import ModelSpec
 from tests.conftest import section
 
-SEED = [0, 1]
+SEED = RunReservoir([0, 1])
 
 
 def config(policy: str, size: int = 30) -> ContinualConfig:
@@ -56,7 +57,7 @@ def test_experience_balanced_splits_the_buffer_evenly():
 def test_reservoir_keeps_a_uniform_sample_of_everything_seen():
     counts = np.zeros(2)
     for seed in range(20):
-        buffer = update_buffer(None, config("reservoir", 50), [100, 300], [seed, 0])
+        buffer = update_buffer(None, config("reservoir", 50), [100, 300], RunReservoir([seed, 0]))
         counts += per_experience(buffer)
     assert counts[1] / counts.sum() == pytest.approx(0.75, abs=0.05)
 

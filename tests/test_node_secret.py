@@ -39,16 +39,15 @@ def test_a_secret_is_created_once_private_to_its_owner_and_never_shown(tmp_path)
     assert "hidden" in repr(secret) and path.read_bytes().hex() not in repr(secret)
 
 
-def test_seeds_differ_by_purpose_by_release_and_by_node(tmp_path):
+def test_keys_differ_by_purpose_by_nonce_and_by_node(tmp_path):
     one, other = NodeSecret.open(tmp_path / "a"), NodeSecret.open(tmp_path / "b")
-    seeds = {
-        one.torch_seed("noise", 0, 1),
-        one.torch_seed("noise", 1, 1),  # the same round, re-run after its ledger entry
-        one.torch_seed("noise", 0, 2),
-        one.torch_seed("sample", 0, 1),
-        other.torch_seed("noise", 0, 1),
+    keys = {
+        one.digest("noise", "n1"),
+        one.digest("noise", "n2"),  # the same round as another release
+        one.digest("sample", "n1"),
+        other.digest("noise", "n1"),
     }
-    assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)
+    assert len(keys) == 4 and all(len(k) == 32 for k in keys)
     draws = [g.random(4).tolist() for g in (one.generator("x"), one.generator("x"))]
     assert draws[0] == draws[1]
 

@@ -69,8 +69,8 @@ def test_planned_noise_spends_the_target_over_the_whole_life():
 def test_the_ledger_is_cumulative_and_reloads(tmp_path):
     path = tmp_path / "privacy_ledger.json"
     ledger = PrivacyLedger.open(path, 1e-5, "rdp")
-    first = ledger.record(path, 1, 1.0, 0.05, 100, "secret")
-    second = ledger.record(path, 2, 1.0, 0.05, 100, "secret")
+    first = ledger.write_ahead(path, 1, "r1", (1.0, 0.05, 100), "secret").epsilon
+    second = ledger.write_ahead(path, 2, "r2", (1.0, 0.05, 100), "secret").epsilon
     again = PrivacyLedger.open(path, 1e-5, "rdp")
     assert second > first and again.epsilon == second and again.steps == 200
     assert second == pytest.approx(epsilon([(1.0, 0.05, 200)], 1e-5, "rdp"))
@@ -91,8 +91,8 @@ def test_the_guard_computes_a_rounds_epsilon_once_and_records_that_value(tmp_pat
     monkeypatch.setattr(
         ledger_module, "epsilon", lambda *args: computed.append(args) or epsilon(*args)
     )
-    guard = PrivacyGuard(cfg, tmp_path, cfg.budget)
-    spent = guard.record(1, guard.permit(0.05, 100, [(0.05, 100)]), 100)
+    guard = PrivacyGuard(cfg, tmp_path, cfg.budget, None)
+    spent = guard.record(guard.permit(1, "request", 0.05, 100, [(0.05, 100)]))
     assert len(computed) == 1  # the budget check's value is the one recorded
     assert spent == epsilon([(1.0, 0.05, 100)], cfg.delta, "rdp")
     assert PrivacyLedger.open(tmp_path / "privacy_ledger.json", cfg.delta, "rdp").epsilon == spent
@@ -100,7 +100,7 @@ def test_the_guard_computes_a_rounds_epsilon_once_and_records_that_value(tmp_pat
 
 def test_a_ledger_keeps_its_delta(tmp_path):
     path = tmp_path / "privacy_ledger.json"
-    PrivacyLedger.open(path, 1e-5, "prv").record(path, 1, 1.0, 0.05, 10, "secret")
+    PrivacyLedger.open(path, 1e-5, "prv").write_ahead(path, 1, "r", (1.0, 0.05, 10), "secret")
     with pytest.raises(LedgerError, match="was kept with delta=1e-05"):
         PrivacyLedger.open(path, 1e-6, "prv")
 

@@ -148,7 +148,7 @@ def test_a_client_at_its_budget_stops_and_the_federation_goes_on(cache_dir, tmp_
     )
     prepare_run(cfg, RunLayout(tmp_path))
     spent = tmp_path / "clients" / "client-0" / "state" / FILENAME
-    PrivacyLedger.open(spent, 1e-5, "prv").record(spent, 0, 1.0, 0.5, 400, "secret")  # far past 5.0
+    PrivacyLedger.open(spent, 1e-5, "prv").write_ahead(spent, 0, "r", (1.0, 0.5, 400), "secret")
     summary = continue_simulation(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["rounds"] == 3
     assert all(r["budget_exhausted_clients"] == 1 and r["clients"] == 1 for r in records(tmp_path))

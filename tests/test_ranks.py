@@ -31,6 +31,7 @@ from flowerbed.model.ranks import ProcessGroupRanks, Ranks
 from flowerbed.privacy.dp_sgd import PrivateStep
 from flowerbed.privacy.ledger import FILENAME as LEDGER
 from flowerbed.privacy.ledger import PrivacyLedger
+from flowerbed.privacy.secret_noise import NoiseKey
 from flowerbed.run.prepare import prepare_run
 from flowerbed.server.instructions import model_spec, train_instructions
 from flowerbed.tracking import RunLayout
@@ -155,7 +156,6 @@ def _dp_gradients(ranks: Ranks, device: torch.device, task: dict) -> dict | None
         for sigma in (0.0, task["sigma"]):
             model = model_from_architecture(task["architecture"], task["weights"]).to(device)
             before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-            generator = torch.Generator(device).manual_seed(7)
             step = PrivateStep(
                 model,
                 torch.optim.SGD(model.parameters(), lr=1.0),
@@ -164,7 +164,7 @@ def _dp_gradients(ranks: Ranks, device: torch.device, task: dict) -> dict | None
                 expected_batch_size=len(task["batch"]),
                 mode=mode,
                 max_physical_batch=3,
-                generator=generator,
+                noise=NoiseKey(key=bytes(range(32))),  # the node's one key, on every rank
                 ranks=ranks,
             )
             step.step(ranks.mine(task["batch"].to(device))[0])

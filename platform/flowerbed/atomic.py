@@ -3,7 +3,9 @@
 `durable=True` also flushes the data and the folder entry to disk before returning, for
 what must survive a power cut the moment it is written: the privacy ledger (before an
 update leaves the client), the continual state, checkpoints and the metrics log. Caches
-that can be rebuilt pass `durable=False`.
+that can be rebuilt pass `durable=False`. `private=True` creates the file readable by its
+owner only (0600): a node's state (its ledger, continual state, kept optimizer moments)
+says what its private data did and is nobody else's to read.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: Path, data: str | bytes, *, durable: bool) -> None:
+def write_atomic(path: Path, data: str | bytes, *, durable: bool, private: bool = False) -> None:
     """Write `data` to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
+    tmp.unlink(missing_ok=True)  # a leftover keeps its old mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o666)
+    with os.fdopen(fd, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
         if durable:
             f.flush()
@@ -29,9 +33,10 @@ def write_atomic(path: Path, data: str | bytes, *, durable: bool) -> None:
         _sync_folder(path.parent)
 
 
-def write_json_atomic(path: Path, data: Any, *, durable: bool) -> None:
+def write_json_atomic(path: Path, data: Any, *, durable: bool, private: bool = False) -> None:
     """`data` as indented JSON with sorted keys, written atomically."""
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n", durable=durable)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    write_atomic(path, text, durable=durable, private=private)
 
 
 def publish_folder(staging: Path, target: Path, *, durable: bool) -> None:

@@ -1,17 +1,22 @@
 """One client round, framework-agnostic: from the instructions and global weights to a reply.
 
 First the node's policy judges the server's privacy settings: a refusal is the reply.
-Train: plan the round (continual state, pool, schedule), report the held-out losses of
-the weights received when asked, ask the privacy guard for a permit, train, record the
-round in the ledger, reply with what the node's policy lets leave (`privacy.release`;
-the exact values go to the node's own log). Evaluate (the final model only): the
+Then the round holds the node's state directory alone (`client/state_dir.py`). Train:
+plan the round (continual state, pool, schedule), report the held-out losses of the
+weights received when asked, ask the privacy guard for a permit (which writes the
+release ahead in the ledger, with the nonce its draws are keyed by), train, mark the
+release done, reply with what the node's policy lets leave (`privacy.release`; the
+exact values go to the node's own log). Evaluate (the final model only): the
 held-out loss of the global weights on every experience that has arrived. `client.app`
 only translates Flower Messages to these calls and back.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,8 +25,10 @@ from numpy.random import Generator
 from flowerbed.client.node import Node
 from flowerbed.client.randomness import round_randomness
 from flowerbed.client.round_plan import RoundPlan, plan_round
+from flowerbed.client.state_dir import own_state_dir
 from flowerbed.client.trainer import Trainer, TrainResult, make_trainer
 from flowerbed.config import PrivacyConfig
+from flowerbed.continual.state import FILENAME as CONTINUAL_STATE
 from flowerbed.continual.stream import arrived, scan_experiences
 from flowerbed.model.adapter import add_adapter, check_base, load_shared_state, shared_state
 from flowerbed.model.factory import base_from_architecture, model_from_architecture
@@ -53,15 +60,17 @@ def train_round(
     if refused:
         log.warning("%s", refused)
         return TrainReply(node.partition_id, 0, 0, 0.0, refused=refused), None
-    exact, trained, planned_tokens = _train(job, weights, node)
-    log_exact(node.state_dir, "train", job.round, exact)
-    if exact_under_dp(node.policy, job.privacy):
-        _mark_exact_release(job.privacy, node, job.round)
+    with own_state_dir(node.state_dir, node.data_dir, node.deployed) as identity:
+        mirror = node.ledger_mirror(identity.id)
+        exact, trained, planned_tokens = _train(job, weights, node, mirror)
+        log_exact(node.state_dir, "train", job.round, exact)
+        if exact_under_dp(node.policy, job.privacy):
+            _mark_exact_release(job.privacy, node, job.round, mirror)
     return released_train(exact, node.policy, job.privacy, planned_tokens), trained
 
 
 def _train(
-    job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node
+    job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node, mirror: Path
 ) -> tuple[TrainReply, dict[str, torch.Tensor] | None, int]:
     """The round as the node sees it: its exact reply, the new weights, the planned tokens."""
     device = node.torch_device()
@@ -71,14 +80,14 @@ def _train(
     if job.evaluate_incoming:  # the weights received are round `round - 1`'s model
         heldout = heldout_losses(job.evaluation(job.round - 1), model, node, device)
     mode = privacy_mode(job.privacy)
-    guard = mode.guard(job.privacy, node.state_dir, node_budget(node.policy, job.privacy))
-    draws = round_randomness(
-        job.privacy, job.seed, job.round, node.partition_id, node.state_dir, guard.releases
-    )
+    budget = node_budget(node.policy, job.privacy)
+    guard = mode.guard(job.privacy, node.state_dir, budget, mirror)
     train = job.train.in_round(job.round)
     steps = train.local_steps
     planned_tokens = steps * train.batch_size * plan.pool.seq_len
-    permit = guard.permit(plan.pool.accounting_rate(job.train.batch_size), steps, plan.planned)
+    request = release_request(job, weights, node) if mode.clients_private else ""
+    rate = plan.pool.accounting_rate(job.train.batch_size)
+    permit = guard.permit(job.round, request, rate, steps, plan.planned)
     if not permit.allowed:
         reply = TrainReply(
             node.partition_id,
@@ -90,15 +99,18 @@ def _train(
             heldout=heldout,
         )
         return reply, None, planned_tokens
+    draws = round_randomness(
+        job.privacy, job.seed, job.round, node.partition_id, node.state_dir, permit.nonce
+    )
     if node.ranks > 1:  # the batches drawn here, trained on the node's ranks
         from flowerbed.client.ranked_round import train_on_ranks
 
         result, trained = train_on_ranks(job, weights, node, plan, permit, draws, device)
     else:
-        trainer = make_trainer(model, train, job.privacy, device, permit, draws.noise_seed)
+        trainer = make_trainer(model, train, job.privacy, device, permit, draws.noise)
         result = _train_here(trainer, job, node, plan, draws.sampler)
         trained = shared_state(trainer.model)
-    epsilon = guard.record(job.round, permit, steps)  # before the update leaves
+    epsilon = guard.record(permit)  # written ahead; now done
     reply = TrainReply(
         partition_id=node.partition_id,
         num_examples=1 if mode.uniform_weights else plan.pool.num_records,
@@ -110,6 +122,21 @@ def _train(
         heldout=heldout,
     )
     return reply, trained, planned_tokens
+
+
+def release_request(job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node) -> str:
+    """A digest of everything a release is computed from: the instructions, the weights
+    received and the node's continual state (arrivals, buffer). A round re-run after a
+    crash may reuse its release's nonce (and so its noise) only for the very same one."""
+    digest = hashlib.sha256(json.dumps(job.to_record(), sort_keys=True, default=str).encode())
+    for name, tensor in weights.items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+    state = node.state_dir / CONTINUAL_STATE
+    digest.update(state.read_bytes() if state.is_file() else b"")
+    experiences = arrived(scan_experiences(node.data_dir), job.round, job.arrival_every)
+    digest.update(" ".join(f"{e.name}:{len(e.shard().train)}" for e in experiences).encode())
+    return digest.hexdigest()
 
 
 def _train_here(
@@ -135,18 +162,19 @@ def evaluate_round(
         return EvaluateReply(node.partition_id, 0, refused=refused)
     device = node.torch_device()
     model = global_model(job.model, weights, node.base_model)
-    exact = heldout_losses(job, model, node, device)
-    log_exact(node.state_dir, "evaluate", job.round, exact)
-    if exact_under_dp(node.policy, job.privacy):
-        _mark_exact_release(job.privacy, node, job.round)
+    with own_state_dir(node.state_dir, node.data_dir, node.deployed) as identity:
+        exact = heldout_losses(job, model, node, device)
+        log_exact(node.state_dir, "evaluate", job.round, exact)
+        if exact_under_dp(node.policy, job.privacy):
+            _mark_exact_release(job.privacy, node, job.round, node.ledger_mirror(identity.id))
     return released_evaluate(exact, node.policy, job.privacy)
 
 
-def _mark_exact_release(privacy: PrivacyConfig, node: Node, round_: int) -> None:
+def _mark_exact_release(privacy: PrivacyConfig, node: Node, round_: int, mirror: Path) -> None:
     """The ledger's note that this round's exact metrics left the node."""
     path = node.state_dir / LEDGER
-    ledger = PrivacyLedger.open(path, privacy.delta, privacy.accountant, privacy.unit)
-    ledger.note_exact_release(path, round_)
+    ledger = PrivacyLedger.open(path, privacy.delta, privacy.accountant, privacy.unit, mirror)
+    ledger.note_exact_release(path, round_, mirror)
 
 
 def heldout_losses(

@@ -8,6 +8,7 @@ directory and the run's `node_policy`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,15 @@ class Node:
     ranks: int = 1
     """Processes a round trains on (data parallel, `client/ranked_round.py`); on GPUs one
     per device."""
+    mirror_dir: Path | None = None
+    """Where the ledger's mirror lives, outside the state directory so that restoring an
+    old backup of it cannot make the node forget releases (None: beside the state
+    directory)."""
+
+    def ledger_mirror(self, identity: str) -> Path:
+        """The mirror of this node's ledger (`identity`: its state directory's id)."""
+        folder = self.mirror_dir or self.state_dir.parent
+        return folder / f"ledger-mirror-{identity}.json"
 
     @classmethod
     def from_context(cls, context: Context) -> Node:
@@ -73,6 +83,7 @@ class Node:
             deployed=True,
             base_model=str(config["base-model"]) if "base-model" in config else None,
             ranks=ranks_of(config.get("ranks", 1), str(config.get("device", "auto"))),
+            mirror_dir=Path(str(config.get("ledger-mirror-dir", default_mirror_dir()))),
         )
 
     def torch_device(self) -> torch.device:
@@ -80,6 +91,12 @@ class Node:
         if self.threads > 0:
             torch.set_num_threads(self.threads)
         return resolve_device(self.device)
+
+
+def default_mirror_dir() -> Path:
+    """A deployed node's ledger mirrors: `$XDG_STATE_HOME/flowerbed`, else ~/.local/state."""
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "flowerbed"
 
 
 def ranks_of(value: object, device: str) -> int:

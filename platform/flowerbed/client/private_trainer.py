@@ -1,7 +1,8 @@
 """The local trainer under DP-SGD: Poisson batches, per-sequence clipping, noise (Opacus).
 
 Same interface as `LocalTrainer`; the noise multiplier comes from the client's privacy
-guard, which records it with the pool's sample rate once the round is done.
+guard, which records it with the pool's sample rate before the update leaves, and the
+noise from the release's key (`privacy/secret_noise.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flowerbed.client.trainer import Batches, LossMeter, TrainResult, make_optim
 from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.model.ranks import Ranks
 from flowerbed.privacy.dp_sgd import PrivateStep
+from flowerbed.privacy.secret_noise import NoiseKey
 
 
 class PrivateTrainer:
@@ -30,18 +32,16 @@ class PrivateTrainer:
         privacy: PrivacyConfig,
         device: torch.device,
         noise_multiplier: float,
-        noise_seed: int,
+        noise: NoiseKey,
         ranks: Ranks | None = None,
     ) -> None:
         self.model = model.to(device)
         self.cfg, self.privacy, self.device = cfg, privacy, device
         self.ranks = ranks or Ranks()
-        self.noise_multiplier, self.noise_seed = noise_multiplier, noise_seed
+        self.noise_multiplier, self.noise = noise_multiplier, noise
         self.optimizer = make_optimizer(self.model, cfg, device)
 
     def train(self, pool: Batches, schedule: Schedule, rng: np.random.Generator) -> TrainResult:
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.noise_seed)
         private = PrivateStep(
             self.model,
             self.optimizer,
@@ -50,7 +50,7 @@ class PrivateTrainer:
             expected_batch_size=pool.expected_batch(self.cfg.batch_size),
             mode=self.privacy.grad_sample_mode,
             max_physical_batch=self.privacy.max_physical_batch,
-            generator=generator,
+            noise=self.noise,
             padded=pool.padded,
             ranks=self.ranks,
         )

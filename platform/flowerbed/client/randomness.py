@@ -1,11 +1,12 @@
 """Where a client round's random choices come from: the node's secret, or the run's seed.
 
 Under DP-SGD (`privacy.noise_seed=secret`, the default) the Poisson sample, the blocks a
-unit contributes, the replay buffer's draws and the noise are seeded from the node's
-secret (`privacy.secret`), keyed by the ledger position of the release, so each release
-draws noise of its own: a round re-run after a crash, before its ledger entry, draws
-again exactly what it drew, and a re-run after the entry (counted twice) or a later run
-of the same node draws afresh. Nobody else can reproduce them.
+unit contributes and the noise are keyed by the node's secret (`privacy.secret`) and the
+release's nonce, which the ledger writes ahead before anything is drawn: each release
+draws its own, a round re-run after a crash (the same request, its entry still pending)
+draws again exactly what it drew, and nobody else can reproduce any of it. The replay
+buffer's reservoir is keyed by the secret for the node's whole life (a rebuilt buffer is
+the same buffer).
 
 `privacy.noise_seed=run` seeds them from the run's seed, the round and the partition id,
 all known to the server: bit-identical runs for tests and studies, and no privacy
@@ -18,10 +19,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from flowerbed.config import PrivacyConfig
 from flowerbed.privacy.modes import privacy_mode
 from flowerbed.privacy.secret import NodeSecret
+from flowerbed.privacy.secret_noise import NoiseKey
+from flowerbed.torch_generator import keyed_state
 
 
 def keeps_noise_secret(privacy: PrivacyConfig) -> bool:
@@ -37,37 +41,66 @@ class RunSeeded:
     def __init__(self, seed: int, round_: int, partition_id: int) -> None:
         self.sampler = np.random.default_rng([seed, round_, partition_id])
 
-    def noise_seed(self) -> int:
+    def noise(self) -> NoiseKey:
         """The private trainer's noise seed: the sampler's first draw, before any batch."""
-        return int(self.sampler.integers(2**62))
+        return NoiseKey(seed=int(self.sampler.integers(2**62)))
 
 
 class SecretSeeded:
-    """Draws keyed by the node's secret and the release's place in the client's ledger."""
+    """Draws keyed by the node's secret and the release's nonce."""
 
     private = True
 
-    def __init__(self, state_dir: Path, release: int, round_: int) -> None:
-        self.secret = NodeSecret.open(state_dir)
-        self.release, self.round = release, round_
-        self.sampler = self.secret.generator("sample", release, round_)
+    def __init__(self, state_dir: Path, nonce: str) -> None:
+        secret = NodeSecret.open(state_dir)
+        self.sampler = secret.generator("sample", nonce)
+        self._noise = NoiseKey(key=secret.digest("noise", nonce))
 
-    def noise_seed(self) -> int:
-        return self.secret.torch_seed("noise", self.release, self.round)
+    def noise(self) -> NoiseKey:
+        return self._noise
 
 
 def round_randomness(
-    privacy: PrivacyConfig, seed: int, round_: int, partition_id: int, state_dir: Path, release: int
+    privacy: PrivacyConfig,
+    seed: int,
+    round_: int,
+    partition_id: int,
+    state_dir: Path,
+    nonce: str | None,
 ) -> RunSeeded | SecretSeeded:
-    """The round's draws; `release`: how many rounds the client's ledger holds already."""
+    """The round's draws; `nonce`: the release's, from the ledger (DP-SGD)."""
     if keeps_noise_secret(privacy):
-        return SecretSeeded(state_dir, release, round_)
+        assert nonce, "a secret draw needs the release's nonce from the ledger"
+        return SecretSeeded(state_dir, nonce)
     return RunSeeded(seed, round_, partition_id)
 
 
-def buffer_seed(privacy: PrivacyConfig, seed: int, partition_id: int, state_dir: Path) -> list[int]:
-    """The seed of the replay buffer's reservoir draws (which records can be replayed): the
-    same for the node's whole life, so a rebuilt buffer is the same buffer."""
+class RunReservoir:
+    """The replay buffer's reservoir draws from the run's seed (torch's 32-bit seeding)."""
+
+    def __init__(self, words: list[int]) -> None:
+        self.words = words
+
+    def torch_state(self, experience: int) -> torch.Tensor:
+        seed = int(np.random.SeedSequence([*self.words, experience]).generate_state(1)[0])
+        return torch.Generator().manual_seed(seed).get_state()
+
+
+class SecretReservoir:
+    """The replay buffer's reservoir draws from the node's secret: a whole generator state."""
+
+    def __init__(self, secret: NodeSecret) -> None:
+        self.secret = secret
+
+    def torch_state(self, experience: int) -> torch.Tensor:
+        return keyed_state(self.secret.stream("replay buffer", experience))
+
+
+def reservoir_draws(
+    privacy: PrivacyConfig, seed: int, partition_id: int, state_dir: Path
+) -> RunReservoir | SecretReservoir:
+    """The draws of the replay buffer's reservoir (which records can be replayed): the same
+    for the node's whole life, so a rebuilt buffer is the same buffer."""
     if keeps_noise_secret(privacy):
-        return NodeSecret.open(state_dir).words("replay buffer")
-    return [seed, partition_id]
+        return SecretReservoir(NodeSecret.open(state_dir))
+    return RunReservoir([seed, partition_id])

@@ -34,6 +34,7 @@ from flowerbed.model.factory import modeling_module
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.ranks import ProcessGroupRanks
 from flowerbed.privacy.guard import RoundPermit
+from flowerbed.privacy.secret_noise import NoiseKey
 from flowerbed.protocol import ModelSpec, TrainInstructions
 
 Weights = dict[str, torch.Tensor]
@@ -78,7 +79,7 @@ class RoundDraws:
 @dataclass
 class RankTask:
     """What every rank needs to train the round; nothing of the node's secret but the
-    round's noise seed, which stays in the node's own private temporary folder."""
+    release's noise key, which stays in the node's own private temporary folder."""
 
     spec: ModelSpec
     weights: Weights
@@ -86,7 +87,7 @@ class RankTask:
     train: TrainConfig
     privacy: PrivacyConfig
     permit: RoundPermit
-    noise_seed: int | None
+    noise: NoiseKey | None
     draws: RoundDraws
     schedule: Schedule
     inner_state: tuple[Path, int] | None
@@ -105,9 +106,9 @@ def train_on_ranks(
     device: torch.device,
 ) -> tuple[TrainResult, Weights]:
     """The round trained on `node.ranks` ranks: the loss and the new shared weights. The
-    noise seed is drawn first, then the batches, in the order one process draws them."""
+    noise key is drawn first, then the batches, in the order one process draws them."""
     private = permit.noise_multiplier is not None
-    noise_seed = draws.noise_seed() if private else None
+    noise = draws.noise() if private else None
     train = job.train.in_round(job.round)
     task = RankTask(
         spec=job.model,
@@ -116,7 +117,7 @@ def train_on_ranks(
         train=train,
         privacy=job.privacy,
         permit=permit,
-        noise_seed=noise_seed,
+        noise=noise,
         draws=RoundDraws.of(plan.pool, train, private, draws.sampler),
         schedule=plan.schedule,
         inner_state=(node.state_dir, job.round) if job.keep_inner_state else None,
@@ -137,13 +138,13 @@ def _train_rank(
     if task.killed_rank == ranks.rank:
         os.kill(os.getpid(), signal.SIGKILL)
     model = global_model(task.spec, task.weights, task.base_model)
-    seed = task.noise_seed
+    key = task.noise
 
-    def noise_seed() -> int:
-        assert seed is not None
-        return seed
+    def noise() -> NoiseKey:
+        assert key is not None
+        return key
 
-    trainer = make_trainer(model, task.train, task.privacy, device, task.permit, noise_seed, ranks)
+    trainer = make_trainer(model, task.train, task.privacy, device, task.permit, noise, ranks)
     if task.inner_state:
         restore_inner_state(trainer.optimizer, trainer.model, *task.inner_state)
     result = trainer.train(task.draws, task.schedule, np.random.default_rng(0))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from flowerbed.client.node import Node
-from flowerbed.client.randomness import buffer_seed
+from flowerbed.client.randomness import reservoir_draws
 from flowerbed.client.schedule import Schedule
 from flowerbed.continual.policy import ContinualPolicy, continual_policy
 from flowerbed.continual.pool import TrainingPool
@@ -81,8 +81,8 @@ def advance_state(
     state = ContinualState.load(path)
     for name in state.note_arrivals([e.name for e in experiences], job.round):
         log.info("client %d: experience %s arrived (round %d)", node.partition_id, name, job.round)
-    seed = buffer_seed(job.privacy, job.seed, node.partition_id, node.state_dir)
-    policy.advance(state, sizes[: len(experiences) - 1], seed)
+    draws = reservoir_draws(job.privacy, job.seed, node.partition_id, node.state_dir)
+    policy.advance(state, sizes[: len(experiences) - 1], draws)
     state.save(path)
     return state
 

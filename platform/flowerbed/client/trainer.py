@@ -24,6 +24,7 @@ from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.model.ranks import Ranks
 from flowerbed.model.runtime import autocast, inputs_and_labels
 from flowerbed.privacy.guard import RoundPermit
+from flowerbed.privacy.secret_noise import NoiseKey
 
 
 @dataclass
@@ -154,16 +155,15 @@ def make_trainer(
     privacy: PrivacyConfig,
     device: torch.device,
     permit: RoundPermit,
-    noise_seed: Callable[[], int],
+    noise: Callable[[], NoiseKey],
     ranks: Ranks | None = None,
 ) -> Trainer:
     """DP-SGD when the permit carries a noise multiplier, else plain training.
 
-    `noise_seed` is asked only for DP-SGD, before any batch is drawn.
+    `noise` is asked only for DP-SGD, before any batch is drawn.
     """
     if permit.noise_multiplier is None:
         return LocalTrainer(model, cfg, device, ranks)
     from flowerbed.client.private_trainer import PrivateTrainer
 
-    seed = noise_seed()
-    return PrivateTrainer(model, cfg, privacy, device, permit.noise_multiplier, seed, ranks)
+    return PrivateTrainer(model, cfg, privacy, device, permit.noise_multiplier, noise(), ranks)

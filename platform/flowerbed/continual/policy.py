@@ -16,7 +16,12 @@ import numpy as np
 
 from flowerbed.config import ContinualConfig
 from flowerbed.continual.pool import TokenRows, TrainingPool, mix_rates
-from flowerbed.continual.replay import buffer_refs, storage_policy, update_buffer
+from flowerbed.continual.replay import (
+    ReservoirDraws,
+    buffer_refs,
+    storage_policy,
+    update_buffer,
+)
 from flowerbed.continual.state import ContinualState
 
 Units = tuple[list[np.ndarray], int] | None
@@ -48,7 +53,7 @@ class ContinualPolicy:
         step, in a round of experience e (`sizes`: records per experience)."""
         return min(1.0, batch_size / (units or sizes)[e])
 
-    def advance(self, state: ContinualState, past_sizes: list[int], seed: list[int]) -> None:
+    def advance(self, state: ContinualState, past_sizes: list[int], draws: ReservoirDraws) -> None:
         """What the state gains once the arrivals are noted (`past_sizes`: older experiences)."""
 
     def pool(
@@ -100,10 +105,10 @@ class Replay(ContinualPolicy):
         replayed = self.cfg.replay_fraction * batch_size / held if held else 0.0
         return min(1.0, max(batch_size / units[e], replayed))
 
-    def advance(self, state: ContinualState, past_sizes: list[int], seed: list[int]) -> None:
+    def advance(self, state: ContinualState, past_sizes: list[int], draws: ReservoirDraws) -> None:
         # The first experience has nothing to replay yet.
         state.buffer = (
-            update_buffer(state.buffer, self.cfg, past_sizes, seed) if past_sizes else None
+            update_buffer(state.buffer, self.cfg, past_sizes, draws) if past_sizes else None
         )
 
     def pool(

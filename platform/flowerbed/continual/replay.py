@@ -12,7 +12,7 @@ must take in a new experience; every other round reads the stored references.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -20,6 +20,15 @@ import torch
 from flowerbed.config import ContinualConfig
 
 log = logging.getLogger(__name__)
+
+
+class ReservoirDraws(Protocol):
+    """Where the reservoir's random draws come from (`client/randomness.py` chooses)."""
+
+    def torch_state(self, experience: int) -> torch.Tensor:
+        """The state torch's global generator draws experience `experience`'s weights
+        with (Avalanche's reservoir calls `torch.rand`)."""
+        ...
 
 
 class References(torch.utils.data.Dataset):
@@ -46,14 +55,17 @@ def buffer_refs(buffer: dict[str, Any] | None) -> np.ndarray:
 
 
 def update_buffer(
-    buffer: dict[str, Any] | None, cfg: ContinualConfig, sizes: list[int], seed: list[int]
+    buffer: dict[str, Any] | None,
+    cfg: ContinualConfig,
+    sizes: list[int],
+    draws: ReservoirDraws,
 ) -> dict[str, Any]:
     """The buffer holding experiences 0..len(sizes)-1 (`sizes`: their training records).
 
     Experiences already in the stored buffer are kept as they are; a buffer made with
     other settings, or ahead of `sizes` (a resumed run), is rebuilt from the start.
-    Every experience's reservoir draw is seeded by (seed, experience), so a rebuild
-    gives the same buffer.
+    Every experience's reservoir draw comes from `draws.torch_state(experience)`, so a
+    rebuild gives the same buffer.
     """
     same = buffer is not None and (buffer["policy"], buffer["max_size"]) == (
         cfg.policy,
@@ -71,7 +83,7 @@ def update_buffer(
     stream = benchmark_from_datasets(train=fresh).train_stream
     for k in range(absorbed, len(sizes)):
         with torch.random.fork_rng():
-            torch.manual_seed(int(np.random.SeedSequence([*seed, k]).generate_state(1)[0]))
+            torch.set_rng_state(draws.torch_state(k))
             policy.post_adapt(None, stream[k])
     stored = _store(storage.reservoirs(policy), cfg, len(sizes))
     log.info(

@@ -42,7 +42,7 @@ class ContinualState:
             ) from err
 
     def save(self, path: Path) -> None:
-        write_json_atomic(path, asdict(self), durable=True)
+        write_json_atomic(path, asdict(self), durable=True, private=True)
 
     def note_arrivals(self, names: list[str], round_: int) -> list[str]:
         """Record the experiences present this round; return the ones that are new.

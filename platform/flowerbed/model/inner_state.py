@@ -55,7 +55,7 @@ def save_inner_state(
         for key, value in optimizer.state.get(param, {}).items()
     }
     path = state_dir / FOLDER / f"round-{round_:05d}.safetensors"
-    write_atomic(path, save(tensors), durable=True)
+    write_atomic(path, save(tensors), durable=True, private=True)
     for _, old in _files(state_dir)[:-KEEP]:
         old.unlink()
 

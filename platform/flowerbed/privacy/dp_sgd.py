@@ -7,7 +7,8 @@ block of a sampled unit, up to `privacy.max_blocks_per_unit`). Every step:
   sum of its blocks') is clipped to `max_grad_norm` (book-keeping in one backward pass
   by default; per-sample hooks for any layer Opacus knows; Opacus's ghost clipping for
   sequences only),
-- adds Gaussian noise once per logical batch, however many physical chunks it took,
+- adds Gaussian noise once per logical batch, however many physical chunks it took, from
+  the release's secret key (`secret_noise.py`) or, for repeatable runs, a run seed,
 - takes a noise-only step when the Poisson draw is empty (HF attention cannot run on an
   empty batch, and skipping would make the step count depend on the data),
 - on several ranks of one node, sums the ranks' clipped sums before the noise, which is
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from flowerbed.model.ranks import Ranks
 from flowerbed.model.runtime import autocast
 from flowerbed.privacy.across_ranks import noised_once
+from flowerbed.privacy.secret_noise import NoiseKey
 from flowerbed.privacy.units import Groups, chunks
 
 
@@ -151,7 +153,7 @@ class PrivateStep:
         expected_batch_size: float,
         mode: str,
         max_physical_batch: int,
-        generator: torch.Generator | None = None,
+        noise: NoiseKey | None = None,
         padded: bool = False,
         ranks: Ranks | None = None,
     ) -> None:
@@ -160,13 +162,15 @@ class PrivateStep:
         self.padded = padded
         """Blocks packed by document: their padding (id < 0) is neither input nor target."""
         self.hooks = self.clipping.attach(model, max_grad_norm)
-        self.optimizer = noised_once(self.clipping.optimizer_class(), ranks or Ranks())(
+        noise = noise or NoiseKey()  # neither key nor seed: torch's global generator
+        keyed = noise.optimizer_class(self.clipping.optimizer_class())
+        self.optimizer = noised_once(keyed, ranks or Ranks())(
             optimizer,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
             expected_batch_size=expected_batch_size,
             loss_reduction="mean",
-            generator=generator,
+            generator=noise.generator(next(model.parameters()).device),
         )
 
     def step(self, batch: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:

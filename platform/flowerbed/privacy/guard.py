@@ -2,9 +2,10 @@
 
 Under DP-SGD the guard opens the client's lifetime ledger from its state directory,
 fixes the noise multiplier once for the client's whole planned life, refuses a round
-that would pass the budget, and writes the round (atomically, durably) before the
-update leaves the client. Without DP-SGD a `NoGuard` allows every round and records
-nothing, so the ClientApp runs the same steps in every mode.
+that would pass the budget, and writes the round ahead in the ledger (atomically,
+durably, counted in ε) with the nonce that keys its noise and sample, before anything
+is drawn. Without DP-SGD a `NoGuard` allows every round and records nothing, so the
+ClientApp runs the same steps in every mode.
 """
 
 from __future__ import annotations
@@ -28,70 +29,76 @@ class RoundPermit:
     sample_rate: float
     """The highest rate any record is drawn at: what the ledger records."""
     epsilon_after: float | None = None
-    """The lifetime epsilon once this round is recorded, when the budget check computed it
-    (the ledger records it instead of computing it again: a PRV evaluation, 0.4-1 s)."""
+    """The lifetime epsilon with this round counted (DP-SGD, once allowed)."""
+    nonce: str | None = None
+    """The release's nonce in the ledger: its noise and sample are keyed by it."""
 
 
 class PrivacyGuard:
-    """DP-SGD's guard: the lifetime ledger in `state_dir`, read and written every round."""
+    """DP-SGD's guard: the lifetime ledger in `state_dir` (and its `mirror`)."""
 
-    def __init__(self, cfg: PrivacyConfig, state_dir: Path, budget: float | None) -> None:
-        self.cfg, self.path, self.budget = cfg, state_dir / FILENAME, budget
+    def __init__(
+        self, cfg: PrivacyConfig, state_dir: Path, budget: float | None, mirror: Path | None
+    ) -> None:
+        self.cfg, self.path, self.budget, self.mirror = cfg, state_dir / FILENAME, budget, mirror
         """`budget`: the lifetime ε the client may spend (the node's cap or the server's)."""
-        self.ledger = PrivacyLedger.open(self.path, cfg.delta, cfg.accountant, cfg.unit)
+        self.ledger = PrivacyLedger.open(self.path, cfg.delta, cfg.accountant, cfg.unit, mirror)
 
     def permit(
-        self, sample_rate: float, steps: int, planned: list[tuple[float, int]]
+        self,
+        round_: int,
+        request: str,
+        sample_rate: float,
+        steps: int,
+        planned: list[tuple[float, int]],
     ) -> RoundPermit:
-        """Noise calibrated once for the planned life (`planned`: (rate, steps) per round),
-        or a refusal when `steps` more at `sample_rate` would pass the budget."""
+        """The round written ahead in the ledger, its noise calibrated once for the planned
+        life (`planned`: (rate, steps) per round); or a refusal when `steps` more at
+        `sample_rate` would pass the budget. The same `request` re-run after a crash
+        finds its pending entry: the same nonce, counted once."""
+        rerun = self.ledger.pending_for(request)
+        if rerun is not None:
+            return RoundPermit(
+                True, rerun.noise_multiplier, rerun.sample_rate, rerun.epsilon, rerun.nonce
+            )
         sigma = life_noise_multiplier(self.ledger, self.cfg, planned)
-        budget = self.budget
-        if budget is None:
-            return RoundPermit(True, sigma, sample_rate)
         after = self.ledger.epsilon_after(sigma, sample_rate, steps)
-        if after > budget:
-            self.ledger.save(self.path)  # keeps the noise fixed for life
+        if self.budget is not None and after > self.budget:
+            self.ledger.save(self.path, self.mirror)  # keeps the noise fixed for life
             return RoundPermit(False, sigma, sample_rate)
-        return RoundPermit(True, sigma, sample_rate, after)
-
-    def record(self, round_: int, permit: RoundPermit, steps: int) -> float:
-        """Append the round to the ledger on disk; return the lifetime epsilon."""
-        return self.ledger.record(
-            self.path,
-            round_,
-            permit.noise_multiplier,
-            permit.sample_rate,
-            steps,
-            self.cfg.noise_seed,
-            permit.epsilon_after,
+        draw = (sigma, sample_rate, steps)
+        entry = self.ledger.write_ahead(
+            self.path, round_, request, draw, self.cfg.noise_seed, after, self.mirror
         )
+        return RoundPermit(True, sigma, sample_rate, after, entry.nonce)
+
+    def record(self, permit: RoundPermit) -> float | None:
+        """The round's release is done (it was counted when written ahead); the lifetime ε."""
+        assert permit.nonce is not None
+        self.ledger.finish(self.path, permit.nonce, self.mirror)
+        return permit.epsilon_after
 
     @property
     def epsilon(self) -> float:
         return self.ledger.epsilon
-
-    @property
-    def releases(self) -> int:
-        """Rounds the ledger holds: this round's place in the client's life."""
-        return len(self.ledger.entries)
 
 
 class NoGuard:
     """No DP-SGD at the client (privacy off, or user-level DP at the server)."""
 
     def permit(
-        self, sample_rate: float, steps: int, planned: list[tuple[float, int]]
+        self,
+        round_: int,
+        request: str,
+        sample_rate: float,
+        steps: int,
+        planned: list[tuple[float, int]],
     ) -> RoundPermit:
         return RoundPermit(True, None, sample_rate)
 
-    def record(self, round_: int, permit: RoundPermit, steps: int) -> None:
+    def record(self, permit: RoundPermit) -> None:
         return None
 
     @property
     def epsilon(self) -> None:
         return None
-
-    @property
-    def releases(self) -> int:
-        return 0

@@ -1,13 +1,24 @@
-"""The per-client privacy ledger: every round's (noise, sample rate, steps), on local disk.
+"""The per-client privacy ledger: every release's (noise, sample rate, steps), on local disk.
 
 It is the client's memory of what it has spent, over every round, experience and run of
-its life. A round is written (atomically) before its update leaves the client, so a crash
-can only make the ledger count a round that was never released, never the reverse.
+its life. A release is written ahead (atomically, durably, counted in ε) before anything
+is drawn for it, with a fresh random nonce that keys its noise and sample
+(`privacy.secret`), so a crash can only make the ledger count a round that was never
+released, never the reverse, and no two releases share noise: a round re-run after a
+crash, with the same request, finds its pending entry and draws exactly what it drew;
+anything else (another request, a restored backup, a replayed round number) gets a new
+nonce and a new entry.
+
+A copy of the ledger (its mirror) is kept outside the state directory: a state
+directory restored from an older backup would forget the releases made since, so
+opening a ledger that lacks entries its mirror holds counts them again, with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +27,7 @@ from flowerbed.atomic import write_json_atomic
 from flowerbed.privacy.accounting import epsilon
 
 FILENAME = "privacy_ledger.json"
+log = logging.getLogger("flowerbed")
 
 
 class LedgerError(ValueError):
@@ -35,6 +47,14 @@ class LedgerEntry:
     """`secret`: the noise and sample came from the node's secret; `run`: from the run's
     seed, not private against anyone who knows it (ledgers written before the node
     secret existed hold only such entries)."""
+    nonce: str = ""
+    """128 random bits (hex) drawn for this release alone: its noise and sample are keyed
+    by them (empty in ledgers written before nonces existed)."""
+    request: str = ""
+    """A digest of what the release was computed from (instructions, weights received,
+    the node's pool): a re-run may reuse the nonce only for the very same request."""
+    pending: bool = False
+    """Written ahead and not yet finished: the update may or may not have left."""
 
 
 @dataclass
@@ -69,55 +89,68 @@ class PrivacyLedger:
             [*self.history, (noise_multiplier, sample_rate, steps)], self.delta, self.accountant
         )
 
-    def record(
+    def write_ahead(
         self,
         path: Path,
         round_: int,
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
+        request: str,
+        draw: tuple[float, float, int],
         noise_seed: str,
         spent: float | None = None,
-    ) -> float:
-        """Append a round and write the ledger atomically; return the lifetime epsilon
-        (`spent`: `epsilon_after` of the same round, when already computed)."""
+        mirror: Path | None = None,
+    ) -> LedgerEntry:
+        """Count a release before anything is drawn for it: a pending entry with a fresh
+        nonce, written durably (`draw`: noise multiplier, sample rate, steps; `spent`:
+        `epsilon_after` of the same, when already computed)."""
         if spent is None:
-            spent = self.epsilon_after(noise_multiplier, sample_rate, steps)
-        self.entries.append(
-            LedgerEntry(
-                round_, noise_multiplier, sample_rate, steps, spent, time.time(), noise_seed
-            )
-        )
-        self.save(path)
-        return spent
+            spent = self.epsilon_after(*draw)
+        noise_multiplier, sample_rate, steps = draw
+        entry = LedgerEntry(
+            round_, noise_multiplier, sample_rate, steps, spent, time.time(), noise_seed,
+            nonce=os.urandom(16).hex(), request=request, pending=True,
+        )  # fmt: skip
+        self.entries.append(entry)
+        self.save(path, mirror)
+        return entry
 
-    def note_exact_release(self, path: Path, round_: int) -> None:
+    def pending_for(self, request: str) -> LedgerEntry | None:
+        """The newest entry, if it is pending for this very request (a crash re-run)."""
+        last = self.entries[-1] if self.entries else None
+        return last if last and last.pending and last.request == request else None
+
+    def finish(self, path: Path, nonce: str, mirror: Path | None = None) -> None:
+        """Mark the release of `nonce` as done (it stays counted either way)."""
+        for entry in self.entries:
+            if entry.nonce == nonce:
+                entry.pending = False
+        self.save(path, mirror)
+
+    def note_exact_release(self, path: Path, round_: int, mirror: Path | None = None) -> None:
         """Mark that round `round_`'s exact metrics left the node, durably."""
         self.exact_metrics_rounds.append(round_)
-        self.save(path)
+        self.save(path, mirror)
 
-    def save(self, path: Path) -> None:
-        """Write the ledger atomically and durably: it must survive a crash right after."""
-        write_json_atomic(path, {"version": 1, **asdict(self)}, durable=True)
+    def save(self, path: Path, mirror: Path | None = None) -> None:
+        """Write the ledger (and its mirror) atomically and durably, readable by the node's
+        owner only: it must survive a crash right after."""
+        data = {"version": 2, **asdict(self)}
+        for target in (path, mirror):
+            if target is not None:
+                write_json_atomic(target, data, durable=True, private=True)
 
     @classmethod
     def open(
-        cls, path: Path, delta: float, accountant: str, unit: str = "sequence"
+        cls,
+        path: Path,
+        delta: float,
+        accountant: str,
+        unit: str = "sequence",
+        mirror: Path | None = None,
     ) -> PrivacyLedger:
         """Load the ledger at `path`, or start an empty one; delta, accountant and the
-        privacy unit must match (ledgers written before units existed counted sequences)."""
-        if not path.is_file():
-            return cls(delta=delta, accountant=accountant, unit=unit)
-        try:
-            data = json.loads(path.read_text())
-            entries = [LedgerEntry(**e) for e in data.pop("entries")]
-            data.pop("version", None)
-            ledger = cls(**data, entries=entries)
-        except (json.JSONDecodeError, TypeError, KeyError) as err:
-            raise LedgerError(
-                f"privacy ledger {path} is unreadable ({err}); restore it from a backup, "
-                "never delete it"
-            ) from None
+        privacy unit must match (ledgers written before units existed counted sequences).
+        Releases its `mirror` holds and it lacks are counted again."""
+        ledger = _read(path) or cls(delta=delta, accountant=accountant, unit=unit)
         if (ledger.delta, ledger.accountant, ledger.unit) != (delta, accountant, unit):
             raise LedgerError(
                 f"privacy ledger {path} was kept with delta={ledger.delta}, accountant="
@@ -126,4 +159,46 @@ class PrivacyLedger:
                 "this node a new state directory (its ε then starts again from 0 for a "
                 "new life, which its privacy officer must accept)"
             )
+        copy = _read(mirror) if mirror is not None else None
+        if copy is not None:
+            ledger.recount(path, copy, mirror)
         return ledger
+
+    def recount(self, path: Path, mirror_ledger: PrivacyLedger, mirror: Path | None) -> None:
+        """Add back the releases the mirror holds and this ledger lost (a restored backup,
+        a replaced file), with a warning; nothing lost leaves it as it is."""
+        known = {e.nonce for e in self.entries}
+        lost = [e for e in mirror_ledger.entries if e.nonce and e.nonce not in known]
+        if not lost:
+            return
+        log.warning(
+            "privacy ledger %s lacks %d release(s) that its mirror %s records (was it "
+            "restored from a backup?): they are counted again",
+            path, len(lost), mirror,
+        )  # fmt: skip
+        self.noise_multiplier = self.noise_multiplier or mirror_ledger.noise_multiplier
+        self.planned_steps = self.planned_steps or mirror_ledger.planned_steps
+        history = sorted([*self.entries, *lost], key=lambda e: e.time)
+        self.entries = []
+        for entry in history:  # each entry's ε is the lifetime ε after it, recomputed
+            entry.epsilon = self.epsilon_after(
+                entry.noise_multiplier, entry.sample_rate, entry.steps
+            )
+            self.entries.append(entry)
+        self.save(path, mirror)
+
+
+def _read(path: Path) -> PrivacyLedger | None:
+    """The ledger stored at `path` (None: no file)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        entries = [LedgerEntry(**e) for e in data.pop("entries")]
+        data.pop("version", None)
+        return PrivacyLedger(**data, entries=entries)
+    except (json.JSONDecodeError, TypeError, KeyError) as err:
+        raise LedgerError(
+            f"privacy ledger {path} is unreadable ({err}); restore it from a backup, "
+            "never delete it"
+        ) from None

@@ -34,11 +34,14 @@ class PrivacyMode:
         return self.server_private
 
     def guard(
-        self, cfg: PrivacyConfig, state_dir: Path, budget: float | None
+        self, cfg: PrivacyConfig, state_dir: Path, budget: float | None, mirror: Path | None
     ) -> PrivacyGuard | NoGuard:
         """The client's guard for a round: the ledger under DP-SGD (spending at most
-        `budget`), else one that allows all."""
-        return PrivacyGuard(cfg, state_dir, budget) if self.clients_private else NoGuard()
+        `budget`; `mirror`: where its copy outside the state directory lives), else one
+        that allows all."""
+        if not self.clients_private:
+            return NoGuard()
+        return PrivacyGuard(cfg, state_dir, budget, mirror)
 
 
 MODES = {

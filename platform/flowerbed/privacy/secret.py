@@ -1,14 +1,19 @@
 """The node's secret: 256 random bits from the OS, kept in its state directory, never sent.
 
 DP-SGD's guarantee assumes that nobody who sees an update knows its noise or which
-records its steps sampled. Every such draw is seeded from this secret through a keyed
-hash (HMAC-SHA256) of what the draw is for, so the same node re-running a round after a
-crash draws the same noise (resume stays exact), while another node, a fresh state
-directory, the server or anyone who knows the run's config cannot reproduce it.
+records its steps sampled. Every such draw comes from a key derived from this secret by a
+keyed hash (HMAC-SHA256) of what the draw is for and of the release's nonce (a fresh
+random number the ledger writes before the release, `privacy.ledger`): the noise and the
+replay reservoir from a ChaCha20 keystream of the whole 256-bit key (`flowerbed.keystream`),
+the Poisson sample from numpy's counter-based Philox generator keyed with all of it (128-bit
+key, 256-bit counter). No draw goes through a 32- or 64-bit seed, which an observer could
+enumerate. A round re-run after a crash finds its nonce in the ledger and draws the same
+again; anything else (another node, a restored backup, a replayed round number) draws
+afresh, and nobody without the secret can reproduce any of it.
 
 The file is created on first use with mode 0600 and read as it is afterwards. Whoever
-holds it can recompute every noise draw of the node's life: back it up with the ledger,
-protect it like a private key.
+holds it and the ledger can recompute every noise draw of the node's life: back it up
+with the ledger, protect it like a private key.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowerbed.keystream import KeyStream
+
 FILENAME = "node_secret"
 SECRET_BYTES = 32
 
@@ -30,7 +37,7 @@ class NodeSecretError(ValueError):
 
 
 class NodeSecret:
-    """Seeds derived from the node's secret; `repr` never shows the key."""
+    """Keys derived from the node's secret; `repr` never shows it."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) < SECRET_BYTES:
@@ -60,21 +67,24 @@ class NodeSecret:
         return cls(key)
 
     def digest(self, *purpose: str | int) -> bytes:
-        """HMAC-SHA256 of the purpose, e.g. `("noise", release, round)`: 32 bytes."""
+        """HMAC-SHA256 of the purpose, e.g. `("noise", nonce)`: a 256-bit key."""
         message = "/".join(str(p) for p in purpose).encode()
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
-    def words(self, *purpose: str | int) -> list[int]:
-        """The digest as eight 32-bit words: entropy for numpy's `SeedSequence`."""
-        return np.frombuffer(self.digest(*purpose), dtype="<u4").tolist()
+    def stream(self, *purpose: str | int) -> KeyStream:
+        """The ChaCha20 keystream keyed by the digest of `purpose`."""
+        return KeyStream(self.digest(*purpose))
 
     def generator(self, *purpose: str | int) -> np.random.Generator:
-        """A numpy generator seeded with the full 256-bit digest of `purpose`."""
-        return np.random.default_rng(np.random.SeedSequence(self.words(*purpose)))
+        """A numpy generator keyed by the whole digest of `purpose`: Philox with its first
+        128 bits as the key and the other 128 as the counter's start."""
+        return keyed_generator(self.digest(*purpose))
 
-    def torch_seed(self, *purpose: str | int) -> int:
-        """A 63-bit seed for a torch generator (torch seeds take 64 bits at most)."""
-        return int.from_bytes(self.digest(*purpose)[:8], "little") >> 1
+
+def keyed_generator(digest: bytes) -> np.random.Generator:
+    """numpy's Philox generator keyed by a 256-bit digest (key 128 bits, counter 128)."""
+    key, counter = (int.from_bytes(digest[i : i + 16], "little") for i in (0, 16))
+    return np.random.Generator(np.random.Philox(key=key, counter=counter))
 
 
 def _create(path: Path) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 
 from flowerbed.config import FlowerbedConfig
 from flowerbed.config.robustness import CombinerConfig
+from flowerbed.privacy.secret_noise import KeyedGaussian
 from flowerbed.server.admission import ClientUpdate, Weights, update_norm
 
 
@@ -148,6 +150,17 @@ class ClippedNoisedMean(Combiner):
             )
         )
 
+    def noise(self, round_: int) -> Callable[[torch.Size, float], torch.Tensor]:
+        """The round's Gaussian noise, by shape and std: from a fresh 256-bit key that
+        never leaves this process (`privacy/secret_noise.py`), or with
+        `privacy.noise_seed=run` from the run's seed (repeatable, NOT private)."""
+        if self.seed is None:
+            gaussian = KeyedGaussian(os.urandom(32))
+            return lambda shape, std: gaussian.fill_(torch.empty(shape), std)
+        seed = int(np.random.SeedSequence([self.seed, round_]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        return lambda shape, std: torch.randn(shape, generator=generator) * std
+
     def release(self):
         """The Gaussian release of one round, as Flower's accountant counts it."""
         from flwr.serverapp import GaussianPrivacyEvent
@@ -169,18 +182,11 @@ class ClippedNoisedMean(Combiner):
             scale = min(1.0, self.clip / max(update_norm(update.tensors, current), 1e-12))
             for name, tensor in update.tensors.items():
                 total[name].add_(tensor.float() - current[name], alpha=scale)
-        generator = torch.Generator()  # the server's noise: secret unless noise_seed=run
-        if self.seed is None:
-            generator.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-        else:
-            generator.manual_seed(
-                int(np.random.SeedSequence([self.seed, round_]).generate_state(1)[0])
-            )
         std = self.sigma * self.clip / self.sampled
+        noise = self.noise(round_)
         mean: Weights = {}
         for name, summed in total.items():
-            noise = torch.randn(summed.shape, generator=generator) * std
-            mean[name] = current[name] + summed / len(updates) + noise
+            mean[name] = current[name] + summed / len(updates) + noise(summed.shape, std)
         self.accountant.compose(self.release())
         return mean
 
