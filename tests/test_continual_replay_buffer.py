@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
+from flowerbed.client.randomness import RunReservoir
 from flowerbed.config import ContinualConfig, compose_config
 from flowerbed.config.node_policy import accepting_all
-from flowerbed.client.randomness import RunReservoir
 from flowerbed.continual.replay import buffer_refs, update_buffer
 from flowerbed.protocol import ModelSpec
 from tests.conftest import section
