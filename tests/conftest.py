@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from flowerbed.config import FlowerbedConfig, compose_config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Deployed nodes keep their ledgers' mirrors under $XDG_STATE_HOME: never the user's own.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="flowerbed-test-state-")
 
 TINY = [
     "name=test",

@@ -9,3 +9,337 @@ model these tests stand for is in docs/privacy.md ("Who can learn what").
 """
 
 from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from flowerbed.client import state_dir as state_dir_module
+from flowerbed.client.local_round import evaluate_round, train_round
+from flowerbed.client.node import Node
+from flowerbed.client.randomness import SecretReservoir
+from flowerbed.client.state_dir import StateDirError, own_state_dir
+from flowerbed.config import load_config
+from flowerbed.config.node_policy import accepting_all, policy_from_node_config
+from flowerbed.model.factory import build_model
+from flowerbed.privacy.ledger import FILENAME as LEDGER
+from flowerbed.privacy.secret import FILENAME as SECRET
+from flowerbed.privacy.secret import NodeSecret
+from flowerbed.run.prepare import prepare_run
+from flowerbed.server.instructions import evaluate_instructions, model_spec, train_instructions
+from flowerbed.tracking import RunLayout
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+DP = {"mode": "dp_sgd", "target_epsilon": 8.0, "delta": 1e-5}
+TRAIN = {"batch_size": 16, "local_steps": 3, "lr": 1e-2, "warmup_steps": 0}
+
+
+@pytest.fixture(scope="module")
+def dp_run(tmp_path_factory, cache_dir) -> Path:
+    """A prepared tiny DP-SGD run (no round trained yet): the nodes' shards and config."""
+    cfg = tiny_config(cache_dir, privacy=DP, train=TRAIN, continual={"mode": "off"})
+    run_dir = tmp_path_factory.mktemp("attacks") / "run"
+    prepare_run(cfg, RunLayout(run_dir))
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(dp_run, tmp_path) -> Path:
+    """A fresh copy of the prepared run for one test (its own state directories)."""
+    target = tmp_path / "run"
+    shutil.copytree(dp_run, target)
+    return target
+
+
+def model_and_job(run_dir: Path, round_: int = 1, **privacy) -> tuple:
+    """The global model as the coordinator builds it, and its train Message's instructions."""
+    layout, cfg = RunLayout(run_dir), load_config(run_dir / "config.yaml")
+    cfg = dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, **privacy))
+    tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
+    model = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
+    return model, train_instructions(cfg, model_spec(cfg, model), round_), cfg
+
+
+def node_at(run_dir: Path, policy=None, deployed: bool = True, partition: int = 0) -> Node:
+    layout = RunLayout(run_dir)
+    return Node(
+        partition,
+        layout.client_data(partition),
+        layout.client_state(partition),
+        "cpu",
+        1,
+        policy or accepting_all(),
+        deployed,
+    )
+
+
+def update_of(trained: dict[str, torch.Tensor], sent: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([(trained[k].float() - sent[k].float()).flatten() for k in sent])
+
+
+# --- the curious coordinator against the noise (finding 1: 32 bits of secret) ---
+
+
+def test_noise_keyed_by_a_secret_cannot_be_found_by_searching_torch_seeds(run_copy):
+    """The coordinator holds an update and searches torch generator seeds for the noise that
+    correlates with it. Before, the noise came from a 63-bit seed of which torch's CPU
+    generator kept 32 bits: the true seed stood out (z = 18). The reduced search space here
+    holds the seed the old derivation gives for this release, and 255 others."""
+    model, job, _ = model_and_job(run_copy)
+    sent = {k: v.clone() for k, v in model.state_dict().items()}
+    reply, trained = train_round(job, sent, node_at(run_copy))
+    assert trained is not None and reply.refused is None
+    update = update_of(trained, sent)[:4096]
+    secret = (RunLayout(run_copy).client_state(0) / SECRET).read_bytes()
+    old = hmac.new(secret, b"noise/0/1", hashlib.sha256).digest()  # the old key, release 0
+    candidates = [int.from_bytes(old[:8], "little") >> 1, *range(1, 256)]
+    size = sum(p.numel() for p in model.parameters())
+    scores = []
+    for seed in candidates:
+        noise = torch.empty(size).normal_(generator=torch.Generator().manual_seed(seed))
+        guess = noise[: len(update)]
+        scores.append(float(torch.dot(-update, guess) / (update.norm() * guess.norm())) * 64)
+    assert max(scores) < 5.0, scores[:3]  # z-scores of noise that is not the update's
+
+
+def test_every_bit_of_the_noise_key_matters_not_only_the_low_32(tmp_path):
+    """torch seeds s and s xor 2^40 gave the same noise; keys that differ in any one bit
+    give unrelated noise."""
+    from flowerbed.privacy.secret_noise import KeyedGaussian
+
+    key = bytes(range(32))
+    base = KeyedGaussian(key).fill_(torch.empty(1000), 1.0)
+    for bit in (0, 31, 40, 63, 64, 200, 255):
+        flipped = bytearray(key)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        other = KeyedGaussian(bytes(flipped)).fill_(torch.empty(1000), 1.0)
+        assert abs(float(torch.corrcoef(torch.stack([base, other]))[0, 1])) < 0.15, bit
+
+
+def seeded_words(state: torch.Tensor) -> np.ndarray:
+    """Which of a generator state's words follow MT19937's seeding rule from the one
+    before (word[j] = 1812433253 * (w ^ w >> 30) + j): all do for a state from a seed."""
+    words = state.numpy()[24 : 24 + 624 * 8].view("<u8").astype(np.uint64)
+    before = words[:-1]
+    rule = np.uint64(1812433253) * (before ^ (before >> np.uint64(30)))
+    rule = (rule + np.arange(1, 624, dtype=np.uint64)) & np.uint64(0xFFFFFFFF)
+    return rule == words[1:]
+
+
+def test_the_replay_reservoir_is_drawn_from_a_state_no_32_bit_seed_makes(tmp_path):
+    """torch.manual_seed fills the Mersenne Twister from 32 bits by a fixed rule; the
+    reservoir's state comes from the node's keystream, all 624 words of it."""
+    assert seeded_words(torch.Generator().manual_seed(12345).get_state()).all()
+    keyed = SecretReservoir(NodeSecret.open(tmp_path)).torch_state(1)
+    assert not seeded_words(keyed).any()
+
+
+def test_user_level_noise_at_the_server_depends_on_its_whole_256_bit_key(monkeypatch, cache_dir):
+    """Before, the server's noise came from 8 bytes of os.urandom folded by torch to 32 bits:
+    whoever holds the released model could search them. Now two keys that differ only in
+    their last byte give different noise."""
+    from flowerbed.server.combiners import ClippedNoisedMean
+
+    cfg = tiny_config(cache_dir, privacy={"mode": "user_level", "noise_multiplier": 1.0})
+    combiner = ClippedNoisedMean(cfg.combiner, cfg)
+    draws = []
+    for last in (0, 1):
+        monkeypatch.setattr(os, "urandom", lambda n, last=last: bytes(n - 1) + bytes([last]))
+        draws.append(combiner.noise(1)(torch.Size([64]), 1.0))
+    assert not torch.equal(draws[0], draws[1])
+
+
+# --- a careless operator: two processes, one state directory; a restored backup (finding 2) ---
+
+CLIENT_ROUND = """
+import sys
+from pathlib import Path
+from safetensors.torch import save_file
+from tests.test_attacks import model_and_job, node_at
+from flowerbed.client.local_round import train_round
+
+run_dir, out = Path(sys.argv[1]), sys.argv[2]
+model, job, _ = model_and_job(run_dir)
+sent = {k: v.clone() for k, v in model.state_dict().items()}
+reply, trained = train_round(job, sent, node_at(run_dir))
+save_file({k: v.contiguous() for k, v in trained.items()}, out)
+"""
+
+
+def client_round_process(run_dir: Path, out: Path) -> subprocess.Popen:
+    command = [sys.executable, "-c", CLIENT_ROUND, str(run_dir), str(out)]
+    return subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def ledger_entries(run_dir: Path) -> list[dict]:
+    path = RunLayout(run_dir).client_state(0) / LEDGER
+    return json.loads(path.read_text())["entries"]
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_state_dir_never_send_the_same_noise_and_count_both(run_copy):
+    """Two SuperNodes pointed at one state-dir, both asked for round 1. Before, they sent
+    bit-identical updates (same sample, same noise) and the ledger held 1 entry."""
+    outs = [run_copy / f"update-{i}.safetensors" for i in (0, 1)]
+    processes = [client_round_process(run_copy, out) for out in outs]
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-2000:]
+    first, second = (load_file(out) for out in outs)
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    entries = ledger_entries(run_copy)
+    assert len(entries) == 2 and entries[0]["nonce"] != entries[1]["nonce"]
+    assert entries[1]["epsilon"] > entries[0]["epsilon"]
+
+
+def test_a_restored_backup_draws_fresh_noise_and_its_lost_releases_are_counted(run_copy):
+    """The operator backs up the state directory, the node releases round 1, the backup is
+    restored and the coordinator asks for round 1 again. Before, the node drew the same
+    noise again (keyed by ledger length and round: subtract the two releases and the noise
+    is gone) and its ledger counted one release."""
+    node = node_at(run_copy)
+    state = node.state_dir
+    with own_state_dir(state, node.data_dir, bound=True):  # the node has run before
+        NodeSecret.open(state)
+    backup = run_copy.parent / "backup"
+    shutil.copytree(state, backup)
+    model, job, _ = model_and_job(run_copy)
+    sent = {k: v.clone() for k, v in model.state_dict().items()}
+    _, first = train_round(job, sent, node)
+    shutil.rmtree(state)
+    shutil.copytree(backup, state)  # the restore: the ledger is back to no release
+    _, second = train_round(job, sent, node)
+    assert first is not None and second is not None
+    assert not torch.equal(update_of(first, sent), update_of(second, sent))
+    assert len(ledger_entries(run_copy)) == 2  # the mirror outside the state dir remembered
+
+
+def test_a_second_process_waits_for_the_state_dir_then_refuses_naming_the_holder(
+    run_copy, monkeypatch
+):
+    node = node_at(run_copy)
+    monkeypatch.setattr(state_dir_module, "LOCK_WAIT", 0.5)
+    model, job, _ = model_and_job(run_copy)
+    errors: list[Exception] = []
+    with own_state_dir(node.state_dir, node.data_dir, bound=True):
+
+        def other() -> None:
+            try:
+                train_round(job, model.state_dict(), node)
+            except StateDirError as err:
+                errors.append(err)
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(timeout=120)
+    assert len(errors) == 1 and f"held by pid {os.getpid()}" in str(errors[0])
+    assert not (node.state_dir / LEDGER).exists()  # nothing was drawn or counted
+
+
+def test_a_node_pointed_at_another_nodes_state_dir_refuses(run_copy):
+    model, job, _ = model_and_job(run_copy)
+    train_round(job, model.state_dict(), node_at(run_copy, partition=0))
+    intruder = dataclasses.replace(
+        node_at(run_copy, partition=1), state_dir=RunLayout(run_copy).client_state(0)
+    )
+    with pytest.raises(StateDirError, match="belongs to the node whose data is"):
+        train_round(job, model.state_dict(), intruder)
+    assert len(ledger_entries(run_copy)) == 1
+
+
+# --- the coordinator against the node's policy (finding 3: it failed open) ---
+
+
+def test_a_capped_node_refuses_a_round_without_dp_and_withholds_its_exact_metrics(run_copy):
+    """`max-epsilon=4 release=minimal`, no require-dp: the node trained a DP round, then the
+    server sent privacy=off. Before, it trained without DP and sent its exact loss and
+    count, and an evaluate Message got its exact held-out loss."""
+    capped = policy_from_node_config({"max-epsilon": 4, "release": "minimal"})
+    model, job, _ = model_and_job(run_copy, target_epsilon=4.0)
+    reply, trained = train_round(job, model.state_dict(), node_at(run_copy, capped))
+    assert reply.refused is None and trained is not None and reply.train_loss is None
+    off = dataclasses.replace(job, privacy=dataclasses.replace(job.privacy, mode="off"))
+    reply, trained = train_round(off, model.state_dict(), node_at(run_copy, capped))
+    assert trained is None and "requires DP-SGD at the node" in (reply.refused or "")
+    assert reply.train_loss is None and reply.num_examples == 0
+    evaluate = dataclasses.replace(off.evaluation(1))
+    answer = evaluate_round(evaluate, model.state_dict(), node_at(run_copy, capped))
+    assert answer.heldout_loss is None and "requires DP-SGD" in (answer.refused or "")
+
+
+def test_a_node_that_said_nothing_refuses_no_dp_and_a_delta_it_never_accepted(run_copy):
+    model, job, _ = model_and_job(run_copy)
+    silent = policy_from_node_config({})  # a deployed node with no policy written
+    off = dataclasses.replace(job, privacy=dataclasses.replace(job.privacy, mode="off"))
+    reply, trained = train_round(off, model.state_dict(), node_at(run_copy, silent))
+    assert trained is None and "requires DP-SGD" in (reply.refused or "")
+    loose = policy_from_node_config({"require-dp": "true", "max-epsilon": 8})
+    half = dataclasses.replace(job, privacy=dataclasses.replace(job.privacy, delta=0.5))
+    reply, trained = train_round(half, model.state_dict(), node_at(run_copy, loose))
+    assert trained is None and "accepts δ ≤ 1e-05 (max-delta)" in (reply.refused or "")
+
+
+def test_a_value_the_node_does_not_understand_is_a_refusal_not_a_traceback(run_copy, monkeypatch):
+    from flwr.app import Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from flowerbed.client.app import make_client_app
+    from flowerbed.model.transport import to_array_record
+    from flowerbed.protocol import ARRAYS, CONFIG, TrainReply
+
+    model, job, _ = model_and_job(run_copy)
+    unresolved = dataclasses.replace(job, privacy=dataclasses.replace(job.privacy, unit="auto"))
+    capped = policy_from_node_config({"max-epsilon": 8, "privacy-unit": "document"})
+    reply, trained = train_round(unresolved, model.state_dict(), node_at(run_copy, capped))
+    assert trained is None and "privacy.unit='auto'" in (reply.refused or "")
+    garbled = job.to_record()
+    garbled["privacy.mode"] = "whatever"
+    content = RecordDict({ARRAYS: to_array_record(model.state_dict(), "fp32"), CONFIG: garbled})
+    app = make_client_app(lambda context: node_at(run_copy, capped))
+    for name in ("_run_id", "_task_id", "_node_id"):  # as Flower's runtime sets them
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    message = Message(content, dst_node_id=1, message_type="train")
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    out = app(message, context)
+    refused = TrainReply.from_content(out.content).refused or ""
+    assert "cannot read" in refused and "privacy.mode" in refused
+
+
+def test_a_node_that_allows_no_dp_still_keeps_its_exact_metrics_when_it_says_minimal(run_copy):
+    open_ = policy_from_node_config({"require-dp": "false", "release": "minimal"})
+    model, job, _ = model_and_job(run_copy)
+    off = dataclasses.replace(job, privacy=dataclasses.replace(job.privacy, mode="off"))
+    reply, trained = train_round(off, model.state_dict(), node_at(run_copy, open_))
+    assert trained is not None and reply.train_loss is None and reply.num_examples == 1
+    assert reply.refused is None
+
+
+# --- a local user on the node's machine (finding 7: world-readable state) ---
+
+
+def test_no_other_local_user_can_read_a_nodes_state_or_its_shard(run_copy):
+    model, job, cfg = model_and_job(run_copy)
+    node = node_at(run_copy, deployed=False)
+    train_round(job, model.state_dict(), node)
+    evaluate_round(evaluate_instructions(cfg, job.model, 1), model.state_dict(), node)
+    client = RunLayout(run_copy).client_state(0).parent
+    paths = [client, *client.rglob("*")]
+    assert {p.name for p in paths} >= {"state", "data", LEDGER, SECRET, "node_metrics.jsonl"}
+    for path in paths:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}"

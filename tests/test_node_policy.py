@@ -44,7 +44,7 @@ def test_a_policy_refuses_whatever_is_weaker_and_names_both_settings():
     )
     assert refusal(strict, section("privacy", "privacy=off"), 3, False) == (
         "client 3 refuses the server's privacy settings: its policy requires DP-SGD at the "
-        "node (require-dp), but the server asked for privacy=off"
+        "node (require-dp, or a demand that needs it), but the server asked for privacy=off"
     )
     assert "privacy=user_level" in refusal(
         strict, section("privacy", "privacy=user_level"), 3, False
@@ -106,7 +106,9 @@ def test_a_supernode_states_its_policy_in_its_node_config():
     assert policy.unit == "document"
     assert (policy.require_dp, policy.max_epsilon, policy.max_delta) == (True, 4.0, 1e-6)
     assert policy.release == "exact" and policy.accountant is None
-    assert policy_from_node_config({}) == accepting_all()
+    # nothing stated fails closed: DP-SGD required, nothing exact leaves, δ at most 1e-5
+    silent = policy_from_node_config({})
+    assert (silent.require_dp, silent.release, silent.delta_cap) == (True, "minimal", 1e-5)
     with pytest.raises(SchemaError, match="privacy policy: max-epsilon must be > 0, got -1"):
         policy_from_node_config({"max-epsilon": -1})
     with pytest.raises((SchemaError, ConfigError), match="release must be one of minimal, exact"):
@@ -123,8 +125,8 @@ def rows(run_dir: Path) -> list[dict]:
     [
         (DP, {"max_epsilon": 4.0}, "accepts ε ≤ 4 over the node's life (max-epsilon), but the "
          "server asked for privacy.target_epsilon=8"),
-        ({"mode": "off"}, {"require_dp": True}, "requires DP-SGD at the node (require-dp), but "
-         "the server asked for privacy=off"),
+        ({"mode": "off"}, {"require_dp": True}, "requires DP-SGD at the node (require-dp, or a "
+         "demand that needs it), but the server asked for privacy=off"),
     ],
     ids=["epsilon-4-against-8", "dp-required-against-off"],
 )  # fmt: skip

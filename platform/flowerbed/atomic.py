@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,18 @@ def publish_folder(staging: Path, target: Path, *, durable: bool) -> None:
     os.replace(staging, target)
     if durable:
         _sync_folder(target.parent)
+
+
+def make_private(folder: Path) -> None:
+    """`folder` readable by its owner only: 0700 (created if absent), every file in it
+    0600 and every folder 0700 (what an older version left open is closed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    for path in folder.rglob("*"):
+        mode = path.lstat().st_mode
+        if stat.S_ISLNK(mode) or not mode & (stat.S_IRWXG | stat.S_IRWXO):
+            continue
+        path.chmod(0o700 if stat.S_ISDIR(mode) else 0o600)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -8,7 +8,7 @@ Institution (with the run's config.yaml and data/tokenizer/ from the coordinator
     flowerbed deploy supernode-key keys site-a                # send keys/site-a.pub only
     flowerbed deploy shard /data/site-a /records/2026-11 --config kit/config.yaml
     flowerbed deploy node-config --data-dir /data/site-a --state-dir /state/site-a \
-        --require-dp --max-epsilon 8 --privacy-unit document  # the SuperNode's --node-config
+        --max-epsilon 8 --privacy-unit document  # the SuperNode's --node-config
 
 docs/deployment.md and clients/README.md walk through it command by command.
 """
@@ -76,7 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="1",
         help="processes a round trains on, data parallel: a count, or auto (one per GPU)",
     )
-    node.add_argument("--require-dp", action="store_true", help="refuse to train without DP-SGD")
+    node.add_argument(
+        "--allow-no-dp",
+        action="store_true",
+        help="train without DP-SGD when the coordinator asks (by default a node refuses)",
+    )
+    node.add_argument(
+        "--ledger-mirror-dir",
+        type=Path,
+        help="where the ledger's copy lives, off the state dir (default ~/.local/state/flowerbed)",
+    )
     node.add_argument(
         "--require-secure-aggregation",
         action="store_true",
@@ -92,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--release",
         choices=["minimal", "exact"],
         default="minimal",
-        help="under DP, what leaves besides the update (default: minimal, no losses or counts)",
+        help="what leaves besides the update (default: minimal, no losses or counts)",
     )
 
     run = commands.add_parser("run", help="submit the run; exit 1 unless it completes")
@@ -189,6 +198,8 @@ def _node_config(args: argparse.Namespace) -> None:
     }
     if args.threads:
         machine["threads"] = args.threads
+    if args.ledger_mirror_dir:
+        machine["ledger-mirror-dir"] = f"'{args.ledger_mirror_dir.expanduser().resolve()}'"
     if args.ranks != "1":
         from flowerbed.client.node import NodeConfigError, ranks_of
 
@@ -198,7 +209,7 @@ def _node_config(args: argparse.Namespace) -> None:
             raise ConfigError(str(err)) from None
         machine["ranks"] = "'auto'" if args.ranks == "auto" else int(args.ranks)
     policy = {
-        "require-dp": "true" if args.require_dp else None,
+        "require-dp": "false" if args.allow_no_dp else None,
         "require-secure-aggregation": "true" if args.require_secure_aggregation else None,
         "max-epsilon": args.max_epsilon,
         "max-delta": args.max_delta,

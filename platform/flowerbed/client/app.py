@@ -9,6 +9,7 @@ lives in the node's state directory; where that is, the node's config says.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 
 from flwr.app import Context, Message, RecordDict
@@ -19,7 +20,15 @@ from flowerbed.client.local_round import evaluate_round, train_round
 from flowerbed.client.node import Node
 from flowerbed.client.secure import is_secure, secure_aggregation_mod, with_masked_update
 from flowerbed.model.transport import from_array_record, to_array_record
-from flowerbed.protocol import EvaluateInstructions, TrainInstructions, global_weights
+from flowerbed.protocol import (
+    EvaluateInstructions,
+    EvaluateReply,
+    TrainInstructions,
+    TrainReply,
+    global_weights,
+)
+
+log = logging.getLogger("flowerbed")
 
 
 def make_client_app(node_of: Callable[[Context], Node]) -> ClientApp:
@@ -28,12 +37,18 @@ def make_client_app(node_of: Callable[[Context], Node]) -> ClientApp:
 
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:
-        job = TrainInstructions.from_content(msg.content)
+        node = node_of(context)
+        try:
+            job = TrainInstructions.from_content(msg.content)
+        except (ValueError, KeyError, TypeError) as err:
+            refused = unreadable(node.partition_id, "train", err)
+            return _reply(
+                msg, TrainReply(node.partition_id, 0, 0, 0.0, refused=refused).to_content()
+            )
         # masked or not is what the Message is (client/secure.py), not what it claims
         secure = (job.secure_max_weight or 1.0) if is_secure(msg) else None
         job = dataclasses.replace(job, secure_max_weight=secure)
         weights = from_array_record(global_weights(msg.content), job.transport_dtype)
-        node = node_of(context)
         crash_if_asked(node.faults, node.partition_id)
         reply, trained = train_round(job, weights, node)
         if trained is not None and misbehaves(node.faults, node.partition_id):
@@ -49,11 +64,26 @@ def make_client_app(node_of: Callable[[Context], Node]) -> ClientApp:
 
     @client_app.evaluate()
     def _evaluate(msg: Message, context: Context) -> Message:
-        job = EvaluateInstructions.from_content(msg.content)
+        node = node_of(context)
+        try:
+            job = EvaluateInstructions.from_content(msg.content)
+        except (ValueError, KeyError, TypeError) as err:
+            refused = unreadable(node.partition_id, "evaluate", err)
+            return _reply(msg, EvaluateReply(node.partition_id, 0, refused=refused).to_content())
         weights = from_array_record(global_weights(msg.content), job.transport_dtype)
-        return _reply(msg, evaluate_round(job, weights, node_of(context)).to_content())
+        return _reply(msg, evaluate_round(job, weights, node).to_content())
 
     return client_app
+
+
+def unreadable(partition_id: int, kind: str, err: Exception) -> str:
+    """The refusal of instructions the client cannot read: a sentence, never a traceback."""
+    refused = (
+        f"client {partition_id} refuses the server's {kind} instructions, which it cannot "
+        f"read: {err}"
+    )
+    log.warning("%s", refused)
+    return refused
 
 
 def _reply(msg: Message, content: RecordDict) -> Message:

@@ -80,6 +80,15 @@ def _train(
     if job.evaluate_incoming:  # the weights received are round `round - 1`'s model
         heldout = heldout_losses(job.evaluation(job.round - 1), model, node, device)
     mode = privacy_mode(job.privacy)
+    records = plan.pool.num_records
+    if mode.clients_private and job.privacy.delta * records >= 1:
+        refused = (
+            f"client {node.partition_id} refuses the server's privacy settings: "
+            f"privacy.delta={job.privacy.delta:g} is not below 1/{records} (its units this "
+            "round), so the guarantee would allow releasing one of them whole"
+        )
+        log.warning("%s", refused)
+        return TrainReply(node.partition_id, 0, 0, 0.0, refused=refused), None, 0
     budget = node_budget(node.policy, job.privacy)
     guard = mode.guard(job.privacy, node.state_dir, budget, mirror)
     train = job.train.in_round(job.round)
@@ -113,7 +122,7 @@ def _train(
     epsilon = guard.record(permit)  # written ahead; now done
     reply = TrainReply(
         partition_id=node.partition_id,
-        num_examples=1 if mode.uniform_weights else plan.pool.num_records,
+        num_examples=1 if mode.uniform_weights else records,
         tokens=result.tokens,
         train_seconds=result.seconds,
         train_loss=result.loss,

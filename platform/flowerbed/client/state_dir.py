@@ -20,14 +20,13 @@ import fcntl
 import json
 import os
 import socket
-import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from flowerbed.atomic import write_json_atomic
+from flowerbed.atomic import make_private, write_json_atomic
 
 LOCK = ".lock"
 IDENTITY = "node_identity.json"
@@ -54,17 +53,6 @@ def own_state_dir(state_dir: Path, data_dir: Path, bound: bool) -> Iterator[Node
     make_private(state_dir)
     with _locked(state_dir):
         yield _identity(state_dir, data_dir, bound)
-
-
-def make_private(folder: Path) -> None:
-    """`folder` 0700 (created if absent) and every file in it 0600."""
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o700)
-    for path in folder.rglob("*"):
-        mode = path.lstat().st_mode
-        if stat.S_ISLNK(mode) or not mode & (stat.S_IRWXG | stat.S_IRWXO):
-            continue
-        path.chmod(0o700 if stat.S_ISDIR(mode) else 0o600)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from flowerbed.atomic import make_private
 from flowerbed.config import DataConfig
 from flowerbed.continual.stream import experience_dir, scan_experiences
 from flowerbed.data import ClientShard, DataError
@@ -54,6 +55,7 @@ def add_experience(
     folder.mkdir(parents=True)
     (folder / RECORD).write_text(json.dumps(cut))
     shard.save(folder)  # held-out last: the folder counts once heldout.json exists
+    make_private(data_dir)  # reversible token blocks: as private as the text
     return folder, shard
 
 

@@ -1,15 +1,17 @@
 """The node has the last word on its privacy: the server's instructions against its policy.
 
 The server proposes privacy settings with every Message; before it trains (or reports
-anything) a client compares them with its own policy and refuses whatever is weaker, in
-one sentence naming its setting and the server's. Its ledger then enforces the node's ε
-cap even when the server's budget is higher or absent.
+anything) a client compares them with its own policy and refuses whatever is weaker, or
+whatever it does not understand, in one sentence naming its setting and the server's.
+Its ledger then enforces the node's ε cap even when the server's budget is higher or
+absent.
 """
 
 from __future__ import annotations
 
 from flowerbed.config import PrivacyConfig
 from flowerbed.config.node_policy import NodePolicyConfig
+from flowerbed.privacy.modes import MODES
 from flowerbed.privacy.units import STRENGTH
 
 
@@ -30,21 +32,28 @@ def refusal(
             f"{refuses} requires secure aggregation (require-secure-aggregation), but the "
             "server asked for the update in the clear (federation.secure_aggregation=off)"
         )
+    if privacy.mode not in MODES:
+        return f"{refuses} does not know privacy.mode={privacy.mode!r}, which the server asked for"
     if privacy.mode != "dp_sgd":
-        if policy.require_dp:
+        if policy.requires_dp:
             return (
-                f"{refuses} requires DP-SGD at the node (require-dp), but the server asked "
-                f"for privacy={privacy.mode}"
+                f"{refuses} requires DP-SGD at the node (require-dp, or a demand that needs "
+                f"it), but the server asked for privacy={privacy.mode}"
             )
         return None
+    if privacy.unit not in STRENGTH:
+        return (
+            f"{refuses} protects a sequence, a document or a user, but the server asked for "
+            f"privacy.unit={privacy.unit!r}, which it must resolve to one of them first"
+        )
     if deployed and privacy.noise_seed == "run":
         return (
             f"{refuses} keeps its noise secret, but the server asked for "
             "privacy.noise_seed=run, which lets anyone who knows the run's seed recompute it"
         )
-    if policy.max_delta is not None and privacy.delta > policy.max_delta:
+    if privacy.delta > policy.delta_cap:
         return (
-            f"{refuses} accepts δ ≤ {policy.max_delta:g} (max-delta), but the server asked "
+            f"{refuses} accepts δ ≤ {policy.delta_cap:g} (max-delta), but the server asked "
             f"for privacy.delta={privacy.delta:g}"
         )
     asked = privacy.budget

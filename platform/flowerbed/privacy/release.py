@@ -1,16 +1,17 @@
-"""What leaves the node besides its noised update, as the node's policy says.
+"""What leaves the node besides its update, as the node's policy says, not the server.
 
 Under DP-SGD the guarantee covers the update and nothing else: an exact loss on private
-records, or an exact count of them, is what a membership-inference attack reads. So by
-default (`release: minimal`) a reply carries only what the server needs to run the
-round: aggregation weight 1 (the server cannot check a count, and every DP-SGD update is
-a mean over an expected batch already), the planned token count, the lifetime ε rounded
-to 0.01 and the noise multiplier to 3 significant digits (both depend on the node's
-record count through its sample rate, so they still say roughly how much data it holds),
-and no loss at all. The exact values go to the node's own log. A node whose policy says
-`release: exact` sends them exactly; its replies, its ledger and the run's records mark
-them as outside the guarantee. Without DP-SGD at the node there is no guarantee to keep,
-and replies are exact.
+records, or an exact count of them, is what a membership-inference attack reads. So
+`release: minimal` (a deployed node's default) lets a reply carry only what the server
+needs to run the round: aggregation weight 1 (the server cannot check a count, and every
+DP-SGD update is a mean over an expected batch already), the planned token count, the
+lifetime ε rounded to 0.01 and the noise multiplier to 3 significant digits (both depend
+on the node's record count through its sample rate, so they still say roughly how much
+data it holds), and no loss at all; it holds whatever privacy mode the server names, so
+a server cannot ask a node to drop DP and send its exact losses. The exact values go to
+the node's own log. `release: exact` sends them exactly; under DP-SGD its replies, its
+ledger and the run's records mark them as outside the guarantee. `release: auto` (a
+simulated study's default) is minimal under DP-SGD and exact otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -36,7 +38,9 @@ def exact_under_dp(policy: NodePolicyConfig, privacy: PrivacyConfig) -> bool:
 
 def withholds(policy: NodePolicyConfig, privacy: PrivacyConfig) -> bool:
     """Whether the node keeps its exact losses and counts to itself."""
-    return privacy.mode == "dp_sgd" and policy.release == "minimal"
+    if policy.release == "auto":
+        return privacy.mode == "dp_sgd"
+    return policy.release == "minimal"
 
 
 def released_train(
@@ -72,10 +76,12 @@ def released_evaluate(
 
 
 def log_exact(state_dir: Path, kind: str, round_: int, reply: TrainReply | EvaluateReply) -> None:
-    """The node's own record of its exact metrics: one line in its state directory."""
+    """The node's own record of its exact metrics: one line in its state directory,
+    readable by the node's owner only (0600)."""
     line = {"time": time.time(), "kind": kind, "round": round_, **reply_metrics(reply, "")}
     state_dir.mkdir(parents=True, exist_ok=True)
-    with (state_dir / NODE_LOG).open("a") as file:
+    fd = os.open(state_dir / NODE_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as file:
         file.write(json.dumps(line) + "\n")
 
 

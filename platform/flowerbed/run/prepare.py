@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from flowerbed.atomic import make_private
 from flowerbed.config import FlowerbedConfig, to_plain_dict
 from flowerbed.continual.stream import experience_dir
 from flowerbed.data import FederatedSplits, load_tokenizer, prepare_splits
@@ -35,14 +36,16 @@ def prepare_coordinator(cfg: FlowerbedConfig, layout: RunLayout) -> FederatedSpl
 
 
 def write_client_shards(cfg: FlowerbedConfig, layout: RunLayout, splits: FederatedSplits) -> None:
-    """Each client's shard under clients/client-<i>/data (one folder per experience)."""
+    """Each client's shard under clients/client-<i>/data (one folder per experience),
+    readable by its owner only: the blocks are the private text, reversibly tokenized."""
     for partition_id, shards in enumerate(splits.clients):
         data_dir = layout.client_data(partition_id)
-        if not cfg.continual.enabled:
+        if cfg.continual.enabled:
+            for k, shard in enumerate(shards):
+                shard.save(experience_dir(data_dir, k))
+        else:
             shards[0].save(data_dir)
-            continue
-        for k, shard in enumerate(shards):
-            shard.save(experience_dir(data_dir, k))
+        make_private(data_dir.parent)
 
 
 def prepare_run(cfg: FlowerbedConfig, layout: RunLayout) -> None:
