@@ -7,7 +7,9 @@ Peak memory: `torch.cuda.max_memory_allocated` per arm on a GPU; on CPU each arm
 runs alone in a child process and its peak resident memory is read from /proc.
 A second table splits the non-DP and the bookkeeping step into phases (median ms), so
 where the remaining gap goes is visible. Goal (issue 12): bookkeeping >= 0.75x non-DP
-tokens/s at <= 1.2x its memory.
+tokens/s at <= 1.2x its memory. The DP arms draw their noise as a node does by default,
+from a secret 256-bit key (`privacy/secret_noise.py`); a third table times that noise
+for the model's parameters against `torch.randn` from a seeded generator.
 
     uv run python simulations/bench_dp.py                                    # CPU, small
     uv run python simulations/bench_dp.py --preset 125m --seq-len 512 --batch-size 16 --device cuda
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import subprocess
 import sys
@@ -29,6 +32,7 @@ from flowerbed.client.trainer import make_optimizer
 from flowerbed.config import compose_config
 from flowerbed.model import autocast, build_model, resolve_device
 from flowerbed.privacy.dp_sgd import PrivateStep, per_sequence_loss
+from flowerbed.privacy.secret_noise import KeyedGaussian, NoiseKey
 
 ARMS = ("non-DP", "DP ghost", "DP bookkeeping", "DP hooks", "DP bookkeeping per document")
 
@@ -54,6 +58,7 @@ class Arm:
                 expected_batch_size=batch if self.groups is None else -(-batch // per_unit),
                 mode=name.split()[1],
                 max_physical_batch=0,
+                noise=NoiseKey(key=os.urandom(32)),  # a node's default: secret noise
             )
 
     def run(self, batches: torch.Tensor) -> float:
@@ -140,6 +145,35 @@ def phase_table(arms: list[Arm], batches: torch.Tensor, repeats: int) -> str:
     return "\n".join(rows)
 
 
+def noise_table(model: torch.nn.Module, device: torch.device, repeats: int) -> str:
+    """Median ms to draw one step's noise for every trainable parameter: torch.randn from a
+    seeded generator against the keyed Gaussian (ChaCha20 keystream, Box–Muller)."""
+    size = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    buffer = torch.empty(size, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    keyed = KeyedGaussian(os.urandom(32))
+    draws = {
+        "torch.randn (seeded generator)": lambda: buffer.normal_(0, 1, generator=generator),
+        "keyed Gaussian (ChaCha20, Box–Muller)": lambda: keyed.fill_(buffer, 1.0),
+    }
+    ms: dict[str, list[float]] = {name: [] for name in draws}
+    for repeat in range(repeats + 1):
+        for name, draw in draws.items():
+            sync(device)
+            start = time.perf_counter()
+            draw()
+            sync(device)
+            if repeat:  # the first is a warm-up
+                ms[name].append(1e3 * (time.perf_counter() - start))
+    base = statistics.median(ms["torch.randn (seeded generator)"])
+    rows = ["", f"| noise for {size:,} parameters | ms (median) | vs torch.randn |"]
+    rows.append("|---|---|---|")
+    for name, values in ms.items():
+        median = statistics.median(values)
+        rows.append(f"| {name} | {median:.1f} | {median / base:.2f}x |")
+    return "\n".join(rows)
+
+
 def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.device]:
     device = resolve_device(args.device)
     base = build_model(compose_config(f"model={args.preset}").model, args.vocab, 0, seed=0)
@@ -217,6 +251,7 @@ def main() -> None:
         f"{peak['DP bookkeeping per document'] / peak['DP bookkeeping']:.2f}x memory"
     )
     print(phases)
+    print(noise_table(base, device, max(args.repeats, 5)))
 
 
 if __name__ == "__main__":

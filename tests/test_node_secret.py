@@ -9,6 +9,7 @@ client's state directory.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import stat
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flowerbed.privacy.ledger import FILENAME as LEDGER
 from flowerbed.privacy.secret import FILENAME, NodeSecret, NodeSecretError
 from flowerbed.run.prepare import prepare_run
 from flowerbed.run.simulation import simulate
@@ -129,31 +131,34 @@ CRASHING_ROUND = """
 import os, sys
 from pathlib import Path
 from transformers import AutoTokenizer
+from flowerbed.client import local_round
 from flowerbed.client.local_round import train_round
 from flowerbed.client.node import Node
 from flowerbed.config.node_policy import accepting_all
 from flowerbed.config import load_config
 from flowerbed.model.factory import build_model
-from flowerbed.privacy.ledger import PrivacyLedger
 from flowerbed.server.instructions import model_spec, train_instructions
 from flowerbed.tracking import RunLayout
 from safetensors.torch import save_file
 
-run_dir, out = Path(sys.argv[1]), sys.argv[2]
-if out == "crash":  # the round trains, then dies before its ledger entry
-    PrivacyLedger.record = lambda *args, **kwargs: os._exit(9)
+run_dir, out, crash = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "crash"
+def save(trained):
+    save_file({k: v.contiguous() for k, v in trained.items()}, out)
+if crash:  # the round trains, keeps what it would send, and dies before it is done
+    shared = local_round.shared_state
+    local_round.shared_state = lambda model: save(shared(model)) or os._exit(9)
 layout, cfg = RunLayout(run_dir), load_config(run_dir / "config.yaml")
 tokenizer = AutoTokenizer.from_pretrained(layout.tokenizer)
 model = build_model(cfg.model, len(tokenizer), tokenizer.eos_token_id, cfg.seed)
 job = train_instructions(cfg, model_spec(cfg, model), 1)
 node = Node(0, layout.client_data(0), layout.client_state(0), "cpu", 1, accepting_all(), True)
 _, trained = train_round(job, model.state_dict(), node)
-save_file({k: v.contiguous() for k, v in trained.items()}, out)
+save(trained)
 """
 
 
-def client_round(run_dir: Path, out: str) -> int:
-    return run_script(CRASHING_ROUND, str(run_dir), out)
+def client_round(run_dir: Path, out: Path, crash: bool = False) -> int:
+    return run_script(CRASHING_ROUND, str(run_dir), str(out), "crash" if crash else "run")
 
 
 @pytest.mark.slow
@@ -161,18 +166,17 @@ def test_a_client_re_running_a_round_after_a_crash_draws_exactly_what_it_drew(ca
     cfg = tiny_config(cache_dir, privacy=DP, train=TRAIN, federation={"rounds": 2})
     prepare_run(cfg, RunLayout(tmp_path / "crashed"))
     NodeSecret.open(RunLayout(tmp_path / "crashed").client_state(0))
-    shutil.copytree(tmp_path / "crashed", tmp_path / "reference")
-    assert client_round(tmp_path / "reference", str(tmp_path / "reference.safetensors")) == 0
-    assert client_round(tmp_path / "crashed", "crash") == 9
-    assert client_round(tmp_path / "crashed", str(tmp_path / "resumed.safetensors")) == 0
-    reference = load_file(tmp_path / "reference.safetensors")
-    resumed = load_file(tmp_path / "resumed.safetensors")
-    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    shutil.copytree(tmp_path / "crashed", tmp_path / "fresh")
+    crashed, resumed = tmp_path / "crashed.safetensors", tmp_path / "resumed.safetensors"
+    assert client_round(tmp_path / "crashed", crashed, crash=True) == 9
+    assert client_round(tmp_path / "crashed", resumed) == 0
+    before, after = load_file(crashed), load_file(resumed)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the same release, again
+    ledger = json.loads((RunLayout(tmp_path / "crashed").client_state(0) / LEDGER).read_text())
+    assert len(ledger["entries"]) == 1 and not ledger["entries"][0]["pending"]
     # A fresh state directory (another node, or a lost one) draws other noise.
     fresh = tmp_path / "fresh"
-    shutil.copytree(tmp_path / "reference", fresh)
     (RunLayout(fresh).client_state(0) / FILENAME).unlink()
-    (RunLayout(fresh).client_state(0) / "privacy_ledger.json").unlink()
-    assert client_round(fresh, str(tmp_path / "fresh.safetensors")) == 0
+    assert client_round(fresh, tmp_path / "fresh.safetensors") == 0
     other = load_file(tmp_path / "fresh.safetensors")
-    assert any(not torch.equal(reference[k], other[k]) for k in reference)
+    assert any(not torch.equal(before[k], other[k]) for k in before)
