@@ -207,6 +207,7 @@ def child(run_dir: Path, privacy: str, round_: int, ranks: int) -> None:
         "data-dir": str(layout.client_data(0)),
         "state-dir": str(layout.client_state(0)),
         "ranks": ranks,
+        "require-dp": False,  # the plain arms train without DP
     }  # as a SuperNode's --node-config names them
     context = Context(
         run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={}

@@ -83,7 +83,7 @@ def start_institutions(loopback: Loopback, shard_settings: list[str], sites: int
             f"site-{i}",
             key,
             f"partition-id={i} data-dir='{shards}/clients/client-{i}/data' "
-            f"state-dir='{root}/site-{i}-state' device='cpu' threads=1",
+            f"state-dir='{root}/site-{i}-state' device='cpu' threads=1 require-dp=false",
         )
     loopback.wait_for(lambda: loopback.online_nodes() == sites, f"{sites} SuperNodes online")
 
