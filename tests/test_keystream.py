@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from flowerbed.keystream import PARALLEL_BYTES, KeyStream
@@ -36,3 +37,13 @@ def test_a_short_key_is_refused_and_the_key_is_never_shown():
     with pytest.raises(ValueError, match="32-byte key"):
         KeyStream(bytes(8))
     assert KEY.hex() not in repr(KeyStream(KEY)) and "hidden" in repr(KeyStream(KEY))
+
+
+def test_noise_made_ahead_in_the_background_is_the_same_noise_in_the_same_order():
+    from flowerbed.privacy.secret_noise import KeyedGaussian
+
+    sizes = [1000, 1000, 7, 4096, 1000]  # a step's size repeats; a change reads on in order
+    plain, ahead = KeyedGaussian(KEY, ahead=False), KeyedGaussian(KEY, ahead=True)
+    for size in sizes:
+        expected = plain.fill_(torch.empty(size), 2.0)
+        assert torch.equal(ahead.fill_(torch.empty(size), 2.0), expected)

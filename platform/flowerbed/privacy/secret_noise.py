@@ -18,6 +18,7 @@ anyone who knows the config can recompute): bit-identical tests and studies, no 
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,30 +31,62 @@ CHUNK = 1 << 22
 
 
 class KeyedGaussian:
-    """Standard Gaussians from one keystream, read front to back; `repr` hides the key."""
+    """Standard Gaussians from one keystream, read front to back; `repr` hides the key.
 
-    def __init__(self, key: bytes) -> None:
+    On a GPU the keystream of the next draw is made on the CPU, in a thread, while the GPU
+    runs the step (`ahead`); the stream is read in the same order either way.
+    """
+
+    def __init__(self, key: bytes, ahead: bool | None = None) -> None:
         self.stream = KeyStream(key)
+        self.ahead = ahead
+        """Make the next draw's uniforms in the background (None: on GPUs only)."""
+        self._spare = torch.empty(0)
+        self._next: Future[torch.Tensor] | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def __repr__(self) -> str:
         return "KeyedGaussian(<hidden>)"
 
     def fill_(self, out: torch.Tensor, std: float) -> torch.Tensor:
         """Fill `out` (contiguous, any float dtype and device) with N(0, std²) noise."""
+        if self.ahead is None:
+            self.ahead = out.device.type == "cuda"
         flat = out.view(-1)
-        for start in range(0, flat.numel(), CHUNK):
-            piece = flat[start : start + CHUNK]
+        chunk = max(flat.numel(), 1) if self.ahead else CHUNK  # ahead: one piece a step
+        for start in range(0, flat.numel(), chunk):
+            piece = flat[start : start + chunk]
             piece.copy_(self._normal(piece.numel(), std, out.device))
         return out
 
     def _normal(self, count: int, std: float, device: torch.device) -> torch.Tensor:
         """`count` Gaussians by Box–Muller: a radius from one uniform, an angle from another."""
         pairs = (count + 1) // 2
-        uniforms = self.stream.words(2 * pairs).astype(np.float32)  # exact below 2^24
-        u = torch.from_numpy(uniforms).to(device)
+        u = self._uniforms(2 * pairs).to(device)
         radius = u[:pairs].add_(1.0).mul_(2.0**-32).log_().mul_(-2.0).sqrt_().mul_(std)
         angle = u[pairs:].mul_(2 * math.pi * 2.0**-32)
         return torch.cat([radius * torch.cos(angle), radius.mul_(angle.sin_())])[:count]
+
+    def _uniforms(self, count: int) -> torch.Tensor:
+        """The stream's next `count` words as float32 (exact below 2^24) on the CPU; with
+        `ahead`, the same number after them is started in the background."""
+        if self._next is not None:
+            self._spare = _joined(self._spare, self._next.result())
+            self._next = None
+        if len(self._spare) < count:
+            self._spare = _joined(self._spare, self._make(count - len(self._spare)))
+        words, self._spare = self._spare[:count], self._spare[count:]
+        if self.ahead:
+            self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="noise")
+            self._next = self._pool.submit(self._make, count)
+        return words
+
+    def _make(self, count: int) -> torch.Tensor:
+        return torch.from_numpy(self.stream.words(count).astype(np.float32))
+
+
+def _joined(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    return torch.cat([first, second]) if len(first) else second
 
 
 @dataclass(frozen=True)
