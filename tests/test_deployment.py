@@ -137,27 +137,6 @@ def test_an_unregistered_supernode_is_refused(deployment):
     assert loopback.online_nodes() == 2
 
 
-def test_the_server_side_crashes_and_the_run_resumes_from_its_checkpoint(deployment, cache_dir):
-    loopback, first_run = deployment
-    run_dir = first_run.parent / "crashing"
-    prepare(loopback, run_dir, cache_dir, "federation.rounds=2", "privacy=off")
-    submit = [sys.executable, "-m", "flowerbed.cli.main", "deploy", "run", str(run_dir)]
-    submit += ["--connection", "loopback"]
-    first = subprocess.Popen(submit, cwd=ROOT, env=loopback.env, stdout=subprocess.DEVNULL)
-    loopback.wait_for(
-        lambda: (run_dir / "checkpoints" / "round-00001").is_dir(), "round 1's checkpoint", 600
-    )
-    loopback.kill_descendant("superlink", "flwr-serverapp")  # ours, by its id
-    assert first.wait(timeout=300) == 1  # the run did not complete, and says so
-    again = loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rounds"] == 2
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [1, 2]
-    assert "resuming after round" in (run_dir / "server.log").read_text()
-
-
 def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, cache_dir):
     loopback, first_run = deployment
     root = first_run.parent / "node-killed"
@@ -165,7 +144,9 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
         loopback.stop(f"site-{i}")
     # The SuperLink refuses a key whose node it still holds active: wait out the heartbeat.
     loopback.wait_for(lambda: loopback.online_nodes() == 0, "the old SuperNodes offline", 300)
-    start_institutions(loopback, first_run, root, policy="")  # its last run asks for ε 100
+    # Institutions that accept runs without DP (the next test runs one) and no ε cap (this
+    # test's last run asks for ε 100).
+    start_institutions(loopback, first_run, root, policy="require-dp=false")
     ledger_path = root / "site-1-state" / "privacy_ledger.json"
 
     def deploy(name: str, *extra: str) -> subprocess.Popen:
@@ -189,7 +170,7 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert rows[0]["clients"] == 2 and any(r["failed_clients"] == 1 for r in rows[1:])
-    start_institutions(loopback, first_run, root, sites=(1,), policy="")
+    start_institutions(loopback, first_run, root, sites=(1,), policy="require-dp=false")
     # The institution trains again: its ledger must go on from what it held, not restart.
     # (The noise stays what the ledger fixed for life; this run's budget leaves room.)
     again = deploy("again", "federation.rounds=1", "privacy.target_epsilon=100")
@@ -197,3 +178,26 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
     entries = json.loads(ledger_path.read_text())["entries"]
     assert entries[: len(after_kill)] == after_kill and len(entries) == len(after_kill) + 1
     assert entries[-1]["round"] == 1 and entries[-1]["epsilon"] > after_kill[-1]["epsilon"]
+
+
+def test_the_server_side_crashes_and_the_run_resumes_from_its_checkpoint(deployment, cache_dir):
+    """Runs after the killed-institution test, on its institutions: they accept a run
+    without DP (the module's first ones refuse it, as a node does by default)."""
+    loopback, first_run = deployment
+    run_dir = first_run.parent / "crashing"
+    prepare(loopback, run_dir, cache_dir, "federation.rounds=2", "privacy=off")
+    submit = [sys.executable, "-m", "flowerbed.cli.main", "deploy", "run", str(run_dir)]
+    submit += ["--connection", "loopback"]
+    first = subprocess.Popen(submit, cwd=ROOT, env=loopback.env, stdout=subprocess.DEVNULL)
+    loopback.wait_for(
+        lambda: (run_dir / "checkpoints" / "round-00001").is_dir(), "round 1's checkpoint", 600
+    )
+    loopback.kill_descendant("superlink", "flwr-serverapp")  # ours, by its id
+    assert first.wait(timeout=300) == 1  # the run did not complete, and says so
+    again = loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 2
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert "resuming after round" in (run_dir / "server.log").read_text()
