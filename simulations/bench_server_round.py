@@ -42,8 +42,10 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from flowerbed.client.secure import secure_aggregation_mod, with_masked_update
+from flowerbed.client.node import Node
+from flowerbed.client.secure import secure_aggregation_mod, with_update
 from flowerbed.config import compose_config
+from flowerbed.config.node_policy import accepting_all
 from flowerbed.model import build_model, num_parameters
 from flowerbed.model.transport import from_array_record
 from flowerbed.protocol import EvaluateReply, TrainInstructions, TrainReply, global_weights
@@ -106,10 +108,16 @@ def peak_memory(mod, log: Path):
     return measured
 
 
+def _echo_node(context: Context) -> Node:
+    """An echo client's node: it accepts what the coordinator asks."""
+    partition = int(context.node_config["partition-id"])
+    return Node(partition, Path("."), Path("."), "cpu", 1, accepting_all(), False)
+
+
 def echo_client_app(memory_log: Path) -> ClientApp:
     """Clients that train nothing: each replies with the weights it received (under
     secure aggregation: a masked zero update, its peak memory noted in `memory_log`)."""
-    app = ClientApp(mods=[peak_memory(secure_aggregation_mod, memory_log)])
+    app = ClientApp(mods=[peak_memory(secure_aggregation_mod(_echo_node), memory_log)])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
@@ -124,8 +132,8 @@ def echo_client_app(memory_log: Path) -> ClientApp:
         )
         if job.secure_max_weight is not None:
             received = from_array_record(global_weights(msg.content), job.transport_dtype)
-            masked = with_masked_update(reply.to_content(), received, received, 1)
-            return Message(masked, reply_to=msg)
+            update = with_update(reply.to_content(), received, received, 1)
+            return Message(update, reply_to=msg)
         return Message(reply.to_content(), reply_to=msg)
 
     @app.evaluate()

@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
-from flowerbed.config.rules import SchemaError, Section, between, positive
+from flowerbed.config.rules import SchemaError, Section, at_least, between, positive
 
 Release = Literal["minimal", "exact"]
+MIN_SECURE_CLIENTS = 3
+"""The fewest clients a secure round may sample: with two, each could read the other."""
 
 
 @dataclass
@@ -27,6 +29,10 @@ class NodePolicyConfig(Section):
     require_secure_aggregation: bool
     """Refuse to train unless the update leaves the node masked by secure aggregation
     (the server's `federation.secure_aggregation=secaggplus`)."""
+    min_secure_clients: Annotated[int, at_least(MIN_SECURE_CLIENTS)]
+    """In a secure round, refuse to send anything unless the coordinator sampled at least
+    this many clients (its word: the node sees only its neighbours; the round's other
+    checks are in `client/secure_checks.py`)."""
     max_epsilon: Annotated[float | None, positive()]
     """The largest lifetime ε the node accepts: a server asking for more is refused, and
     the node's ledger stops the client there whatever the server's budget."""
@@ -54,12 +60,13 @@ class NodePolicyConfig(Section):
 
 def accepting_all(release: Release = "minimal") -> NodePolicyConfig:
     """A node that accepts what the server asks (and releases as `release` says)."""
-    return NodePolicyConfig(False, False, None, None, None, None, release, None)
+    return NodePolicyConfig(False, False, MIN_SECURE_CLIENTS, None, None, None, None, release, None)
 
 
 NODE_CONFIG_KEYS = {
     "require-dp": "require_dp",
     "require-secure-aggregation": "require_secure_aggregation",
+    "min-secure-clients": "min_secure_clients",
     "max-epsilon": "max_epsilon",
     "max-delta": "max_delta",
     "privacy-unit": "unit",
@@ -80,6 +87,7 @@ def policy_from_node_config(config: Mapping[str, Any]) -> NodePolicyConfig:
 
     values: dict[str, Any] = {f.name: None for f in fields(NodePolicyConfig)}
     values |= {"require_dp": False, "require_secure_aggregation": False, "release": "minimal"}
+    values["min_secure_clients"] = MIN_SECURE_CLIENTS
     for key, name in NODE_CONFIG_KEYS.items():
         if key in config:
             values[name] = _node_value(config[key])
