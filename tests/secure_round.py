@@ -37,9 +37,11 @@ def secagg(**values) -> SecureAggregationConfig:
 
 
 def node_of(policy: NodePolicyConfig) -> Callable[[Context], Node]:
+    """Nodes holding `policy` (those `policy.clients` names, when it names any)."""
+
     def node(context: Context) -> Node:
         partition = int(context.node_config["partition-id"])
-        return Node(partition, Path("."), Path("."), "cpu", 1, policy, False)
+        return Node(partition, Path("."), Path("."), "cpu", 1, policy.demands_of(partition), False)
 
     return node
 

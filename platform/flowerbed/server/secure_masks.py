@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 
 from flowerbed.config.secure import SecureAggregationConfig
@@ -57,7 +57,7 @@ def masked_sum(replies: list[Message], shapes: Shapes) -> MaskedSum:
             continue  # a refusal
         record = reply.content.array_records[MASKED]
         metrics = TrainReply.from_content(reply.content)
-        views = {name: ndarray_view(array) for name, array in record.items()}
+        views = _views(record)
         if [(n, v.shape, v.dtype) for n, v in sorted(views.items())] != sorted(
             (n, s, np.dtype(np.uint32)) for n, s in expected
         ):
@@ -73,6 +73,14 @@ def masked_sum(replies: list[Message], shapes: Shapes) -> MaskedSum:
         del views
         record.clear()
     return summed
+
+
+def _views(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays read in place (none when one is not a readable `.npy`)."""
+    try:
+        return {name: ndarray_view(array) for name, array in record.items()}
+    except ValueError:
+        return {}
 
 
 def forward_shares(replies: dict[int, ConfigRecord]) -> dict[int, tuple[list[bytes], list[int]]]:
