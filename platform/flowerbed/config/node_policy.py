@@ -105,7 +105,7 @@ def _node_value(value: Any) -> Any:
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     try:
-        return float(value)
+        return int(value) if value.isdigit() else float(value)
     except ValueError:
         return value
 
