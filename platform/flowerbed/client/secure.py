@@ -64,17 +64,15 @@ def _answer(msg: Message, ctxt: Context, call_next: ClientAppCallable, node: Nod
     config = msg.content.config_records[CONFIGS]
     state = SecAggState.load(ctxt)
     stage = _next_stage(state.stage, config)
-    if stage == Stage.SETUP:
-        state, reply = set_up(msg.metadata.dst_node_id, config, node.policy)
-    elif stage == Stage.SHARE_KEYS:
-        reply = share_keys(state, config)
-    elif stage == Stage.UNMASK:
-        reply = unmask(state, config)
-    else:
+    if stage == Stage.COLLECT:
         receive_shares(state, config)  # checked before it trains
         state.stage = stage
         state.save(ctxt)
         return _masked_reply(state, call_next(msg, ctxt).content)
+    if stage == Stage.SETUP:
+        state, reply = set_up(msg.metadata.dst_node_id, config, node.policy)
+    else:
+        reply = (share_keys if stage == Stage.SHARE_KEYS else unmask)(state, config)
     state.stage = stage
     state.save(ctxt)
     return RecordDict({CONFIGS: ConfigRecord({Key.STAGE: stage, **reply})})

@@ -17,7 +17,6 @@ A node that refuses the round (`client/secure_checks.py`) answers any stage with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Self
@@ -102,7 +101,3 @@ def layout(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[str, tuple[int, 
     tensors by name. Both sides read each mask's keystream in this order, so it must not
     depend on how a record happened to be ordered in transit."""
     return [(WEIGHT_FACTOR, (1,)), *sorted(shapes.items())]
-
-
-def words(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
