@@ -23,7 +23,7 @@ from flowerbed.client.secure import secure_aggregation_mod, with_update
 from flowerbed.config.node_policy import NodePolicyConfig, accepting_all
 from flowerbed.config.secure import SecureAggregationConfig
 from flowerbed.protocol import TrainReply
-from flowerbed.secagg.contract import CONFIGS, Key, Stage
+from flowerbed.secagg.contract import CONFIGS, Key
 from flowerbed.server.secure_aggregation import SecAggPlus, SecureSum
 
 Update = dict[str, np.ndarray]
@@ -72,7 +72,8 @@ class LocalGrid:
     tamper: Callable[[Message], Message] = lambda m: m
     sent: list[Message] = field(default_factory=list)
     received: list[Message] = field(default_factory=list)
-    crash_in_collect: set[int] = field(default_factory=set)
+    crash: dict[int, str] = field(default_factory=dict)
+    """Node id -> the stage in which it dies."""
 
     def send_and_receive(self, messages, timeout=None) -> list[Message]:
         replies = []
@@ -80,8 +81,8 @@ class LocalGrid:
             self.sent.append(message)
             node = message.metadata.dst_node_id
             try:
-                if node in self.crash_in_collect and stage(message) == Stage.COLLECT:
-                    raise RuntimeError("this node died in the collect stage")
+                if self.crash.get(node) == stage(message):
+                    raise RuntimeError(f"this node died in the {stage(message)} stage")
                 reply = self.app(message, self.contexts[node])
             except Exception as err:  # as Flower's runtime: the Message fails
                 reply = Message(Error(0, str(err)), reply_to=message)

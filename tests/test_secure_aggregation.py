@@ -90,11 +90,19 @@ def test_weights_count_up_to_max_weight_and_no_further(coordinator):
 def test_two_clients_dying_after_the_key_exchange_leave_the_others_sum(coordinator):
     ups = updates(5, seed=2)
     grid = federation(ups)
-    grid.crash_in_collect = {103, 105}  # partitions 2 and 4, neighbours of each other
+    grid.crash = {103: Stage.COLLECT, 105: Stage.COLLECT}  # neighbours of each other
     secure = secure_round(grid, secagg(threshold=3), SHAPES)
     assert_close(secure.mean_update, mean_of([ups[0], ups[1], ups[3]]), LEVEL)
     unmask = [m for m in grid.sent if stage(m) == Stage.UNMASK]
     assert len(unmask) == 3  # the survivors, each asked for the dead ones' key shares
+
+
+def test_a_client_dying_in_the_key_exchange_leaves_the_others_sum(coordinator):
+    ups = updates(5, seed=5)
+    grid = federation(ups)
+    grid.crash = {105: Stage.SHARE_KEYS}  # its neighbours never get its shares
+    secure = secure_round(grid, secagg(), SHAPES)
+    assert_close(secure.mean_update, mean_of(ups[:4]), LEVEL)
 
 
 def test_a_node_refusing_the_set_up_leaves_a_round_of_the_others_and_its_sentence(coordinator):
