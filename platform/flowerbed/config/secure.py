@@ -34,9 +34,10 @@ class SecureAggregationConfig(Section):
     quantization_bits: Annotated[int, Range(8, 28)]
     """Bits per coordinate: the mean's error is at most 2 x clipping_range / 2^bits."""
     max_weight: Annotated[float, positive()]
-    """The largest aggregation weight a client may claim (the server cannot see it): 1
-    weighs every update the same; a larger value weighs by examples up to it, at
-    max_weight times the quantization error."""
+    """The largest aggregation weight a client may claim: 1 weighs every update the same;
+    a larger value weighs by examples up to it, at max_weight times the quantization
+    error. A client's weight travels masked, clamped to this; the server checks only the
+    survivors' total (exactly one per client that trained when this is 1)."""
 
     def sizes(self, clients: int) -> tuple[int, int]:
         """Neighbours per client (odd unless every client, at most `clients`) and the
