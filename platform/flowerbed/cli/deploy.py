@@ -82,11 +82,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="refuse to send an update the coordinator could read on its own",
     )
-    node.add_argument(
-        "--min-secure-clients",
-        type=int,
-        help="in a secure round, refuse fewer sampled clients than this (default 3)",
-    )
     node.add_argument("--max-epsilon", type=float, help="the largest lifetime ε it accepts")
     node.add_argument("--max-delta", type=float, help="the largest δ it accepts")
     node.add_argument(
@@ -205,7 +200,6 @@ def _node_config(args: argparse.Namespace) -> None:
     policy = {
         "require-dp": "true" if args.require_dp else None,
         "require-secure-aggregation": "true" if args.require_secure_aggregation else None,
-        "min-secure-clients": args.min_secure_clients,
         "max-epsilon": args.max_epsilon,
         "max-delta": args.max_delta,
         "privacy-unit": args.privacy_unit and f"'{args.privacy_unit}'",
