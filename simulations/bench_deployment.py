@@ -12,7 +12,7 @@ also starts the ServerApp side).
 
 With `--secure`, three institutions run each preset and dtype twice, in the clear and with
 SecAgg+ (`federation.secure_aggregation=secaggplus`: four Messages per client per round,
-and a masked update of 64-bit integers back, whatever the transport dtype).
+and a masked update of 32-bit integers back, whatever the transport dtype).
 
 With `--experiment`, the shards and the one run use that experiment, as docs/deployment.md's
 deployment walk-through does (`deploy prepare --shards ... experiment=smoke_dp`), and

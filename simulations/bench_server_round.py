@@ -18,15 +18,20 @@ or less per round with 16-bit transport.
     uv run python simulations/bench_server_round.py --clients 3 --secure   # SecAgg+
 
 With `--secure` the round is SecAgg+'s four stages; each echo client masks a zero update
-(Flower's `secaggplus_mod`: quantize, one private and one pairwise mask per neighbour),
-so the round also holds the clients' masking, which runs beside the server's work.
-`unmask` is the server rebuilding and removing the masks.
+(quantize, one private and one pairwise mask per neighbour), so the round also holds the
+clients' masking, which runs beside the server's work. `unmask` is the server rebuilding
+and removing the masks. The report adds the bytes one client sends back (the masked
+update under SecAgg+, the weights otherwise) and, under SecAgg+, each client's peak memory
+while it answers a stage (resident memory above what it held when the stage began: the
+echo client's update and its masking), beside the size of the update in fp32.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
+import re
 import statistics
 import tempfile
 import time
@@ -37,8 +42,10 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from flowerbed.client.secure import secure_aggregation_mod, with_masked_update
+from flowerbed.client.node import Node
+from flowerbed.client.secure import secure_aggregation_mod, with_update
 from flowerbed.config import compose_config
+from flowerbed.config.node_policy import accepting_all
 from flowerbed.model import build_model, num_parameters
 from flowerbed.model.transport import from_array_record
 from flowerbed.protocol import EvaluateReply, TrainInstructions, TrainReply, global_weights
@@ -64,10 +71,53 @@ def timed(owner: object, name: str, phase: str) -> None:
     setattr(owner, name, wrapper)
 
 
-def echo_client_app() -> ClientApp:
+def _memory_kib() -> dict[str, int]:
+    """This process's resident memory now and at its peak since the last reset (KiB)."""
+    status = Path("/proc/self/status").read_text()
+    return {k: int(re.search(rf"{k}:\s+(\d+)", status).group(1)) for k in ("VmRSS", "VmHWM")}
+
+
+def peak_memory(mod, log: Path):
+    """`mod`, noting in `log` how far above its resident memory each call went: from the
+    call's start (the whole stage), and from when the ClientApp's reply came back (the
+    masking step alone). Linux: the peak is reset through /proc/self/clear_refs."""
+
+    def measured(msg: Message, ctxt: Context, call_next) -> Message:
+        marks: dict[str, int] = {}
+
+        def app(m: Message, c: Context) -> Message:
+            reply = call_next(m, c)
+            now = _memory_kib()
+            marks["app peak"], marks["masking start"] = now["VmHWM"], now["VmRSS"]
+            Path("/proc/self/clear_refs").write_text("5")
+            return reply
+
+        Path("/proc/self/clear_refs").write_text("5")
+        start = _memory_kib()["VmRSS"]
+        reply = mod(msg, ctxt, app)
+        peak = _memory_kib()["VmHWM"]
+        if marks:
+            row = {
+                "stage": (max(peak, marks["app peak"]) - start) * 1024 / 1e6,
+                "masking": (peak - marks["masking start"]) * 1024 / 1e6,
+            }
+            with log.open("a") as out:
+                out.write(json.dumps(row) + "\n")
+        return reply
+
+    return measured
+
+
+def _echo_node(context: Context) -> Node:
+    """An echo client's node: it accepts what the coordinator asks."""
+    partition = int(context.node_config["partition-id"])
+    return Node(partition, Path("."), Path("."), "cpu", 1, accepting_all(), False)
+
+
+def echo_client_app(memory_log: Path) -> ClientApp:
     """Clients that train nothing: each replies with the weights it received (under
-    secure aggregation: a masked zero update)."""
-    app = ClientApp(mods=[secure_aggregation_mod])
+    secure aggregation: a masked zero update, its peak memory noted in `memory_log`)."""
+    app = ClientApp(mods=[peak_memory(secure_aggregation_mod(_echo_node), memory_log)])
 
     @app.train()
     def _train(msg: Message, context: Context) -> Message:
@@ -82,8 +132,8 @@ def echo_client_app() -> ClientApp:
         )
         if job.secure_max_weight is not None:
             received = from_array_record(global_weights(msg.content), job.transport_dtype)
-            masked = with_masked_update(reply.to_content(), received, received, 1)
-            return Message(masked, reply_to=msg)
+            update = with_update(reply.to_content(), received, received, 1)
+            return Message(update, reply_to=msg)
         return Message(reply.to_content(), reply_to=msg)
 
     @app.evaluate()
@@ -146,7 +196,7 @@ def main() -> None:
             *([f"combiner.faulty_clients={args.faulty}"] if args.faulty is not None else []),
             *(["federation.secure_aggregation=secaggplus"] if args.secure else []),
         )
-        run_dir = Path(tmp) / "run"
+        run_dir, memory_log = Path(tmp) / "run", Path(tmp) / "client_memory.jsonl"
         prepare_run(cfg, RunLayout(run_dir))
         timed(engine.RoundEngine, "exchange", "exchange")
         timed(engine.RoundEngine, "conclude", "conclude")
@@ -159,11 +209,30 @@ def main() -> None:
         timed(callbacks.Checkpoints, "on_round_trained", "checkpoint")
         flwr.simulation.run_simulation(
             server_app=make_server_app(cfg, run_dir),
-            client_app=echo_client_app(),
+            client_app=echo_client_app(memory_log),
             num_supernodes=args.clients,
             backend_config={"client_resources": {"num_cpus": args.client_cpus, "num_gpus": 0}},
         )
+        sent = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        peaks = (
+            [json.loads(x) for x in memory_log.read_text().splitlines()]
+            if (memory_log.exists())
+            else []
+        )
     report(args, parameters)
+    report_client(sent, peaks if args.secure else [], parameters)
+
+
+def report_client(sent: dict, peaks: list[dict[str, float]], parameters: int) -> None:
+    """What one client sends back, and (SecAgg+) its peak memory in the collect stage."""
+    back = sent["masked_bytes_per_client"] or sent["bytes_per_client"]
+    print(f"| bytes one client sends | {back / 1e6:.1f} MB |")
+    if peaks:
+        stage, masking = (max(p[k] for p in peaks) for k in ("stage", "masking"))
+        print(
+            f"| client peak memory above its start: collect stage / masking step | "
+            f"{stage:.0f} / {masking:.0f} MB (the fp32 update: {4 * parameters / 1e6:.0f} MB) |"
+        )
 
 
 def report(args: argparse.Namespace, parameters: int) -> None:

@@ -1,7 +1,8 @@
 """Secure aggregation on Flower's Deployment Engine: three institutions, TLS, real processes.
 
 The SuperNodes keep each institution's SecAgg+ keys in the node's Context between the
-Messages of a round, so a secure round runs across processes exactly as in a simulation.
+Messages of a round, so a secure round runs across processes exactly as in a simulation;
+each institution requires secure aggregation and checks every round it is in.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def test_three_institutions_run_two_secure_rounds_across_a_real_superlink(tmp_pa
                 site,
                 loopback.certs / "supernodes" / site,
                 f"partition-id={i} data-dir='{run_dir}/clients/client-{i}/data' "
-                f"state-dir='{tmp_path}/{site}-state' threads=1 max-epsilon=8 max-delta=1e-5",
+                f"state-dir='{tmp_path}/{site}-state' threads=1 max-epsilon=8 max-delta=1e-5 "
+                "require-secure-aggregation=true min-secure-clients=3",
             )
         loopback.wait_for(lambda: loopback.online_nodes() == 3, "three SuperNodes online")
         run = loopback.flowerbed("deploy", "run", str(run_dir), "--connection", "loopback")

@@ -212,3 +212,12 @@ def test_a_reply_without_losses_round_trips():
     assert again.train_loss is None and again.heldout == EvaluateReply(0, 1)
     refused = EvaluateReply(2, 0, refused="client 2 refuses")
     assert EvaluateReply.from_content(refused.to_content()).refused == "client 2 refuses"
+
+
+def test_a_supernode_states_the_fewest_clients_it_hides_among():
+    assert accepting_all().min_secure_clients == 3
+    for value in (5, "5"):  # typed by Flower's TOML reading, or quoted
+        policy = policy_from_node_config({"min-secure-clients": value})
+        assert policy.min_secure_clients == 5
+    with pytest.raises(SchemaError, match="min-secure-clients must be >= 3, got 2"):
+        policy_from_node_config({"min-secure-clients": 2})

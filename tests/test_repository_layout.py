@@ -55,6 +55,7 @@ def test_a_supernode_without_its_folders_is_told_which_setting_is_missing():
 
 
 LOWER = {"config", "data", "model", "privacy", "continual", "tracking", "atomic", "protocol"}
+LOWER |= {"keystream", "secagg"}  # what the SecAgg+ client and server share
 
 
 def _imported_packages(source: Path) -> set[str]:

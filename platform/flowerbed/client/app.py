@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from flowerbed.client.faults import crash_if_asked, misbehave, misbehaves
 from flowerbed.client.local_round import evaluate_round, train_round
 from flowerbed.client.node import Node
-from flowerbed.client.secure import is_secure, secure_aggregation_mod, with_masked_update
+from flowerbed.client.secure import is_secure, secure_aggregation_mod, with_update
 from flowerbed.model.transport import from_array_record, to_array_record
 from flowerbed.protocol import (
     EvaluateInstructions,
@@ -33,7 +33,7 @@ log = logging.getLogger("flowerbed")
 
 def make_client_app(node_of: Callable[[Context], Node]) -> ClientApp:
     """A ClientApp whose machine facts come from `node_of` (node config, or a simulation's)."""
-    client_app = ClientApp(mods=[secure_aggregation_mod])
+    client_app = ClientApp(mods=[secure_aggregation_mod(node_of)])
 
     @client_app.train()
     def _train(msg: Message, context: Context) -> Message:
@@ -53,9 +53,9 @@ def make_client_app(node_of: Callable[[Context], Node]) -> ClientApp:
         reply, trained = train_round(job, weights, node)
         if trained is not None and misbehaves(node.faults, node.partition_id):
             reply, trained = misbehave(node.faults, reply, trained, weights, job.round)
-        if secure is not None:  # only the masked update leaves (client/secure.py)
+        if secure is not None:  # the mod masks it: only the masked update leaves
             weight = min(reply.num_examples, secure)
-            return _reply(msg, with_masked_update(reply.to_content(), trained, weights, weight))
+            return _reply(msg, with_update(reply.to_content(), trained, weights, weight))
         if trained is not None:
             reply = dataclasses.replace(
                 reply, weights=to_array_record(trained, job.transport_dtype)

@@ -19,13 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, Literal
 
-from flowerbed.config.rules import SchemaError, Section, between, positive, require
+from flowerbed.config.rules import SchemaError, Section, at_least, between, positive, require
 
 Release = Literal["minimal", "exact", "auto"]
 DEFAULT_MAX_DELTA = 1e-5
 """The largest δ a node accepts unless it says otherwise: the usual choice, well below
 1/n for any shard under 100,000 units (the guard also refuses δ ≥ 1/units, for which
 the guarantee would allow releasing a unit whole)."""
+MIN_SECURE_CLIENTS = 3
+"""The fewest clients a secure round may sample: with two, each could read the other."""
 
 
 @dataclass
@@ -40,6 +42,10 @@ class NodePolicyConfig(Section):
     require_secure_aggregation: bool
     """Refuse to train unless the update leaves the node masked by secure aggregation
     (the server's `federation.secure_aggregation=secaggplus`)."""
+    min_secure_clients: Annotated[int, at_least(MIN_SECURE_CLIENTS)]
+    """In a secure round, refuse to send anything unless the coordinator sampled at least
+    this many clients (its word: the node sees only its neighbours; the round's other
+    checks are in `client/secure_checks.py`)."""
     max_epsilon: Annotated[float | None, positive()]
     """The largest lifetime ε the node accepts: a server asking for more is refused, and
     the node's ledger stops the client there whatever the server's budget."""
@@ -93,12 +99,13 @@ class NodePolicyConfig(Section):
 
 def accepting_all(release: Release = "auto") -> NodePolicyConfig:
     """A node that accepts what the server asks (and releases as `release` says)."""
-    return NodePolicyConfig(None, False, None, None, None, None, release, None)
+    return NodePolicyConfig(None, False, MIN_SECURE_CLIENTS, None, None, None, None, release, None)
 
 
 NODE_CONFIG_KEYS = {
     "require-dp": "require_dp",
     "require-secure-aggregation": "require_secure_aggregation",
+    "min-secure-clients": "min_secure_clients",
     "max-epsilon": "max_epsilon",
     "max-delta": "max_delta",
     "privacy-unit": "unit",
@@ -119,6 +126,7 @@ def policy_from_node_config(config: Mapping[str, Any]) -> NodePolicyConfig:
 
     values: dict[str, Any] = {f.name: None for f in fields(NodePolicyConfig)}
     values |= {"require_dp": True, "require_secure_aggregation": False, "release": "minimal"}
+    values["min_secure_clients"] = MIN_SECURE_CLIENTS
     for key, name in NODE_CONFIG_KEYS.items():
         if key in config:
             values[name] = _node_value(config[key])
@@ -136,7 +144,7 @@ def _node_value(value: Any) -> Any:
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     try:
-        return float(value)
+        return int(value) if value.isdigit() else float(value)
     except ValueError:
         return value
 

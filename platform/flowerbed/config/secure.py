@@ -1,8 +1,7 @@
 """The config section for secure aggregation (SecAgg+): the coordinator sees only a sum.
 
 `federation.secure_aggregation=secaggplus` switches it on; these are its parameters
-(`server/secure_aggregation.py` runs the protocol, Flower's `secaggplus_mod` the clients'
-side).
+(`server/secure_aggregation.py` runs the protocol, `client/secure.py` the clients' side).
 """
 
 from __future__ import annotations
@@ -35,9 +34,10 @@ class SecureAggregationConfig(Section):
     quantization_bits: Annotated[int, Range(8, 28)]
     """Bits per coordinate: the mean's error is at most 2 x clipping_range / 2^bits."""
     max_weight: Annotated[float, positive()]
-    """The largest aggregation weight a client may claim (the server cannot see it): 1
-    weighs every update the same; a larger value weighs by examples up to it, at
-    max_weight times the quantization error."""
+    """The largest aggregation weight a client may claim: 1 weighs every update the same;
+    a larger value weighs by examples up to it, at max_weight times the quantization
+    error. A client's weight travels masked, clamped to this; the server checks only the
+    survivors' total (exactly one per client that trained when this is 1)."""
 
     def sizes(self, clients: int) -> tuple[int, int]:
         """Neighbours per client (odd unless every client, at most `clients`) and the
@@ -49,6 +49,12 @@ class SecureAggregationConfig(Section):
 
     def problem(self, clients: int) -> str | None:
         """Why a round of `clients` cannot run with these settings (None: it can)."""
+        if clients < 3:
+            return (
+                f"federation.secure_aggregation needs at least 3 clients a round, not "
+                f"{clients}: with two, each client could subtract its own update from the sum "
+                "and read the other"
+            )
         neighbours, threshold = self.sizes(clients)
         if threshold > neighbours:
             return (
@@ -61,9 +67,11 @@ class SecureAggregationConfig(Section):
                 "neighbours: a coordinator lying about who dropped out could rebuild both "
                 f"of a client's secrets; raise it above {neighbours // 2}"
             )
-        if clients << self.quantization_bits > 1 << 32:
+        # each client's coordinate (and weight factor) is at most 2^bits, inclusive
+        if clients << self.quantization_bits >= 1 << 32:
             return (
                 f"{clients} clients of secagg.quantization_bits={self.quantization_bits} "
-                "overflow the protocol's 32-bit sum: lower the bits, or sample fewer clients"
+                "overflow the protocol's 32-bit sum (clients x 2^bits must stay below 2^32): "
+                "lower the bits, or sample fewer clients"
             )
         return None

@@ -60,16 +60,23 @@ def read_only(record: ArrayRecord, dtype: TransportDtype) -> dict[str, torch.Ten
 
 
 def _tensor_view(array: Array) -> torch.Tensor:
-    """A read-only tensor over an Array's `.npy` bytes (`Array.numpy()` when unusual)."""
+    """A read-only tensor over an Array's `.npy` bytes (a copy when unusual)."""
+    ndarray = ndarray_view(array)
+    if not ndarray.flags.c_contiguous:
+        return torch.from_numpy(ndarray.copy())
+    with warnings.catch_warnings():  # read-only by design: see `read_only`
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(ndarray)
+
+
+def ndarray_view(array: Array) -> np.ndarray:
+    """A read-only numpy array over an Array's `.npy` bytes (`Array.numpy()` when unusual)."""
     stream = io.BytesIO(array.data)
     reader = _NPY_HEADER_READERS.get(np.lib.format.read_magic(stream))
     shape, fortran_order, dtype = reader(stream) if reader else ((), True, None)
     if fortran_order or dtype.hasobject:
-        return torch.from_numpy(array.numpy().copy())
-    ndarray = np.frombuffer(array.data, dtype, math.prod(shape), stream.tell()).reshape(shape)
-    with warnings.catch_warnings():  # read-only by design: see `read_only`
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(ndarray)
+        return array.numpy()
+    return np.frombuffer(array.data, dtype, math.prod(shape), stream.tell()).reshape(shape)
 
 
 def _encode(tensor: torch.Tensor, dtype: TransportDtype) -> torch.Tensor:

@@ -40,7 +40,7 @@ from flowerbed.server.replies import (
     weighted_mean,
 )
 from flowerbed.server.sampling import client_sampler
-from flowerbed.server.secure_aggregation import SecureSum, secure_aggregation
+from flowerbed.server.secure_aggregation import SecureSum, float_shapes, secure_aggregation
 
 log = logging.getLogger("flowerbed")
 
@@ -122,7 +122,8 @@ class RoundEngine:
             return Exchange(round_, started, arrays, RoundReplies.read(replies))
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
         others = [m for m in messages if m.metadata.message_type != MessageType.TRAIN]
-        secure = self.secure.run(self.grid, train, others)
+        shapes = float_shapes(shared_state(self.model))
+        secure = self.secure.run(self.grid, train, others, shapes)
         return Exchange(round_, started, arrays, RoundReplies.read(secure.replies), secure)
 
     def conclude(self, exchange: Exchange) -> RoundRecord | None:

@@ -26,7 +26,7 @@ from flowerbed.protocol import TrainReply
 from flowerbed.server.admission import Admission, ClientUpdate, Rejected, Weights
 from flowerbed.server.combiners import combiner_for
 from flowerbed.server.outer import FedAvgOuter
-from flowerbed.server.secure_aggregation import SecureSum, as_update
+from flowerbed.server.secure_aggregation import SecureSum
 
 
 @dataclass(frozen=True)
@@ -68,21 +68,21 @@ class AggregationPipeline:
         self, round_: int, secure: SecureSum, answered: list[TrainReply], current: Weights
     ) -> Aggregate:
         """Secure aggregation: the server holds only the survivors' mean update, so
-        admission checks the sum (finite, norm) and the combine stage is that mean."""
+        admission checks the sum (its weights, finite values, norm) and the combine stage
+        is that mean."""
+        left_out = secure.left_out
         if secure.mean_update is None:
-            return Aggregate(None, [], {})
-        names = [n for n, t in current.items() if t.is_floating_point()]
-        update = as_update(secure.mean_update, names)
+            return Aggregate(None, [], {**left_out, "sum": secure.rejected or "no sum"})
         try:
-            tensors = self.admission.bounded_sum(update, current)
+            tensors = self.admission.bounded_sum(secure.mean_update, current)
         except Rejected as why:
-            return Aggregate(None, [], {"sum": str(why)})
+            return Aggregate(None, [], {**left_out, "sum": str(why)})
         admitted = [
             ClientUpdate(r, {}, float(r.num_examples))
             for r in answered
-            if r.num_examples > 0 and not r.budget_exhausted
+            if r.num_examples > 0 and not r.budget_exhausted and str(r.partition_id) not in left_out
         ]
-        return Aggregate(self.outer_step(round_, current, tensors), admitted, {})
+        return Aggregate(self.outer_step(round_, current, tensors), admitted, dict(left_out))
 
     def budget_spent(self) -> bool:
         """User-level DP: whether one more release would pass its `max_epsilon`."""

@@ -1,49 +1,60 @@
 """Secure aggregation (SecAgg+, Bell et al. 2020), the server's side: only a sum is seen.
 
-Flower 1.41 ships the clients' side as a ClientApp mod (`secaggplus_mod`, which
-flowerbed's ClientApp runs as it is: `client/secure.py`) and the server's side as
-`SecAggPlusWorkflow`, written for Flower's legacy Strategy interface (FitIns/FitRes, a
-LegacyContext, its own round loop), which flowerbed's round engine and Message protocol
-do not use. So this module drives the same four stages over the Grid, with the Message
-contract the mod expects and Flower's own primitives (Shamir sharing, key agreement,
-pseudo-random masks, quantization):
+flowerbed owns both sides of the protocol: this module drives the four stages over the
+Grid, the node's mod (`client/secure.py`) answers them, and both speak the contract in
+`flowerbed.secagg`. Flower's `SecAggPlusWorkflow` is written for the legacy Strategy
+interface, and its masks came from a generator seeded with 32 bits folded from each key
+(`secagg/masks.py` says why that broke the protocol); Shamir sharing, key agreement and
+the share encryption are still Flower's.
 
-1. setup: each sampled client makes two key pairs and sends the public keys;
+1. setup: each sampled client checks the round's parameters and makes two key pairs; if
+   any does not answer (or refuses), the set-up runs again without it, so every node
+   receives exactly the neighbours the set-up announced;
 2. share keys: each client gets its neighbours' public keys and sends Shamir shares of
    its secrets, encrypted for each neighbour;
 3. collect: each client gets its shares and the train Message, trains, and sends its
-   update quantized and masked (a private mask, and pairwise masks that cancel in the
-   sum) with its metrics; the server adds the masked vectors;
-4. unmask: the survivors send the shares that remove the survivors' private masks and
-   the pairwise masks of clients that dropped out after the key exchange.
+   update quantized and masked (a self mask, and pairwise masks that cancel in the sum)
+   with its metrics; the server adds the masked updates;
+4. unmask: the survivors send the shares that remove the survivors' self masks and the
+   pairwise masks of clients that dropped out after the key exchange.
 
 What the server reconstructs is the weighted mean of the survivors' updates (their
 weights minus the global ones, each coordinate clipped to `secagg.clipping_range`),
-within quantization error. It never holds one client's update.
+within quantization error, once the weights add up to what the survivors may claim
+(`secure_masks.weight_problem`). It never holds one client's update. A node's refusal
+(one sentence) travels as its reply to the stage it refused; it is kept for the round's
+records.
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import cast
 
-import numpy as np
 import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import Grid
 
 from flowerbed.config import FlowerbedConfig
 from flowerbed.config.secure import SecureAggregationConfig
+from flowerbed.protocol import TrainReply
+from flowerbed.secagg.contract import CONFIGS, Key, RoundSetup, Stage
 from flowerbed.server.secure_masks import (
-    MOD_RANGE,
+    MaskedSum,
     SecureAggregationFailed,
+    Shapes,
     forward_shares,
     masked_sum,
+    mean_update,
     remove_masks,
     shares_by_owner,
-    weighted_mean,
+)
+from flowerbed.server.secure_stage import (
+    Ring,
+    enough,
+    neighbour_ring,
+    send_stage,
+    with_refusals,
 )
 
 
@@ -52,13 +63,16 @@ class SecureSum:
     """What a secure round gives the server."""
 
     replies: list[Message]
-    """The collect stage's train replies (metrics only: their arrays are cleared) and
-    any evaluate replies sent with them."""
-    mean_update: list[np.ndarray] | None
-    """The survivors' weighted mean update, in the order the clients sent it (None: no
-    survivor had a weight)."""
+    """The collect stage's train replies (metrics only: their masked updates are dropped
+    once summed), any evaluate replies sent with them, and every refusal."""
+    mean_update: dict[str, torch.Tensor] | None
+    """The survivors' weighted mean update (None: the sum was rejected)."""
     masked_bytes: int
-    """The masked vector one client sent."""
+    """The masked update one client sent."""
+    rejected: str | None = None
+    """Why the round's sum was rejected (its weights cannot be honest)."""
+    left_out: dict[str, str] = field(default_factory=dict)
+    """Partition id -> why that client's masked update was left out of the sum."""
 
 
 class SecAggPlus:
@@ -66,90 +80,95 @@ class SecAggPlus:
 
     def __init__(self, cfg: SecureAggregationConfig, timeout: float) -> None:
         self.cfg, self.timeout = cfg, timeout
-        self.target_range = 2**cfg.quantization_bits
 
-    def run(self, grid: Grid, train: list[Message], others: list[Message]) -> SecureSum:
+    def run(
+        self, grid: Grid, train: list[Message], others: list[Message], shapes: Shapes
+    ) -> SecureSum:
         """The secure sum of the updates `train` asks for; `others` (evaluate Messages)
-        travel with the collect stage."""
-        nodes = [m.metadata.dst_node_id for m in train]
-        problem = self.cfg.problem(len(nodes))
-        if problem is not None:
-            raise SecureAggregationFailed(f"secure aggregation: {problem}")
-        shares, threshold = self.cfg.sizes(len(nodes))
-        random.shuffle(nodes)  # the neighbour ring (the engine seeds `random` per round)
-        half = shares // 2
-        ring = {
-            nid: {nodes[(i + k) % len(nodes)] for k in range(-half, half + 1)}
-            for i, nid in enumerate(nodes)
-        }
-        setup = {
-            Key.SAMPLE_NUMBER: len(nodes),
-            Key.SHARE_NUMBER: shares,
-            Key.THRESHOLD: threshold,
-            Key.CLIPPING_RANGE: float(self.cfg.clipping_range),
-            Key.TARGET_RANGE: self.target_range,
-            Key.MOD_RANGE: MOD_RANGE,
-            Key.MAX_WEIGHT: float(self.cfg.max_weight),
-        }
-        replies = self._stage(grid, Stage.SETUP, {n: setup for n in nodes})
-        keys = {
-            n: [cast(bytes, c[Key.PUBLIC_KEY_1]), cast(bytes, c[Key.PUBLIC_KEY_2])]
-            for n, c in replies.items()
-        }
-        self._enough(keys, threshold, "the key set-up")
-        replies = self._stage(
-            grid,
-            Stage.SHARE_KEYS,
-            {n: {str(m): keys[m] for m in ring[n] & keys.keys()} for n in keys},
-        )
-        self._enough(replies, threshold, "the key exchange")
-        shared = set(replies)
-        forwarded = forward_shares(replies)
+        travel with the collect stage; `shapes`: the update's floating-point tensors."""
+        refusals: list[Message] = []
+        ring = self._set_up(grid, [m.metadata.dst_node_id for m in train], refusals)
+        shared = self._share_keys(grid, ring, refusals)
         contents = {m.metadata.dst_node_id: m.content for m in train}
-        collected = self._collect(grid, forwarded, contents, others)
-        survivors = {
-            m.metadata.src_node_id
-            for m in collected
-            if not m.has_error() and m.metadata.message_type == MessageType.TRAIN
-        }
-        self._enough(survivors, threshold, "training")
-        masked, nbytes = masked_sum(collected)
-        dead = set(nodes) - survivors
-        unmasked = self._stage(
-            grid,
-            Stage.UNMASK,
-            {
-                n: {
-                    Key.ACTIVE_NODE_ID_LIST: list(ring[n] & survivors),
-                    Key.DEAD_NODE_ID_LIST: list(ring[n] & dead),
-                }
-                for n in survivors
-            },
+        collected = self._collect(grid, forward_shares(shared), contents, others)
+        summed = masked_sum(collected, shapes)
+        enough(summed.survivors, ring.setup.threshold, "training", refusals)
+        self._unmask(grid, ring, summed, set(shared), refusals)
+        trained = sum(1 for r in summed.survivors.values() if _trained(r))
+        mean, rejected = mean_update(summed.total, len(summed.survivors), trained, self.cfg)
+        return SecureSum(
+            [*collected, *refusals],
+            {n: torch.from_numpy(v) for n, v in mean.items()} if mean else None,
+            summed.largest,
+            rejected,
+            {str(p): why for p, why in summed.left_out.items()},
         )
-        self._enough(unmasked, threshold, "the unmask stage")
-        owned = shares_by_owner(unmasked, set(ring))
-        total = remove_masks(masked, owned, ring, keys, (shared, survivors), threshold)
-        mean = weighted_mean(total, len(survivors), self.cfg.clipping_range, self.target_range)
-        return SecureSum(collected, mean, nbytes)
 
-    def _stage(
-        self, grid: Grid, stage: str, configs: dict[int, dict[str, Any]]
-    ) -> dict[int, ConfigRecord]:
-        """Send each node its stage config; the successful replies' configs by node."""
-        messages = [
-            Message(
-                RecordDict({RECORD_KEY_CONFIGS: ConfigRecord({Key.STAGE: stage, **config})}),
-                dst_node_id=node,
-                message_type=MessageType.TRAIN,
+    def _set_up(self, grid: Grid, nodes: list[int], refusals: list[Message]) -> Ring:
+        """The round's neighbours and keys: the set-up runs again without any node that
+        did not answer it, until every node left has (or too few are left)."""
+        while True:
+            problem = self.cfg.problem(len(nodes))
+            if problem is not None:
+                sentence = f"secure aggregation: {problem}"
+                raise SecureAggregationFailed(with_refusals(sentence, refusals))
+            shares, threshold = self.cfg.sizes(len(nodes))
+            setup = RoundSetup(
+                len(nodes),
+                shares,
+                threshold,
+                float(self.cfg.clipping_range),
+                self.cfg.quantization_bits,
+                float(self.cfg.max_weight),
             )
-            for node, config in configs.items()
-        ]
-        replies = grid.send_and_receive(messages, timeout=self.timeout)
-        return {
-            m.metadata.src_node_id: m.content.config_records[RECORD_KEY_CONFIGS]
-            for m in replies
-            if not m.has_error()
+            asked = dict.fromkeys(nodes, setup.to_config())
+            replies, refused = send_stage(grid, Stage.SETUP, asked, self.timeout)
+            refusals += refused
+            if set(replies) == set(nodes):
+                keys = {
+                    n: (cast(bytes, c[Key.PUBLIC_KEY_1]), cast(bytes, c[Key.PUBLIC_KEY_2]))
+                    for n, c in replies.items()
+                }
+                return Ring(setup, neighbour_ring(nodes, shares), keys)
+            nodes = [n for n in nodes if n in replies]
+
+    def _share_keys(
+        self, grid: Grid, ring: Ring, refusals: list[Message]
+    ) -> dict[int, ConfigRecord]:
+        """The key exchange: each node's encrypted shares, by node."""
+        configs = {}
+        for node, neighbours in ring.neighbours.items():
+            ids = sorted(neighbours)
+            configs[node] = {
+                Key.NODE_IDS: ids,
+                Key.PUBLIC_KEYS_1: [ring.keys[n][0] for n in ids],
+                Key.PUBLIC_KEYS_2: [ring.keys[n][1] for n in ids],
+            }
+        replies, refused = send_stage(grid, Stage.SHARE_KEYS, configs, self.timeout)
+        refusals += refused
+        enough(replies, ring.setup.threshold, "the key exchange", refusals)
+        return replies
+
+    def _unmask(
+        self, grid: Grid, ring: Ring, summed: MaskedSum, shared: set[int], refusals: list[Message]
+    ) -> None:
+        """Ask the survivors for the shares that remove every mask, and remove them."""
+        survivors = set(summed.survivors)
+        dead = shared - survivors
+        asked = {
+            n: {
+                Key.ACTIVE: sorted(ring.neighbours[n] & survivors),
+                Key.DEAD: sorted(ring.neighbours[n] & dead),
+            }
+            for n in survivors
         }
+        unmasked, refused = send_stage(grid, Stage.UNMASK, asked, self.timeout)
+        refusals += refused
+        threshold = ring.setup.threshold
+        enough(unmasked, threshold, "the unmask stage", refusals)
+        owned = shares_by_owner(unmasked, shared)
+        present = (shared, survivors)
+        remove_masks(summed.total, owned, ring.neighbours, ring.keys, present, threshold)
 
     def _collect(
         self,
@@ -162,23 +181,16 @@ class SecAggPlus:
         messages = []
         for node, (ciphertexts, sources) in forwarded.items():
             content = RecordDict(dict(contents[node].items()))  # its own copy
-            content[RECORD_KEY_CONFIGS] = ConfigRecord(
-                {
-                    Key.STAGE: Stage.COLLECT_MASKED_VECTORS,
-                    Key.CIPHERTEXT_LIST: ciphertexts,
-                    Key.SOURCE_LIST: sources,
-                }
+            content[CONFIGS] = ConfigRecord(
+                {Key.STAGE: Stage.COLLECT, Key.CIPHERTEXTS: ciphertexts, Key.SOURCES: sources}
             )
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         return list(grid.send_and_receive([*messages, *others], timeout=self.timeout))
 
-    @staticmethod
-    def _enough(present, threshold: int, stage: str) -> None:
-        if len(present) < threshold:
-            raise SecureAggregationFailed(
-                f"secure aggregation: {len(present)} client(s) remained after {stage}, "
-                f"fewer than secagg.threshold={threshold}; the round cannot be unmasked"
-            )
+
+def _trained(reply: TrainReply) -> bool:
+    """Whether a survivor's reply says it trained (one that did not sends weight 0)."""
+    return reply.num_examples > 0 and not reply.refused and not reply.budget_exhausted
 
 
 def secure_aggregation(cfg: FlowerbedConfig) -> SecAggPlus | None:
@@ -188,9 +200,7 @@ def secure_aggregation(cfg: FlowerbedConfig) -> SecAggPlus | None:
     return SecAggPlus(cfg.secagg, cfg.federation.round_timeout)
 
 
-def as_update(mean: list[np.ndarray], names: list[str]) -> dict[str, torch.Tensor]:
-    """The reconstructed mean update as named fp32 tensors (the clients' order)."""
-    return {
-        name: torch.from_numpy(np.asarray(a, dtype=np.float32))
-        for name, a in zip(names, mean, strict=True)
-    }
+def float_shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """The shapes of the floating-point tensors of a state dict: what a client's update
+    holds, and so what its masked update must hold."""
+    return {n: tuple(t.shape) for n, t in state.items() if t.is_floating_point()}

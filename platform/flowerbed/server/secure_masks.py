@@ -1,59 +1,86 @@
-"""The arithmetic of a SecAgg+ round on the server, with Flower's own primitives: add the
-masked vectors, route the encrypted shares, rebuild secrets and remove every mask.
+"""The arithmetic of a SecAgg+ round on the server: add the masked updates, route the
+encrypted shares, rebuild the secrets, remove every mask, and check the weights.
 
-Everything here works modulo `MOD_RANGE` on quantized integers; only `weighted_mean`
-returns floats, and only for the sum of the survivors' updates.
+Everything here is uint32 arithmetic modulo 2^32 on quantized integers, a tensor (and a
+chunk) at a time; only `mean_update` returns floats, and only for the survivors' sum.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import cast
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType
-from flwr.common import bytes_to_ndarray
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
 from flwr.common.secure_aggregation.crypto.shamir import combine_shares
-from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-from flwr.common.secure_aggregation.ndarrays_arithmetic import (
-    factor_extract,
-    parameters_addition,
-    parameters_mod,
-    parameters_subtraction,
-)
-from flwr.common.secure_aggregation.quantization import dequantize
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
-from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
+from flowerbed.config.secure import SecureAggregationConfig
+from flowerbed.model.transport import ndarray_view
+from flowerbed.protocol import TrainReply
+from flowerbed.secagg.contract import MASKED, WEIGHT_FACTOR, Key, layout
+from flowerbed.secagg.masks import Mask, apply_masks, pairwise_mask, pairwise_sign, self_mask
+from flowerbed.secagg.quantization import dequantize_mean
 from flowerbed.server.replies import FederationError
 
-MOD_RANGE = 2**32
-"""Masked vectors are summed modulo this; with 2^22 quantization levels, up to 1,024
-clients fit."""
+Shapes = Mapping[str, tuple[int, ...]]
 
 
 class SecureAggregationFailed(FederationError):
     """Too few clients remained for the round's masks to be removed; says how many."""
 
 
-def masked_sum(replies: list[Message]) -> tuple[list[np.ndarray], int]:
-    """The sum of the masked vectors in the collect stage's train replies and the largest
-    one's bytes (SecAgg+ sends 64-bit integers, whatever the transport dtype). Each
-    vector is dropped from its reply once added: at 125M parameters each is a gigabyte,
-    and the replies are kept for their metrics."""
-    total, largest = None, 0
+@dataclass
+class MaskedSum:
+    """The collect stage's masked updates, added up."""
+
+    total: dict[str, np.ndarray]
+    """uint32, by name in `layout` order (the weight factor first)."""
+    survivors: dict[int, TrainReply] = field(default_factory=dict)
+    """The nodes whose masked update is in the total, with their reply's metrics."""
+    left_out: dict[int, str] = field(default_factory=dict)
+    """Partition id -> why its masked update was left out (it counts as dropped out)."""
+    largest: int = 0
+    """The bytes of the largest masked update one client sent."""
+
+
+def masked_sum(replies: list[Message], shapes: Shapes) -> MaskedSum:
+    """The sum of the masked updates in the collect stage's replies. Each is read in place
+    and dropped from its reply once added (at 125M parameters each is half a gigabyte, and
+    the replies are kept for their metrics); one of the wrong layout is left out."""
+    expected = layout(shapes)
+    summed = MaskedSum({name: np.zeros(shape, np.uint32) for name, shape in expected})
     for reply in replies:
         if reply.has_error() or reply.metadata.message_type != MessageType.TRAIN:
             continue
-        config = reply.content.config_records[RECORD_KEY_CONFIGS]
-        chunks = cast(list[bytes], config[Key.MASKED_PARAMETERS])
-        largest = max(largest, sum(len(b) for b in chunks))
-        vector = [bytes_to_ndarray(b) for b in chunks]
-        config[Key.MASKED_PARAMETERS] = []
-        total = vector if total is None else parameters_addition(total, vector)
-    if total is None:
-        raise SecureAggregationFailed("secure aggregation: no masked update came back")
-    return parameters_mod(total, MOD_RANGE), largest
+        if MASKED not in reply.content.array_records:
+            continue  # a refusal
+        record = reply.content.array_records[MASKED]
+        metrics = TrainReply.from_content(reply.content)
+        views = _views(record)
+        if [(n, v.shape, v.dtype) for n, v in sorted(views.items())] != sorted(
+            (n, s, np.dtype(np.uint32)) for n, s in expected
+        ):
+            summed.left_out[metrics.partition_id] = (
+                f"client {metrics.partition_id}'s masked update does not have the round's "
+                "layout (uint32 arrays of the model's shapes): it counts as dropped out"
+            )
+        else:
+            for name, view in views.items():
+                np.add(summed.total[name], view, out=summed.total[name])
+            summed.survivors[reply.metadata.src_node_id] = metrics
+            summed.largest = max(summed.largest, sum(len(a.data) for a in record.values()))
+        del views
+        record.clear()
+    return summed
+
+
+def _views(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays read in place (none when one is not a readable `.npy`)."""
+    try:
+        return {name: ndarray_view(array) for name, array in record.items()}
+    except ValueError:
+        return {}
 
 
 def forward_shares(replies: dict[int, ConfigRecord]) -> dict[int, tuple[list[bytes], list[int]]]:
@@ -61,8 +88,8 @@ def forward_shares(replies: dict[int, ConfigRecord]) -> dict[int, tuple[list[byt
     them: each is encrypted for its destination)."""
     forwarded: dict[int, tuple[list[bytes], list[int]]] = {n: ([], []) for n in replies}
     for source, config in replies.items():
-        destinations = cast(list[int], config[Key.DESTINATION_LIST])
-        ciphertexts = cast(list[bytes], config[Key.CIPHERTEXT_LIST])
+        destinations = cast(list[int], config[Key.DESTINATIONS])
+        ciphertexts = cast(list[bytes], config[Key.CIPHERTEXTS])
         for destination, ciphertext in zip(destinations, ciphertexts, strict=True):
             if destination in forwarded:
                 forwarded[destination][0].append(ciphertext)
@@ -74,58 +101,86 @@ def shares_by_owner(replies: dict[int, ConfigRecord], nodes: set[int]) -> dict[i
     """The unmask stage's shares, grouped by the node whose secret they rebuild."""
     shares: dict[int, list[bytes]] = {node: [] for node in nodes}
     for config in replies.values():
-        owners = cast(list[int], config[Key.NODE_ID_LIST])
-        for owner, share in zip(owners, cast(list[bytes], config[Key.SHARE_LIST]), strict=True):
-            shares[owner].append(share)
+        owners = cast(list[int], config[Key.NODE_IDS])
+        for owner, share in zip(owners, cast(list[bytes], config[Key.SHARES]), strict=True):
+            if owner in shares:
+                shares[owner].append(share)
     return shares
 
 
 def remove_masks(
-    masked: list[np.ndarray],
+    total: dict[str, np.ndarray],
     shares: dict[int, list[bytes]],
     ring: dict[int, set[int]],
-    keys: dict[int, list[bytes]],
+    keys: dict[int, tuple[bytes, bytes]],
     present: tuple[set[int], set[int]],
     threshold: int,
-) -> list[np.ndarray]:
-    """The quantized sum once every mask is gone.
+) -> None:
+    """Remove every mask from the masked sum, in place.
 
     `present`: the nodes that shared their secrets (only they masked anything) and the
-    survivors among them (their vectors are in the sum): a survivor's private mask is
-    removed, and a dropped node's pairwise masks with its neighbours.
+    survivors among them (their updates are in the sum): a survivor's self mask is
+    removed, and a dropped node's pairwise masks with its surviving neighbours.
     """
     shared, survivors = present
-    shapes = [a.shape for a in masked]
+    masks: list[Mask] = []
     for owner in sorted(shared):
-        owned = shares[owner]
-        if len(owned) < threshold:
+        if len(shares[owner]) < threshold:
             raise SecureAggregationFailed(
-                f"secure aggregation: {len(owned)} share(s) of node {owner}'s secret came "
-                f"back, fewer than the threshold {threshold}; the round's sum cannot be "
+                f"secure aggregation: {len(shares[owner])} share(s) of node {owner}'s secret "
+                f"came back, fewer than the threshold {threshold}; the round's sum cannot be "
                 "unmasked (too many clients dropped out)"
             )
-        secret = combine_shares(owned)
+        secret = combine_shares(shares[owner])
         if owner in survivors:
-            masked = parameters_subtraction(masked, pseudo_rand_gen(secret, MOD_RANGE, shapes))
+            masks.append((self_mask(secret), -1))
             continue
-        for neighbour in (ring[owner] & shared) - {owner}:
-            key = generate_shared_key(
-                bytes_to_private_key(secret), bytes_to_public_key(keys[neighbour][0])
-            )
-            mask = pseudo_rand_gen(key, MOD_RANGE, shapes)
-            add = parameters_addition if owner > neighbour else parameters_subtraction
-            masked = add(masked, mask)
-    return parameters_mod(masked, MOD_RANGE)
+        for neighbour in sorted(ring[owner] & survivors):  # each added it with its sign
+            mask = pairwise_mask(secret, keys[neighbour][0])
+            masks.append((mask, -pairwise_sign(neighbour, owner)))
+    for name in total:  # `layout` order: the order the clients read their masks in
+        apply_masks(total[name], masks)
 
 
-def weighted_mean(
-    quantized: list[np.ndarray], survivors: int, clipping_range: float, target_range: int
-) -> list[np.ndarray] | None:
-    """The survivors' weighted mean update from their quantized, weight-scaled sum (the
-    mod puts the total weight in the vector's first entry); None if that weight is 0."""
-    total_ratio, vector = factor_extract(quantized)
-    if total_ratio == 0:
-        return None
-    mean = dequantize(vector, clipping_range, target_range)
-    offset = -(survivors - 1) * clipping_range
-    return [(v + offset) * (target_range / total_ratio) for v in mean]
+def mean_update(
+    total: dict[str, np.ndarray], survivors: int, trained: int, cfg: SecureAggregationConfig
+) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The survivors' weighted mean update from their unmasked sum, or None and why the
+    sum is rejected: the weight factors must add up to what `survivors` clients, of which
+    `trained` trained, can have claimed."""
+    weights = int(total[WEIGHT_FACTOR][0])
+    problem = weight_problem(weights, survivors, trained, cfg)
+    if problem:
+        return None, problem
+    c, bits = cfg.clipping_range, cfg.quantization_bits
+    return {
+        name: dequantize_mean(vector, survivors, weights, c, bits)
+        for name, vector in total.items()
+        if name != WEIGHT_FACTOR
+    }, None
+
+
+def weight_problem(
+    weights: int, survivors: int, trained: int, cfg: SecureAggregationConfig
+) -> str | None:
+    """Why the survivors' total weight factor cannot be honest (None: it can be). Each
+    client's factor is its weight over `max_weight` times 2^bits, at most 2^bits; with
+    `max_weight=1` every client that trained weighs exactly 1 and one that did not 0."""
+    levels, bits = 1 << cfg.quantization_bits, cfg.quantization_bits
+    rejected = "the round's sum is rejected"
+    if weights == 0:
+        return f"secure aggregation: the survivors' weights add up to 0; {rejected}"
+    if weights > survivors * levels:
+        return (
+            f"secure aggregation: the survivors' weight factors add up to {weights}, more "
+            f"than {survivors} client(s) x 2^{bits} can claim (a client wrote a weight above "
+            f"secagg.max_weight={cfg.max_weight:g}); {rejected}"
+        )
+    if cfg.max_weight == 1 and weights != trained * levels:
+        return (
+            f"secure aggregation: the survivors' weight factors add up to {weights / levels:g}"
+            f" x 2^{bits}, but {trained} of the {survivors} survivors trained and each weighs "
+            f"exactly 1 (secagg.max_weight=1): a client wrote a weight it does not have; "
+            f"{rejected}"
+        )
+    return None

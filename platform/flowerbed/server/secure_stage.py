@@ -1,0 +1,83 @@
+"""One stage of a secure round over the Grid, and who masks with whom.
+
+Each stage is one `send_and_receive`: a ConfigRecord naming the stage to each node, and
+back either the stage's answer or the node's refusal (a `TrainReply` whose `refused` says
+why); a node whose Message failed is simply absent, as if it had dropped out.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from flowerbed.protocol import TrainReply
+from flowerbed.secagg.contract import CONFIGS, Key, RoundSetup
+from flowerbed.server.secure_masks import SecureAggregationFailed
+
+
+@dataclass
+class Ring:
+    """Who masks with whom in a round, once the set-up has settled."""
+
+    setup: RoundSetup
+    neighbours: dict[int, set[int]]
+    """Each node's neighbours, itself included."""
+    keys: dict[int, tuple[bytes, bytes]]
+    """Each node's two public keys."""
+
+
+def send_stage(
+    grid: Grid, stage: str, configs: dict[int, dict[str, Any]], timeout: float
+) -> tuple[dict[int, ConfigRecord], list[Message]]:
+    """Send each node its stage config; the answers' configs by node, and the refusals."""
+    messages = [
+        Message(
+            RecordDict({CONFIGS: ConfigRecord({Key.STAGE: stage, **config})}),
+            dst_node_id=node,
+            message_type=MessageType.TRAIN,
+        )
+        for node, config in configs.items()
+    ]
+    answers, refusals = {}, []
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        if reply.has_error():
+            continue
+        if CONFIGS in reply.content.config_records:
+            answers[reply.metadata.src_node_id] = reply.content.config_records[CONFIGS]
+        else:
+            refusals.append(reply)
+    return answers, refusals
+
+
+def neighbour_ring(nodes: list[int], shares: int) -> dict[int, set[int]]:
+    """Each node's `shares` neighbours (itself included) on a shuffled ring (the engine
+    seeds `random` per round)."""
+    order = random.sample(nodes, len(nodes))
+    half = shares // 2
+    return {
+        node: {order[(i + k) % len(order)] for k in range(-half, shares - half)}
+        for i, node in enumerate(order)
+    }
+
+
+def enough(present: Collection, threshold: int, stage: str, refusals: list[Message]) -> None:
+    """Stop the round, naming the refusals, when fewer than `threshold` nodes are left."""
+    if len(present) < threshold:
+        raise SecureAggregationFailed(
+            with_refusals(
+                f"secure aggregation: {len(present)} client(s) remained after {stage}, "
+                f"fewer than secagg.threshold={threshold}; the round cannot be unmasked",
+                refusals,
+            )
+        )
+
+
+def with_refusals(sentence: str, refusals: list[Message]) -> str:
+    """The sentence, and the refusals that led to it."""
+    said = [TrainReply.from_content(m.content).refused for m in refusals]
+    return sentence + "".join(f"; {s}" for s in said if s)
