@@ -246,7 +246,7 @@ def test_a_restored_backup_draws_fresh_noise_and_its_lost_releases_are_counted(r
     is gone) and its ledger counted one release."""
     node = node_at(run_copy)
     state = node.state_dir
-    with own_state_dir(state, node.data_dir, bound=True):  # the node has run before
+    with own_state_dir(state, node.data_dir, True, node.ledger_mirror()):  # it ran before
         NodeSecret.open(state)
     backup = run_copy.parent / "backup"
     shutil.copytree(state, backup)
@@ -268,7 +268,7 @@ def test_a_second_process_waits_for_the_state_dir_then_refuses_naming_the_holder
     monkeypatch.setattr(state_dir_module, "LOCK_WAIT", 0.5)
     model, job, _ = model_and_job(run_copy)
     errors: list[Exception] = []
-    with own_state_dir(node.state_dir, node.data_dir, bound=True):
+    with own_state_dir(node.state_dir, node.data_dir, True, node.ledger_mirror()):
 
         def other() -> None:
             try:
@@ -375,6 +375,163 @@ def test_no_other_local_user_can_read_a_nodes_state_or_its_shard(run_copy):
     for path in paths:
         mode = stat.S_IMODE(path.lstat().st_mode)
         assert mode & 0o077 == 0, f"{path} is {oct(mode)}"
+
+
+# --- found by the adversarial review: what the first fixes still let through ---
+
+
+def test_a_node_that_said_nothing_refuses_noise_that_protects_nothing(run_copy):
+    """The coordinator sends a default node σ 0.05, or σ 0.2 with no budget. Before, it
+    trained and its ledger read ε 469 (∞ at σ 0.02) after one round: "requires DP-SGD" was
+    met by the mode's name alone. Now σ below 0.1 is refused, and a default node's ε is
+    capped at 10."""
+    model, job, _ = model_and_job(run_copy)
+    silent = policy_from_node_config({})
+    for sigma, why in ((0.05, "protects nothing"), (0.2, None)):
+        asked = dataclasses.replace(
+            job.privacy, target_epsilon=None, noise_multiplier=sigma, max_epsilon=None
+        )
+        reply, trained = train_round(
+            dataclasses.replace(job, privacy=asked), model.state_dict(), node_at(run_copy, silent)
+        )
+        assert trained is None
+        assert why in (reply.refused or "") if why else reply.budget_exhausted
+    assert not (RunLayout(run_copy).client_state(0) / LEDGER).exists()  # σ fixed by nothing
+
+
+def test_a_backup_restored_after_its_pending_release_left_never_reuses_that_nonce(
+    run_copy, monkeypatch
+):
+    """The nightly backup copies the state directory while a round trains (its entry
+    pending); the round's update leaves; the backup is restored and the coordinator asks
+    for the same round. Before, the stale pending entry made it a "crash re-run": the
+    same nonce, the same noise, one ledger entry for two releases."""
+    from flowerbed.client import local_round
+
+    node = node_at(run_copy)
+    backup = run_copy.parent / "nightly"
+    train_here = local_round._train_here
+
+    def backup_while_training(*args, **kwargs):
+        if not backup.exists():
+            shutil.copytree(node.state_dir, backup)
+        return train_here(*args, **kwargs)
+
+    monkeypatch.setattr(local_round, "_train_here", backup_while_training)
+    model, job, _ = model_and_job(run_copy)
+    sent = {k: v.clone() for k, v in model.state_dict().items()}
+    _, first = train_round(job, sent, node)
+    shutil.rmtree(node.state_dir)
+    shutil.copytree(backup, node.state_dir)
+    _, second = train_round(job, sent, node)
+    assert first is not None and second is not None
+    assert not torch.equal(update_of(first, sent), update_of(second, sent))
+    entries = ledger_entries(run_copy)
+    assert len(entries) == 2 and len({e["nonce"] for e in entries}) == 2
+
+
+def test_changed_data_makes_another_request_so_a_pending_nonce_is_not_reused(run_copy):
+    """A crash leaves an entry pending; before the re-run the shard's blocks change but not
+    their count. Before, the request saw only counts: the same noise over other data."""
+    from flowerbed.client.local_round import release_request
+
+    node = node_at(run_copy)
+    model, job, _ = model_and_job(run_copy)
+    weights = model.state_dict()
+    before = release_request(job, weights, node)
+    tokens = node.data_dir / "train.tokens.npy"
+    np.save(tokens, np.ascontiguousarray(np.load(tokens)[::-1]))  # same blocks, other order
+    assert release_request(job, weights, node) != before
+
+
+def test_a_new_state_dir_for_the_same_data_counts_the_releases_made_before(run_copy):
+    """The operator wipes (or replaces) the state directory, or starts a second SuperNode
+    on the same data with its own. Before, the new ledger started again at ε 0."""
+    model, job, _ = model_and_job(run_copy)
+    node = dataclasses.replace(node_at(run_copy), mirror_dir=run_copy / "mirrors")  # ~/.local
+    train_round(job, model.state_dict(), node)
+    spent = ledger_entries(run_copy)[-1]["epsilon"]
+    other = dataclasses.replace(node, state_dir=run_copy / "second-state")
+    _, trained = train_round(job, model.state_dict(), other)
+    assert trained is not None
+    entries = json.loads((other.state_dir / LEDGER).read_text())["entries"]
+    assert len(entries) == 2 and entries[-1]["epsilon"] > spent
+
+
+def test_user_level_noise_is_sized_by_the_updates_averaged_not_the_clients_sampled(cache_dir):
+    """Ten clients sampled, one update admitted: before, the mean of that one update got
+    noise of σC/10, an effective σ of 0.1 while the accountant counted 1."""
+    from flowerbed.server.admission import ClientUpdate
+    from flowerbed.server.combiners import ClippedNoisedMean
+
+    federation = {"num_clients": 10}
+    cfg = tiny_config(
+        cache_dir, federation=federation, privacy={"mode": "user_level", "noise_multiplier": 1.0}
+    )
+    combiner = ClippedNoisedMean(cfg.combiner, cfg)
+    current = {"w": torch.zeros(20_000)}
+    lone = ClientUpdate(None, {"w": torch.zeros(20_000)}, 1.0)  # type: ignore[arg-type]
+    noise = combiner.combine([lone], current, 1)["w"]
+    clip = cfg.privacy.max_grad_norm
+    assert float(noise.std()) == pytest.approx(1.0 * clip / 1, rel=0.05)
+
+
+def test_a_misspelled_policy_key_is_refused_not_ignored():
+    """`max_epsilon=1` (an underscore) was dropped and the node ran on its defaults."""
+    from flowerbed.client.node import NodeConfigError
+
+    context = Context(
+        1, 1, {"data-dir": "/d", "state-dir": "/s", "max_epsilon": 1.0}, RecordDict(), {}
+    )
+    with pytest.raises(NodeConfigError, match="did you mean max-epsilon"):
+        Node.from_context(context)
+
+
+def test_an_institutions_shard_leaves_no_copy_of_its_text_and_is_private_from_the_start(
+    tmp_path, monkeypatch
+):
+    """`deploy shard` used to keep the raw records and the token shard in ~/.cache at 0644
+    and wrote the shard readable before making it private."""
+    import tempfile
+
+    from flowerbed.config import compose_config
+    from flowerbed.data import ClientShard, byte_tokenizer
+    from flowerbed.deploy.shard import add_experience
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    (tmp_path / "notes.txt").write_text("Discharge summary: PATIENT-SECRET recovered. " * 200)
+    byte_tokenizer().save_pretrained(tmp_path / "tokenizer")
+    data_cfg = compose_config("data=files", "data.paths=[x]", "data.seq_len=64").data
+    save = ClientShard.save
+    modes = []
+    monkeypatch.setattr(
+        ClientShard,
+        "save",
+        lambda shard, folder: (
+            modes.append(stat.S_IMODE(folder.parent.stat().st_mode)) or save(shard, folder)
+        ),
+    )
+    data = tmp_path / "data"
+    add_experience(data, [str(tmp_path / "notes.txt")], data_cfg, tmp_path / "tokenizer")
+    assert modes == [0o700]  # the data directory was private before a block was written
+    assert list(scratch.iterdir()) == []  # the packing cache is gone
+    for path in [data, *data.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+
+
+def test_a_crashed_ranked_rounds_task_is_removed_by_the_next_message(run_copy):
+    """A ranked round's task (with the release's noise key) lived in the machine's /tmp and
+    stayed there after a SIGKILL. It now lives in the state directory, cleared on entry."""
+    from flowerbed.client.state_dir import RANKS_SCRATCH
+
+    node = node_at(run_copy)
+    left = node.state_dir / RANKS_SCRATCH / "flowerbed-ranks-crashed"
+    left.mkdir(parents=True)
+    (left / "task.pt").write_bytes(b"a noise key")
+    with own_state_dir(node.state_dir, node.data_dir, True, node.ledger_mirror()):
+        assert not (node.state_dir / RANKS_SCRATCH).exists()
 
 
 # --- secure aggregation (SecAgg+) ---

@@ -88,7 +88,6 @@ def test_an_institution_turns_its_files_into_experiences_and_bad_files_are_named
     (tmp_path / "notes.txt").write_text("Discharge summary: the patient recovered well. " * 200)
     (tmp_path / "empty.txt").write_text("")
     shard = ["deploy", "shard", str(tmp_path / "data"), "--config", str(kit.config)]
-    shard += ["--cache-dir", str(tmp_path / "cache")]
     for expected in ("exp-000", "exp-001"):
         out = flowerbed(*shard, str(tmp_path / "notes.txt"))
         assert out.returncode == 0, out.stderr

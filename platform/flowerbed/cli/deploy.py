@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument(
         "--tokenizer", type=Path, help="the run's tokenizer (default: data/tokenizer beside it)"
     )
-    shard.add_argument("--cache-dir", default="~/.cache/flowerbed", help="packed-block cache")
 
     node = commands.add_parser(
         "node-config", help="an institution's checked --node-config: its machine and policy"
@@ -174,7 +173,7 @@ def _shard(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config)
     tokenizer = args.tokenizer or RunLayout(args.config.parent).tokenizer
-    folder, shard = add_experience(args.data_dir, args.paths, cfg.data, tokenizer, args.cache_dir)
+    folder, shard = add_experience(args.data_dir, args.paths, cfg.data, tokenizer)
     print(
         f"wrote {folder}: {len(shard.train)} training and {len(shard.heldout)} held-out blocks "
         f"of {cfg.data.seq_len} tokens; the SuperNode picks it up at the next round"

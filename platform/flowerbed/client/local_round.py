@@ -60,8 +60,8 @@ def train_round(
     if refused:
         log.warning("%s", refused)
         return TrainReply(node.partition_id, 0, 0, 0.0, refused=refused), None
-    with own_state_dir(node.state_dir, node.data_dir, node.deployed) as identity:
-        mirror = node.ledger_mirror(identity.id)
+    mirror = node.ledger_mirror()
+    with own_state_dir(node.state_dir, node.data_dir, node.deployed, mirror):
         exact, trained, planned_tokens = _train(job, weights, node, mirror)
         log_exact(node.state_dir, "train", job.round, exact)
         if exact_under_dp(node.policy, job.privacy):
@@ -135,16 +135,19 @@ def _train(
 
 def release_request(job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node) -> str:
     """A digest of everything a release is computed from: the instructions, the weights
-    received and the node's continual state (arrivals, buffer). A round re-run after a
-    crash may reuse its release's nonce (and so its noise) only for the very same one."""
+    received, the node's continual state (arrivals, buffer) and its data files (path,
+    size, modification time, inode). A round re-run after a crash may reuse its
+    release's nonce (and so its noise) only for the very same one."""
     digest = hashlib.sha256(json.dumps(job.to_record(), sort_keys=True, default=str).encode())
     for name, tensor in weights.items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
     state = node.state_dir / CONTINUAL_STATE
     digest.update(state.read_bytes() if state.is_file() else b"")
-    experiences = arrived(scan_experiences(node.data_dir), job.round, job.arrival_every)
-    digest.update(" ".join(f"{e.name}:{len(e.shard().train)}" for e in experiences).encode())
+    for experience in arrived(scan_experiences(node.data_dir), job.round, job.arrival_every):
+        for file in sorted(experience.folder.iterdir()):  # changed content: another file
+            facts = file.stat()
+            digest.update(f"{file}:{facts.st_size}:{facts.st_mtime_ns}:{facts.st_ino}".encode())
     return digest.hexdigest()
 
 
@@ -171,11 +174,12 @@ def evaluate_round(
         return EvaluateReply(node.partition_id, 0, refused=refused)
     device = node.torch_device()
     model = global_model(job.model, weights, node.base_model)
-    with own_state_dir(node.state_dir, node.data_dir, node.deployed) as identity:
+    mirror = node.ledger_mirror()
+    with own_state_dir(node.state_dir, node.data_dir, node.deployed, mirror):
         exact = heldout_losses(job, model, node, device)
         log_exact(node.state_dir, "evaluate", job.round, exact)
         if exact_under_dp(node.policy, job.privacy):
-            _mark_exact_release(job.privacy, node, job.round, node.ledger_mirror(identity.id))
+            _mark_exact_release(job.privacy, node, job.round, mirror)
     return released_evaluate(exact, node.policy, job.privacy)
 
 

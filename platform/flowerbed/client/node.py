@@ -8,7 +8,10 @@ directory and the run's `node_policy`.
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +19,23 @@ import torch
 from flwr.app import Context
 
 from flowerbed.config import NodePolicyConfig
-from flowerbed.config.node_policy import policy_from_node_config
+from flowerbed.config.node_policy import NODE_CONFIG_KEYS, policy_from_node_config
 from flowerbed.config.robustness import FaultsConfig
 from flowerbed.config.rules import SchemaError
 from flowerbed.model.runtime import resolve_device
 from flowerbed.tracking.layout import RunLayout
+
+NODE_KEYS = {
+    "partition-id",
+    "data-dir",
+    "state-dir",
+    "device",
+    "threads",
+    "ranks",
+    "base-model",
+    "ledger-mirror-dir",
+}
+"""The node-config keys that describe the machine (the policy's are `NODE_CONFIG_KEYS`)."""
 
 
 class NodeConfigError(ValueError):
@@ -54,15 +69,27 @@ class Node:
     old backup of it cannot make the node forget releases (None: beside the state
     directory)."""
 
-    def ledger_mirror(self, identity: str) -> Path:
-        """The mirror of this node's ledger (`identity`: its state directory's id)."""
+    def ledger_mirror(self) -> Path:
+        """The mirror of this node's ledger, named by its host and data directory: a new
+        or restored state directory for the same data finds it."""
         folder = self.mirror_dir or self.state_dir.parent
-        return folder / f"ledger-mirror-{identity}.json"
+        where = f"{socket.gethostname()}:{self.data_dir.resolve()}".encode()
+        return folder / f"ledger-mirror-{hashlib.sha256(where).hexdigest()[:24]}.json"
 
     @classmethod
     def from_context(cls, context: Context) -> Node:
         """A deployed SuperNode: everything from its `--node-config`."""
         config = context.node_config
+        unknown = sorted(set(config) - NODE_KEYS - set(NODE_CONFIG_KEYS))
+        if unknown:
+            known = sorted(NODE_KEYS | set(NODE_CONFIG_KEYS))
+            close = difflib.get_close_matches(unknown[0].replace("_", "-"), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise NodeConfigError(
+                f"the SuperNode's --node-config has {unknown[0]!r}, which no node reads"
+                f"{hint}: a key it ignored would leave the node on its defaults; the keys "
+                f"are {', '.join(known)}"
+            )
         for key in ("data-dir", "state-dir"):
             if key not in config:
                 raise NodeConfigError(

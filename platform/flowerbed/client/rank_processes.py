@@ -50,16 +50,21 @@ def run_on_ranks(
     threads: int,
     what: str,
     preload: tuple[str, ...] = (),
+    scratch: Path | None = None,
 ) -> Any:
     """`work(ranks, device, task)` on `world` ranks; what rank 0 returned.
 
     `work` must be importable (a module's function). `what` names the work in the
     sentence a failed rank gives, e.g. "client 3's round 7"; `preload`: modules the fork
-    server imports once, when it starts.
+    server imports once, when it starts; `scratch`: where the task's folder is made (the
+    node's state directory, when the task holds a secret: a crash leaves it there, not in
+    the machine's temporary folder).
     """
     context = torch.multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, *preload])
-    with tempfile.TemporaryDirectory(prefix="flowerbed-ranks-") as folder:
+    if scratch is not None:
+        scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="flowerbed-ranks-", dir=scratch) as folder:
         root = Path(folder)
         torch.save({"work": work, "task": task}, root / "task.pt")
         workers = [

@@ -27,6 +27,7 @@ from flowerbed.client.randomness import RunSeeded, SecretSeeded
 from flowerbed.client.rank_processes import run_on_ranks
 from flowerbed.client.round_plan import RoundPlan
 from flowerbed.client.schedule import Schedule
+from flowerbed.client.state_dir import RANKS_SCRATCH
 from flowerbed.client.trainer import TrainResult, make_trainer
 from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.continual.pool import TrainingPool
@@ -126,7 +127,8 @@ def train_on_ranks(
     threads = max(1, (node.threads or os.cpu_count() or 1) // node.ranks)
     what = f"client {node.partition_id}'s round {job.round}"
     preload = (__name__, "flowerbed.client.local_round", modeling_module(task.spec.architecture))
-    return run_on_ranks(_train_rank, task, node.ranks, device.type, threads, what, preload)
+    scratch = node.state_dir / RANKS_SCRATCH  # the task holds the release's noise key
+    return run_on_ranks(_train_rank, task, node.ranks, device.type, threads, what, preload, scratch)
 
 
 def _train_rank(

@@ -10,8 +10,10 @@ what its private data did (exact losses, the continual state, kept optimizer mom
   with a sentence naming the holder.
 - **One node**: `node_identity.json` binds the folder to the node's data directory and
   host the first time; a deployed node pointed at a folder bound to another refuses, so
-  two SuperNodes never share one ledger. Its random id also names the ledger's mirror
-  (`privacy.ledger`), which lives outside the folder.
+  two SuperNodes never share one ledger.
+- **One ledger per data**: the ledger's mirror (`privacy.ledger`), outside the folder and
+  named by the data directory and host, is held with the folder, so two state
+  directories for the same data count each other's releases, one at a time.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -30,6 +33,9 @@ from flowerbed.atomic import make_private, write_json_atomic
 
 LOCK = ".lock"
 IDENTITY = "node_identity.json"
+RANKS_SCRATCH = "ranks"
+"""Where a round's rank workers get their task (with the release's noise key); what a
+crashed round left there is removed when the next Message holds the folder."""
 LOCK_WAIT = 600.0
 """Seconds a second process waits for the state directory before it gives up."""
 
@@ -47,19 +53,26 @@ class NodeIdentity:
 
 
 @contextmanager
-def own_state_dir(state_dir: Path, data_dir: Path, bound: bool) -> Iterator[NodeIdentity]:
-    """Hold `state_dir` for one Message: private modes, the lock, the node's identity
-    (`bound`: refuse a folder bound to another data directory or host)."""
+def own_state_dir(
+    state_dir: Path, data_dir: Path, bound: bool, mirror: Path
+) -> Iterator[NodeIdentity]:
+    """Hold `state_dir` and the ledger's `mirror` for one Message: private modes, the
+    locks, the node's identity (`bound`: refuse a folder bound to another data directory
+    or host)."""
     make_private(state_dir)
-    with _locked(state_dir):
+    mirror.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mirror_lock = mirror.with_name(mirror.name + ".lock")
+    with _locked(state_dir / LOCK, state_dir), _locked(mirror_lock, mirror):
+        shutil.rmtree(state_dir / RANKS_SCRATCH, ignore_errors=True)
         yield _identity(state_dir, data_dir, bound)
 
 
 @contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    fd = os.open(state_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+def _locked(lock: Path, what: Path) -> Iterator[None]:
+    """An exclusive lock on the file `lock`, for `what` (named in the refusal)."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _acquire(fd, state_dir)
+        _acquire(fd, what)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
@@ -67,7 +80,7 @@ def _locked(state_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _acquire(fd: int, state_dir: Path) -> None:
+def _acquire(fd: int, what: Path) -> None:
     deadline = time.monotonic() + LOCK_WAIT
     while True:
         try:
@@ -77,9 +90,9 @@ def _acquire(fd: int, state_dir: Path) -> None:
             if time.monotonic() >= deadline:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 raise StateDirError(
-                    f"the state directory {state_dir} is held by {holder} and was not "
-                    f"released within {LOCK_WAIT:g} s: one process per state directory; "
-                    "stop the other node, or give this one its own state-dir"
+                    f"{what} is held by {holder} and was not released within "
+                    f"{LOCK_WAIT:g} s: one process at a time per state directory and per "
+                    "data directory; stop the other node, or give this one its own"
                 ) from None
             time.sleep(0.2)
 

@@ -6,10 +6,11 @@ client, or for the clients `node_policy.clients` lists. The ClientApp checks the
 server's instructions against it before it trains (`flowerbed.privacy.policy`).
 
 It fails closed: a deployed node requires DP-SGD at the node unless its operator writes
-`require-dp=false`, keeps its losses and counts to itself (`release=minimal`) and accepts
-δ up to 1e-5 unless it says otherwise; anywhere, stating a privacy demand (`max-epsilon`,
-`privacy-unit`, `accountant`, `release=minimal`) requires DP-SGD, and writing
-`require-dp=false` beside a cap or unit is refused as a contradiction. A simulation's
+`require-dp=false`, keeps its losses and counts to itself (`release=minimal`), and accepts
+ε up to 10 over its life and δ up to 1e-5 unless it says otherwise; anywhere, stating a
+privacy demand (`max-epsilon`, `privacy-unit`, `accountant`, `release=minimal`) requires
+DP-SGD, and writing `require-dp=false` beside a cap or unit is refused as a
+contradiction. A simulation's
 defaults stay those of a study (no demand; `release=auto`).
 """
 
@@ -26,6 +27,10 @@ DEFAULT_MAX_DELTA = 1e-5
 """The largest δ a node accepts unless it says otherwise: the usual choice, well below
 1/n for any shard under 100,000 units (the guard also refuses δ ≥ 1/units, for which
 the guarantee would allow releasing a unit whole)."""
+DEFAULT_MAX_EPSILON = 10.0
+"""A deployed node's lifetime ε cap unless it states one (or allows training without DP):
+above the platform's default target of 8 and at the upper end of what published DP
+training of language models reports; more must be the institution's explicit choice."""
 MIN_SECURE_CLIENTS = 3
 """The fewest clients a secure round may sample: with two, each could read the other."""
 
@@ -117,7 +122,8 @@ NODE_CONFIG_KEYS = {
 
 def policy_from_node_config(config: Mapping[str, Any]) -> NodePolicyConfig:
     """The policy a SuperNode's node config states; it fails closed: DP-SGD required
-    unless `require-dp=false`, `release` minimal, δ at most 1e-5 unless stated.
+    unless `require-dp=false`, `release` minimal, ε at most 10 and δ at most 1e-5 unless
+    stated.
 
     Raises:
         SchemaError: a value is of the wrong kind or out of range; the message names the key.
@@ -130,6 +136,8 @@ def policy_from_node_config(config: Mapping[str, Any]) -> NodePolicyConfig:
     for key, name in NODE_CONFIG_KEYS.items():
         if key in config:
             values[name] = _node_value(config[key])
+    if values["require_dp"] is not False and values["max_epsilon"] is None:
+        values["max_epsilon"] = DEFAULT_MAX_EPSILON
     try:
         return build_dataclass(NodePolicyConfig, values, "--node-config ")
     except (ConfigError, SchemaError) as err:

@@ -125,8 +125,7 @@ def prepare_splits(
     split: str = "domain",
 ) -> FederatedSplits:
     """Read (or load from cache) the corpus, carve out validation, and shard the rest."""
-    key, read = corpus_source(cfg, seed)
-    cache = Path(cfg.cache_dir).expanduser()
+    key, read, cache = corpus_source(cfg, seed)
     blocks = cached_blocks(cache, key, tokenizer, cfg.seq_len, read, cfg.packing)
     if len(blocks) < 2 + num_clients * 2:
         raise DataError(
@@ -168,8 +167,7 @@ def institution_shard(
 
     The same checks as in simulation apply (empty, binary, non-UTF-8 files are named).
     """
-    key, read = corpus_source(cfg, seed)
-    cache = Path(cfg.cache_dir).expanduser()
+    key, read, cache = corpus_source(cfg, seed)
     blocks = cached_blocks(cache, key, tokenizer, cfg.seq_len, read, cfg.packing)
     if len(blocks) < 2:
         raise DataError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from pathlib import Path
 
 from flowerbed.atomic import make_private
@@ -25,9 +26,14 @@ RECORD = "shard.json"
 
 
 def add_experience(
-    data_dir: Path, paths: list[str], run_data: DataConfig, tokenizer_dir: Path, cache_dir: str
+    data_dir: Path, paths: list[str], run_data: DataConfig, tokenizer_dir: Path
 ) -> tuple[Path, ClientShard]:
-    """Cut `paths` into the next experience folder under `data_dir`; return it and the shard."""
+    """Cut `paths` into the next experience folder under `data_dir`; return it and the shard.
+
+    The text is read and packed through a private temporary cache that is removed after:
+    an institution's records leave no copy beside its data directory (which is made 0700
+    before anything is written in it).
+    """
     from transformers import AutoTokenizer
 
     if not tokenizer_dir.is_dir():
@@ -49,13 +55,15 @@ def add_experience(
         )
     for experience in existing:
         _check_same_cut(experience.folder, cut)
-    cfg = dataclasses.replace(run_data, corpus="files", paths=list(paths), cache_dir=cache_dir)
-    shard = institution_shard(cfg, tokenizer)
+    with tempfile.TemporaryDirectory(prefix="flowerbed-shard-") as cache:  # 0700
+        cfg = dataclasses.replace(run_data, corpus="files", paths=list(paths), cache_dir=cache)
+        shard = institution_shard(cfg, tokenizer)
+    make_private(data_dir)  # reversible token blocks: as private as the text, from the start
     folder = experience_dir(data_dir, len(existing))
-    folder.mkdir(parents=True)
+    folder.mkdir(mode=0o700)
     (folder / RECORD).write_text(json.dumps(cut))
     shard.save(folder)  # held-out last: the folder counts once heldout.json exists
-    make_private(data_dir)  # reversible token blocks: as private as the text
+    make_private(data_dir)
     return folder, shard
 
 

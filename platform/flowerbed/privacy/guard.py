@@ -10,6 +10,7 @@ ClientApp runs the same steps in every mode.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +64,8 @@ class PrivacyGuard:
             )
         sigma = life_noise_multiplier(self.ledger, self.cfg, planned)
         after = self.ledger.epsilon_after(sigma, sample_rate, steps)
-        if self.budget is not None and after > self.budget:
-            self.ledger.save(self.path, self.mirror)  # keeps the noise fixed for life
-            return RoundPermit(False, sigma, sample_rate)
+        if not math.isfinite(after) or (self.budget is not None and after > self.budget):
+            return RoundPermit(False, sigma, sample_rate)  # nothing saved: σ is fixed by a release
         draw = (sigma, sample_rate, steps)
         entry = self.ledger.write_ahead(
             self.path, round_, request, draw, self.cfg.noise_seed, after, self.mirror

@@ -9,9 +9,10 @@ crash, with the same request, finds its pending entry and draws exactly what it 
 anything else (another request, a restored backup, a replayed round number) gets a new
 nonce and a new entry.
 
-A copy of the ledger (its mirror) is kept outside the state directory: a state
-directory restored from an older backup would forget the releases made since, so
-opening a ledger that lacks entries its mirror holds counts them again, with a warning.
+A copy of the ledger (its mirror) is kept outside the state directory, named by the
+node's data and host: a state directory restored from an older backup, or replaced by a
+new one for the same data, would forget the releases made since, so opening a ledger
+that lacks entries its mirror holds counts them again, with a warning.
 """
 
 from __future__ import annotations
@@ -149,31 +150,42 @@ class PrivacyLedger:
     ) -> PrivacyLedger:
         """Load the ledger at `path`, or start an empty one; delta, accountant and the
         privacy unit must match (ledgers written before units existed counted sequences).
-        Releases its `mirror` holds and it lacks are counted again."""
+        What its `mirror` holds and it lacks is counted again."""
         ledger = _read(path) or cls(delta=delta, accountant=accountant, unit=unit)
-        if (ledger.delta, ledger.accountant, ledger.unit) != (delta, accountant, unit):
-            raise LedgerError(
-                f"privacy ledger {path} was kept with delta={ledger.delta}, accountant="
-                f"{ledger.accountant}, unit={ledger.unit}; a client's life uses one of each: "
-                "set privacy.delta, privacy.accountant and privacy.unit to those, or give "
-                "this node a new state directory (its ε then starts again from 0 for a "
-                "new life, which its privacy officer must accept)"
-            )
         copy = _read(mirror) if mirror is not None else None
+        for kept, where in ((ledger, path), (copy, mirror)):
+            if kept is not None and (kept.delta, kept.accountant, kept.unit) != (
+                delta,
+                accountant,
+                unit,
+            ):
+                raise LedgerError(
+                    f"privacy ledger {where} was kept with delta={kept.delta}, accountant="
+                    f"{kept.accountant}, unit={kept.unit}; a client's life uses one of each: "
+                    "set privacy.delta, privacy.accountant and privacy.unit to those, or give "
+                    "this node a new state directory (its ε then starts again from 0 for a "
+                    "new life, which its privacy officer must accept)"
+                )
         if copy is not None:
             ledger.recount(path, copy, mirror)
         return ledger
 
     def recount(self, path: Path, mirror_ledger: PrivacyLedger, mirror: Path | None) -> None:
-        """Add back the releases the mirror holds and this ledger lost (a restored backup,
-        a replaced file), with a warning; nothing lost leaves it as it is."""
+        """Take in what the mirror knows and this ledger does not (a restored backup, a
+        replaced or new state directory for the same data): releases it lacks are counted
+        again, with a warning, and a release the mirror saw finish is finished here too
+        (a stale pending entry must not let a later request reuse a nonce that left)."""
+        finished = {e.nonce for e in mirror_ledger.entries if e.nonce and not e.pending}
+        for entry in self.entries:
+            entry.pending = entry.pending and entry.nonce not in finished
         known = {e.nonce for e in self.entries}
         lost = [e for e in mirror_ledger.entries if e.nonce and e.nonce not in known]
         if not lost:
             return
         log.warning(
-            "privacy ledger %s lacks %d release(s) that its mirror %s records (was it "
-            "restored from a backup?): they are counted again",
+            "privacy ledger %s lacks %d release(s) that its mirror %s records (restored "
+            "from a backup, or a new state directory for the same data?): they are counted "
+            "again",
             path, len(lost), mirror,
         )  # fmt: skip
         self.noise_multiplier = self.noise_multiplier or mirror_ledger.noise_multiplier

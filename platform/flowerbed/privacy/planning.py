@@ -50,7 +50,8 @@ def plan(
 def life_noise_multiplier(
     ledger: PrivacyLedger, cfg: PrivacyConfig, planned: list[tuple[float, int]]
 ) -> float:
-    """The client's noise multiplier: fixed the first time, then read from its ledger.
+    """The client's noise multiplier: fixed (in the ledger) by its first release, then read
+    from it; a refused first request fixes nothing.
 
     With `target_epsilon` it is calibrated once for the whole planned life, `planned`
     being (sample rate, steps) for every round of every experience, never per round:

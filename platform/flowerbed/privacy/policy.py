@@ -14,6 +14,10 @@ from flowerbed.config.node_policy import NodePolicyConfig
 from flowerbed.privacy.modes import MODES
 from flowerbed.privacy.units import STRENGTH
 
+MIN_NOISE_MULTIPLIER = 0.1
+"""Below it no ε means anything (30 steps at rate 0.02 spend ε 287 at 0.1) and the PRV
+accountant needs gigabytes (1.8 GB at 0.05, more than a node has at 0.001)."""
+
 
 def refusal(
     policy: NodePolicyConfig,
@@ -55,6 +59,13 @@ def refusal(
         return (
             f"{refuses} accepts δ ≤ {policy.delta_cap:g} (max-delta), but the server asked "
             f"for privacy.delta={privacy.delta:g}"
+        )
+    sigma = privacy.noise_multiplier
+    if sigma is not None and sigma < MIN_NOISE_MULTIPLIER:
+        return (
+            f"{refuses} adds noise of at least {MIN_NOISE_MULTIPLIER:g} times the clipping "
+            f"norm, but the server asked for privacy.noise_multiplier={sigma:g}, which "
+            "protects nothing (and its ε cannot be computed in bounded memory)"
         )
     asked = privacy.budget
     if policy.max_epsilon is not None and asked is not None and asked > policy.max_epsilon:

@@ -55,17 +55,20 @@ class KeyedGaussian:
         flat = out.view(-1)
         chunk = max(flat.numel(), 1) if self.ahead else CHUNK  # ahead: one piece a step
         for start in range(0, flat.numel(), chunk):
-            piece = flat[start : start + chunk]
-            piece.copy_(self._normal(piece.numel(), std, out.device))
+            self._normal_(flat[start : start + chunk], std)
         return out
 
-    def _normal(self, count: int, std: float, device: torch.device) -> torch.Tensor:
-        """`count` Gaussians by Box–Muller: a radius from one uniform, an angle from another."""
+    def _normal_(self, piece: torch.Tensor, std: float) -> None:
+        """Box–Muller into `piece`: from each pair of uniforms a radius and an angle, whose
+        cosine fills the first half and sine the second."""
+        count = piece.numel()
         pairs = (count + 1) // 2
-        u = self._uniforms(2 * pairs).to(device)
-        radius = u[:pairs].add_(1.0).mul_(2.0**-32).log_().mul_(-2.0).sqrt_().mul_(std)
+        u = self._uniforms(2 * pairs).to(piece.device)
+        radius = u[:pairs].add_(1.0).mul_(2.0**-32).log_().mul_(-2.0 * std * std).sqrt_()
         angle = u[pairs:].mul_(2 * math.pi * 2.0**-32)
-        return torch.cat([radius * torch.cos(angle), radius.mul_(angle.sin_())])[:count]
+        first, second = piece[:pairs], piece[pairs:]
+        first.copy_(torch.cos(angle).mul_(radius))
+        second.copy_(angle.sin_()[: len(second)].mul_(radius[: len(second)]))
 
     def _uniforms(self, count: int) -> torch.Tensor:
         """The stream's next `count` words as float32 (exact below 2^24) on the CPU; with

@@ -40,6 +40,7 @@ def write_client_shards(cfg: FlowerbedConfig, layout: RunLayout, splits: Federat
     readable by its owner only: the blocks are the private text, reversibly tokenized."""
     for partition_id, shards in enumerate(splits.clients):
         data_dir = layout.client_data(partition_id)
+        make_private(data_dir.parent)  # before the first block is written, and again after
         if cfg.continual.enabled:
             for k, shard in enumerate(shards):
                 shard.save(experience_dir(data_dir, k))

@@ -12,8 +12,8 @@ rule is a class here and a file in `conf/combiner/`.
 - `krum`: the update with the smallest sum of squared distances to its n - f - 2 nearest
   others; `multikrum`: the weighted mean of the `selected` (n - f) best-scored ones;
 - `clipped_noised_mean` (privacy=user_level, not a choice of its own): each update clipped
-  to `privacy.max_grad_norm`, the equal-weight mean, Gaussian noise of std sigma*C/n, and
-  one release composed by Flower's RDP accountant.
+  to `privacy.max_grad_norm`, the equal-weight mean of the n admitted, Gaussian noise of
+  std sigma*C/n, and one release composed by Flower's RDP accountant.
 
 Under sample-level DP every rule is post-processing of the clients' private updates.
 """
@@ -182,7 +182,9 @@ class ClippedNoisedMean(Combiner):
             scale = min(1.0, self.clip / max(update_norm(update.tensors, current), 1e-12))
             for name, tensor in update.tensors.items():
                 total[name].add_(tensor.float() - current[name], alpha=scale)
-        std = self.sigma * self.clip / self.sampled
+        # The noise is sized by the updates averaged, not the clients sampled: with fewer
+        # (dropouts, refusals, rejections) each weighs more, and σ must hold for it.
+        std = self.sigma * self.clip / len(updates)
         noise = self.noise(round_)
         mean: Weights = {}
         for name, summed in total.items():
