@@ -18,7 +18,9 @@ anyone who knows the config can recompute): bit-identical tests and studies, no 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,8 +56,9 @@ class KeyedGaussian:
             self.ahead = out.device.type == "cuda"
         flat = out.view(-1)
         chunk = max(flat.numel(), 1) if self.ahead else CHUNK  # ahead: one piece a step
-        for start in range(0, flat.numel(), chunk):
-            self._normal_(flat[start : start + chunk], std)
+        with _one_cpu_thread(out.device):
+            for start in range(0, flat.numel(), chunk):
+                self._normal_(flat[start : start + chunk], std)
         return out
 
     def _normal_(self, piece: torch.Tensor, std: float) -> None:
@@ -86,6 +89,22 @@ class KeyedGaussian:
 
     def _make(self, count: int) -> torch.Tensor:
         return torch.from_numpy(self.stream.words(count).astype(np.float32))
+
+
+@contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """On the CPU, the transform's elementwise passes on one thread: measured on 2 cores,
+    10M Gaussians took 64 ms on one torch thread and 300 ms on two (whose OpenMP
+    hand-offs cost more than these memory-bound passes gain; torch.randn: 35 ms)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _joined(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
