@@ -146,8 +146,9 @@ class FederationConfig(Section):
     server/bounds.py says why this and not the median."""
     examples_factor: Annotated[float, at_least(1)]
     """`max_examples_per_client=auto`: a claim counts up to this times the largest other
-    claim of its round. Honest shard sizes of every partition in conf/experiment/ (IID,
-    by domain, Dirichlet) stay within 3.6x of the next largest (docs/robustness.md)."""
+    claim of its round. In the partitions of conf/experiment/ (IID, by domain, Dirichlet)
+    no honest claim passes 4x the next largest but in 1 to 6% of the rounds a
+    Dirichlet(0.3) federation could sample (docs/robustness.md, "Safe defaults")."""
     max_update_norm: Annotated[float | Auto | None, positive()]
     """The largest L2 norm of a reply's update, its weights minus the global ones (null:
     any). `auto`: `update_norm_factor` times the lower median of the round's update norms,

@@ -9,13 +9,14 @@ numbers behind the factors are measured in docs/robustness.md ("Safe defaults").
 reply weighs 1, whatever it claims: a DP-SGD reply carries no count unless its node
 releases one, nobody can check a count, and user-level DP's accountant assumes equal
 weights. Without DP, `auto` lets a claim count up to `examples_factor` times the largest
-claim among the round's other replies. Honest shard sizes are heavy-tailed: in a Dirichlet
-partition the largest client of a round held up to 14x the round's median, so a multiple of
-the median that honest clients never reach would let a liar weigh 14 typical clients; the
-largest honest claim, though, stood within 3.6x of the next largest in every partition of
-conf/experiment/. One hostile client cannot raise the claim it is compared with above the
-largest honest one. (Several colluding liars can vouch for each other: DP's equal weights
-and the robust combiners, which ignore weights, are the answer to them.)
+claim among the round's other replies. Honest shard sizes are heavy-tailed: a Dirichlet(0.3)
+round can hold one client with 14x the round's median claim, and 4x the median would cap an
+honest client in up to half the rounds such a federation samples; the largest claim stands
+far above the next one only when a round samples one large client with tiny ones (4x: 1 to
+6% of the rounds). One hostile client cannot raise the claim it is compared with above the
+largest honest one, so it weighs at most 4 of the largest honest client. (Colluding liars
+vouch for each other: DP's equal weights, and the robust combiners, which ignore weights,
+are the answer to them.)
 
 **Norm.** `auto` lets an update be `update_norm_factor` times the lower median of the
 round's update norms. The clients of a round train the same steps at the same learning
