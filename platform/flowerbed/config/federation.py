@@ -62,8 +62,9 @@ class FederationConfig(Section):
     updates: a number bounds the sum, `auto` leaves it unbounded."""
     update_norm_factor: Annotated[float, at_least(1)]
     """`max_update_norm=auto`: an update may be this many times the round's lower median
-    norm. Honest updates of one round measured within 1.14x of each other (IID, by
-    domain, Dirichlet; DP and not), and AdamW keeps them within about sqrt(local_steps)."""
+    norm. The largest honest update of a round measured at most 1.27x the smallest (ten
+    honest runs: IID, by domain, Dirichlet; DP and not), and AdamW keeps them within about
+    sqrt(local_steps) of each other (docs/robustness.md, "Safe defaults")."""
     update_norm_policy: Literal["clip", "reject"]
     """An update above `max_update_norm`: left out of the round, or scaled down to it.
     `reject` by default: an update past a bound honest ones never reach is not honest, and

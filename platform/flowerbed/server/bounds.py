@@ -21,13 +21,14 @@ are the answer to them.)
 **Norm.** `auto` lets an update be `update_norm_factor` times the lower median of the
 round's update norms. The clients of a round train the same steps at the same learning
 rate from the same weights with AdamW, which moves a coordinate by at most the learning
-rate a step whatever the gradient's scale: honest norms measured within 1.14x of each
-other, and differ in principle by how consistently a client's steps point one way, at most
-about sqrt(local_steps). With f hostile replies among n, f < n/2, the lower median lies
-between two honest norms: hostile replies can neither raise the bound nor pull it below the
-smallest honest norm. With two replies it is the smaller one: each is held to the factor
-times the other (a client sending a tiny update can get the other one's left out; no rule
-can tell which of two is honest). Under secure aggregation no single norm is visible.
+rate a step whatever the gradient's scale: the largest honest norm of a round measured at
+most 1.27x the smallest, and they differ in principle by how consistently a client's steps
+point one way, at most about sqrt(local_steps) (2.2 for the default 5 steps, 10 for 100).
+With f hostile replies among n, f < n/2, the lower median lies between two honest norms:
+hostile replies can neither raise the bound nor pull it below the smallest honest norm.
+With two replies it is the smaller one: each is held to the factor times the other (a
+client sending a tiny update can get the other one's left out; no rule can tell which of
+two is honest). Under secure aggregation no single norm is visible.
 """
 
 from __future__ import annotations
