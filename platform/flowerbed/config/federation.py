@@ -62,7 +62,7 @@ class FederationConfig(Section):
     updates: a number bounds the sum, `auto` leaves it unbounded."""
     update_norm_factor: Annotated[float, at_least(1)]
     """`max_update_norm=auto`: an update may be this many times the round's lower median
-    norm. The largest honest update of a round measured at most 1.27x the smallest (ten
+    norm. The largest honest update of a round measured at most 1.27x the smallest (eleven
     honest runs: IID, by domain, Dirichlet; DP and not), and AdamW keeps them within about
     sqrt(local_steps) of each other (docs/robustness.md, "Safe defaults")."""
     update_norm_policy: Literal["clip", "reject"]
