@@ -108,7 +108,7 @@ CURRENT = {"w": torch.zeros(2, 2), "b": torch.zeros(2)}
 
 def admit(*replies: TrainReply, **federation):
     cfg = section("federation", *[f"federation.{k}={v}" for k, v in federation.items()])
-    return Admission(cfg).admit(list(replies), SENT, CURRENT)
+    return Admission(cfg, equal_weights=False).admit(list(replies), SENT, CURRENT)
 
 
 def reply(partition: int, examples: int = 10, **tensors: np.ndarray) -> TrainReply:
@@ -141,8 +141,27 @@ def test_admission_caps_weights_and_clips_or_rejects_long_updates():
     (capped,), _ = admit(reply(0, examples=10_000), max_examples_per_client=50)
     assert capped.weight == 50
     norm = math.sqrt(6)  # six ones
-    (clipped,), _ = admit(reply(0), max_update_norm=1.0)
+    (clipped,), _ = admit(reply(0), max_update_norm=1.0, update_norm_policy="clip")
     clipped_norm = math.sqrt(sum(float(t.pow(2).sum()) for t in clipped.tensors.values()))
     assert clipped_norm == pytest.approx(1.0) and norm > 1
-    admitted, rejected = admit(reply(0), max_update_norm=1.0, update_norm_policy="reject")
+    admitted, rejected = admit(reply(0), max_update_norm=1.0)  # reject: the default
     assert not admitted and "norm 2.449 is above federation.max_update_norm=1" in rejected["0"]
+
+
+def test_auto_bounds_come_from_the_round_itself():
+    # two replies, norms 2.449 and 60: each is held to 10 x the other (the lower median)
+    long = reply(1, examples=10_000, w=np.full((2, 2), 30, np.float32))
+    admitted, rejected = admit(reply(0), long)
+    assert [u.partition_id for u in admitted] == [0] and admitted[0].norm == math.sqrt(6)
+    why = "norm 60.02 is above federation.max_update_norm=auto (10 x the round's median update"
+    assert f"{why} norm 2.449)" in rejected["1"]
+    # a claim counts up to 4 x the largest of the others'; under DP every reply weighs 1
+    replies = [reply(0, examples=10), reply(1, examples=30), reply(2, examples=10_000)]
+    assert [u.weight for u in admit(*replies)[0]] == [10, 30, 120]
+    cfg = section("federation")
+    equal, _ = Admission(cfg, equal_weights=True).admit(replies, SENT, CURRENT)
+    assert [u.weight for u in equal] == [1, 1, 1]
+    # secure aggregation: no single norm to derive `auto` from, so the sum is not bounded
+    huge = {"w": torch.full((2, 2), 1e6), "b": torch.zeros(2)}
+    summed = Admission(cfg, equal_weights=False).bounded_sum(huge, CURRENT)
+    assert float(summed["w"][0, 0]) == 1e6

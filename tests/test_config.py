@@ -147,6 +147,9 @@ def test_the_privacy_unit_and_packing_resolve_from_the_corpus():
         ("federation.min_clients=9", "federation.min_clients must be in [1, num_clients=4], got 9"),
         ("data.val_fraction=0.9", "data.val_fraction must be in (0, 0.5), got 0.9"),
         ("~train.lr", "missing key train.lr"),
+        ("federation.max_update_norm=big", "max_update_norm must be a float or auto; got 'big'"),
+        ("federation.max_examples_per_client=0", "max_examples_per_client must be >= 1, got 0"),
+        ("faults.scale=-1e4", "faults.scale must be > 0 for faults=none, got -10000.0"),
     ],
 )
 def test_wrong_values_are_named(override: str, message: str):

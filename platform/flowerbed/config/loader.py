@@ -85,10 +85,20 @@ def _coerce(kind: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be one of {choices}; got {value!r}")
         return value
     if origin in (Union, types.UnionType):
-        options = [a for a in get_args(kind) if a is not type(None)]
         if value is None:
             return None
-        return _coerce(options[0], value, key)
+        options = [a for a in get_args(kind) if a is not type(None)]
+        words = [w for a in options if get_origin(a) is Literal for w in get_args(a)]
+        if value in words:  # `auto`: a bound the run derives, beside a number
+            return value
+        try:
+            return _coerce(options[0], value, key)
+        except ConfigError:
+            if not words:
+                raise
+            raise ConfigError(
+                f"{key} must be a {options[0].__name__} or {', '.join(words)}; got {value!r}"
+            ) from None
     if origin is list:
         if not isinstance(value, list | tuple):
             value = [value]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from flowerbed.config.rules import Range, Section, at_least, positive
+from flowerbed.config.rules import Range, Section, at_least, require
 
 CombinerName = Literal["mean", "trimmed_mean", "median", "krum", "multikrum"]
 FaultKind = Literal[
@@ -49,13 +49,22 @@ class FaultsConfig(Section):
     key = "faults"
     kind: FaultKind
     """non_finite (NaN in the weights; Hydra reads a bare `nan` as a number), scaled (the
-    update x `scale`), sign_flip (the update negated), wrong_shape (a tensor cut short),
+    update x `scale`; a negative scale flips it too: `scale=-1e4` is a sign flip x 1e4),
+    sign_flip (the update negated), wrong_shape (a tensor cut short),
     inflated_examples (the weight x `scale`), random (Gaussian noise `scale` times the
     update's size in its place), crash (the client dies when asked to train), rank_crash
     (rank 1 of the client's round is killed; needs federation.ranks_per_client >= 2)."""
     clients: list[int]
     """The partition ids that misbehave."""
-    scale: Annotated[float, positive()]
+    scale: float
+    """scaled: the factor on the update (any sign); inflated_examples, random: > 0."""
+
+    def check(self) -> None:
+        require(
+            self.kind == "scaled" or self.scale > 0,
+            f"faults.scale must be > 0 for faults={self.kind}, got {self.scale} (only "
+            "faults=scaled takes a negative scale, which flips the update as well)",
+        )
 
     @property
     def enabled(self) -> bool:

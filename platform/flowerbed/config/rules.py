@@ -75,7 +75,7 @@ class Section:
         for field in fields(self):  # type: ignore[arg-type]
             value = getattr(self, field.name)
             for rule in getattr(hints[field.name], "__metadata__", ()):
-                if isinstance(rule, Range) and value is not None:
+                if isinstance(rule, Range) and isinstance(value, int | float):
                     require(
                         rule.holds(value), f"{self.key}.{field.name} must be {rule}, got {value}"
                     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from flowerbed.config import sections
+from flowerbed.config.federation import FederationConfig
 from flowerbed.config.modes import ContinualConfig, PrivacyConfig
 from flowerbed.config.node_policy import NodePolicyConfig
 from flowerbed.config.robustness import CombinerConfig, FaultsConfig
@@ -26,7 +27,7 @@ class FlowerbedConfig:
     model: sections.ModelConfig
     adapter: sections.AdapterConfig
     data: sections.DataConfig
-    federation: sections.FederationConfig
+    federation: FederationConfig
     train: sections.TrainConfig
     strategy: sections.StrategyConfig
     combiner: CombinerConfig

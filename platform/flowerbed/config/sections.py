@@ -1,4 +1,4 @@
-"""The config sections that hold plain settings: model, data, federation, training, tracking.
+"""The config sections that hold plain settings: model, data, training, tracking.
 
 Defaults live in `conf/config.yaml` alone (every key, once); these dataclasses give each
 key its type and its allowed range (`Annotated[...]`, see `rules`), and `check` names the
@@ -106,61 +106,6 @@ class DataConfig(Section):
         require(
             self.corpus != "files" or bool(self.paths),
             "data.paths must list at least one file or folder when data.corpus=files",
-        )
-
-
-@dataclass
-class FederationConfig(Section):
-    """Who takes part, how often, and how weights travel."""
-
-    key = "federation"
-    num_clients: Annotated[int, at_least(1)]
-    rounds: Annotated[int, at_least(1)]
-    fraction_train: Annotated[float, between(0, 1)]
-    """Share of clients sampled to train each round (more than 0)."""
-    fraction_evaluate: Annotated[float, between(0, 1)]
-    """Share of clients that evaluate the global model on their held-out split each round."""
-    min_clients: int
-    """A round starts once this many nodes are connected, and a round with fewer
-    successful replies than this stops the run."""
-    transport_dtype: TransportDtype
-    """Weights on the wire: fp32, fp16 (half the bytes), or bf16 carried bit-exact."""
-    client_cpus: Annotated[float, positive()]
-    """CPU cores reserved per simulated client (Ray)."""
-    client_gpus: Annotated[float, at_least(0)]
-    """GPU share per simulated client; 0.25 runs four clients on one GPU."""
-    ranks_per_client: Annotated[int, at_least(1)]
-    """Processes each simulated client trains its rounds on (data parallel; on GPUs one
-    whole GPU each, so client_gpus must equal it)."""
-    ray_address: str | None
-    """Join this Ray cluster instead of starting one: auto (found on this machine), or
-    HOST:PORT of its head node; null starts a private one."""
-    round_timeout: Annotated[float, positive()]
-    max_examples_per_client: Annotated[int | None, at_least(1)]
-    """The largest aggregation weight a reply may claim; a larger one is capped to it
-    (null: no cap). Under DP-SGD clients send weight 1 unless their policy says exact."""
-    max_update_norm: Annotated[float | None, positive()]
-    """The largest L2 norm of a reply's update (its weights minus the global ones)."""
-    update_norm_policy: Literal["clip", "reject"]
-    """An update above `max_update_norm`: scaled down to it, or left out of the round."""
-    secure_aggregation: Literal["off", "secaggplus"]
-    """secaggplus: the coordinator receives only masked updates and sees their sum
-    (settings in `secagg`); admission then checks the sum, not each update."""
-
-    def check(self) -> None:
-        require(self.fraction_train > 0, "federation.fraction_train must be > 0")
-        require(
-            self.client_gpus == 0
-            or self.ranks_per_client == 1
-            or self.client_gpus == self.ranks_per_client,
-            f"federation.ranks_per_client={self.ranks_per_client} on GPUs takes one whole GPU "
-            f"per rank: set federation.client_gpus={self.ranks_per_client}, not "
-            f"{self.client_gpus}",
-        )
-        require(
-            1 <= self.min_clients <= self.num_clients,
-            f"federation.min_clients must be in [1, num_clients={self.num_clients}], "
-            f"got {self.min_clients}",
         )
 
 

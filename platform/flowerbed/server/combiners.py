@@ -10,7 +10,7 @@ rule is a class here and a file in `conf/combiner/`.
 - `trimmed_mean`: per coordinate, the mean after cutting `trim_fraction` at each end;
 - `median`: per coordinate (the mean of the two middle values for an even count);
 - `krum`: the update with the smallest sum of squared distances to its n - f - 2 nearest
-  others; `multikrum`: the weighted mean of the `selected` (n - f) best-scored ones;
+  others; `multikrum`: the equal-weight mean of the `selected` (n - f) best-scored ones;
 - `clipped_noised_mean` (privacy=user_level, not a choice of its own): each update clipped
   to `privacy.max_grad_norm`, the equal-weight mean of the n admitted, Gaussian noise of
   std sigma*C/n, and one release composed by Flower's RDP accountant.
@@ -20,6 +20,7 @@ Under sample-level DP every rule is post-processing of the clients' private upda
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Callable
@@ -119,12 +120,20 @@ class Krum(Combiner):
 
 
 class MultiKrum(Krum):
+    """`multikrum`: the equal-weight mean of the best-scored updates. Krum's scores look
+    at the updates, never at the weights claimed: a weighted mean would let one selected
+    hostile update claiming a huge weight be the whole step."""
+
     name = "multikrum"
 
     def chosen(self, updates: list[ClientUpdate]) -> list[ClientUpdate]:
         keep = self.cfg.selected or max(len(updates) - self.cfg.faulty_clients, 1)
         order = torch.argsort(self.scores(updates), stable=True)[:keep]
         return [updates[i] for i in sorted(order.tolist())]
+
+    def combine(self, updates: list[ClientUpdate], current: Weights, round_: int) -> Weights:
+        equal = [dataclasses.replace(u, weight=1.0) for u in self.chosen(updates)]
+        return Combiner.combine(self, equal, current, round_)
 
 
 class ClippedNoisedMean(Combiner):

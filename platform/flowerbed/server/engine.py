@@ -154,6 +154,7 @@ class RoundEngine:
         seconds = time.perf_counter() - exchange.started
         admitted = result.admitted
         tokens = sum(u.reply.tokens for u in admitted)
+        norms = {str(u.partition_id): u.norm for u in admitted if u.norm is not None}
         return RoundRecord(
             round=round_,
             train_loss=weighted_mean([(u.reply.train_loss, u.weight) for u in admitted]),
@@ -173,6 +174,7 @@ class RoundEngine:
             user_level_epsilon=self.pipeline.user_level_epsilon(),
             refused_clients=refused or None,
             rejected_clients=result.rejected or None,
+            update_norms=norms or None,
             outside_guarantee=outside_guarantee(answered),
             masked_bytes_per_client=exchange.secure.masked_bytes if exchange.secure else None,
         )

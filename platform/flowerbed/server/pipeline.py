@@ -3,8 +3,9 @@
 Each reply is decoded once (`server/replies.py`, into a `TrainReply`); the trained ones
 go through three stages, each chosen once from the config by a registry:
 
-1. **admit** (`server/admission.py`): which replies count; a reply left out gets a
-   sentence and counts as its client's failure;
+1. **admit** (`server/admission.py`): which replies count and what each weighs (the
+   round's bounds, `server/bounds.py`); a reply left out gets a sentence and counts as
+   its client's failure;
 2. **combine** (`server/combiners.py`, `combiner.name`; user-level DP's clip-and-noise
    under `privacy=user_level`): how the admitted updates become one; under secure
    aggregation (`server/secure_aggregation.py`) the survivors' mean is all the server
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from flwr.app import ArrayRecord
 
 from flowerbed.config import FlowerbedConfig
+from flowerbed.privacy.modes import privacy_mode
 from flowerbed.protocol import TrainReply
 from flowerbed.server.admission import Admission, ClientUpdate, Rejected, Weights
 from flowerbed.server.combiners import combiner_for
@@ -44,7 +46,9 @@ class AggregationPipeline:
     """admit -> combine -> outer step, built once from the run's config."""
 
     def __init__(self, cfg: FlowerbedConfig, outer: FedAvgOuter) -> None:
-        self.admission = Admission(cfg.federation)
+        # DP-SGD's replies carry no count by default and user-level DP's accountant
+        # assumes equal weights: under either, the server weighs every reply the same.
+        self.admission = Admission(cfg.federation, privacy_mode(cfg.privacy).protects)
         self.combiner = combiner_for(cfg)
         self.outer = outer
         self.sync_rounds = cfg.train.sync_rounds

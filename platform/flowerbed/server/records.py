@@ -39,6 +39,10 @@ class RoundRecord:
     """Clients whose policy refused the server's privacy settings, with their sentence."""
     rejected_clients: dict[str, str] | None = None
     """Clients whose reply admission left out (`server/admission.py`), with the sentence."""
+    update_norms: dict[str, float] | None = None
+    """Each admitted client's update norm (L2, its weights minus the global ones) as it
+    arrived, by partition id: the spread `federation.max_update_norm` is chosen from
+    (None: not measured, as no norm bound is set, or under secure aggregation)."""
     outside_guarantee: list[int] | None = None
     """Clients whose exact losses and counts left them under DP-SGD (`release: exact`)."""
     masked_bytes_per_client: int | None = None
