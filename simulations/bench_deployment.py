@@ -11,7 +11,7 @@ also starts the ServerApp side).
     uv run python simulations/bench_deployment.py --secure --dtypes fp16  # SecAgg+ beside clear
 
 With `--secure`, three institutions run each preset and dtype twice, in the clear and with
-SecAgg+ (`federation.secure_aggregation=secaggplus`: four Messages per client per round,
+SecAgg+ (`federation.secure_aggregation=secaggplus`: five Messages per client per round,
 and a masked update of 32-bit integers back, whatever the transport dtype).
 
 With `--experiment`, the shards and the one run use that experiment, as docs/deployment.md's

@@ -31,7 +31,7 @@ Update = dict[str, np.ndarray]
 
 def secagg(**values) -> SecureAggregationConfig:
     """The `secagg` section with its defaults, `values` changed."""
-    defaults = {"neighbours": None, "threshold": None, "clipping_range": 1.0}
+    defaults = {"threshold": None, "clipping_range": 1.0}
     defaults |= {"quantization_bits": 22, "max_weight": 1.0}
     return SecureAggregationConfig(**(defaults | values))
 

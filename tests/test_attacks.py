@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 import torch
 from cryptography.hazmat.primitives.asymmetric import ec
-from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.secure_aggregation.crypto.shamir import combine_shares
 from flwr.common.secure_aggregation.crypto.symmetric_encryption import (
     generate_shared_key,
 )
@@ -59,19 +60,29 @@ from flowerbed.privacy.secret import NodeSecret
 from flowerbed.protocol import TrainReply
 from flowerbed.run.prepare import prepare_run
 from flowerbed.run.simulation import simulate
-from flowerbed.secagg.contract import MASKED, WEIGHT_FACTOR, Key, RoundSetup, Stage
-from flowerbed.secagg.masks import PAIRWISE_MASK, SELF_MASK, mask_key, self_mask
-from flowerbed.secagg.quantization import quantize
+from flowerbed.secagg.contract import MASKED, WEIGHT_FACTOR, Key, RoundSetup, Stage, layout
+from flowerbed.secagg.masks import (
+    PAIRWISE_MASK,
+    SELF_MASK,
+    apply_masks,
+    mask_key,
+    pairwise_mask,
+    pairwise_sign,
+    self_mask,
+)
+from flowerbed.secagg.quantization import dequantize_mean, quantize
 from flowerbed.server.instructions import evaluate_instructions, model_spec, train_instructions
 from flowerbed.server.outer import outer_optimizer
 from flowerbed.server.pipeline import Aggregate, AggregationPipeline
 from flowerbed.server.secure_masks import (
     SecureAggregationFailed,
+    forward,
     mean_update,
 )
 from flowerbed.tracking import RunLayout
 from tests.conftest import tiny_config
 from tests.secure_round import (
+    LocalGrid,
     as_coordinator,
     federation,
     node_of,
@@ -706,7 +717,8 @@ def test_a_node_refuses_a_secure_round_it_cannot_hide_in_before_it_sends_a_key(
     later = {
         Stage.SHARE_KEYS: {Key.NODE_IDS: [101], Key.PUBLIC_KEYS_1: [own], Key.PUBLIC_KEYS_2: [own]},
         Stage.COLLECT: {Key.SOURCES: [], Key.CIPHERTEXTS: []},
-        Stage.UNMASK: {Key.ACTIVE: [101], Key.DEAD: []},
+        Stage.CONSISTENCY: {Key.ACTIVE: [101], Key.DEAD: []},
+        Stage.UNMASK: {Key.SOURCES: [], Key.CONFIRMATIONS: []},
     }
     for name, config in later.items():
         with pytest.raises(ValueError, match="expected the setup stage"):
@@ -737,8 +749,8 @@ def test_a_node_asked_for_both_secrets_of_a_neighbour_refuses_and_the_round_says
     updates = [{"w": np.full(4, 0.1 * i, np.float32)} for i in range(3)]
     grid = federation(updates)
 
-    def both_lists(message: Message) -> Message:  # the coordinator's lie at unmask
-        if stage(message) == Stage.UNMASK:
+    def both_lists(message: Message) -> Message:  # the coordinator's lie, told every node
+        if stage(message) == Stage.CONSISTENCY:
             config = message.content.config_records["secagg"]
             config[Key.DEAD] = list(config[Key.ACTIVE])
         return message
@@ -746,8 +758,184 @@ def test_a_node_asked_for_both_secrets_of_a_neighbour_refuses_and_the_round_says
     grid.lie = both_lists
     with pytest.raises(SecureAggregationFailed, match="as both active and dropped out"):
         secure_round(grid, secagg(), {"w": (4,)})
-    unmask_replies = [r for r in grid.received if stage(r) == Stage.UNMASK]
-    assert unmask_replies == []  # no node sent a share
+    answered = [r for r in grid.received if stage(r) in (Stage.CONSISTENCY, Stage.UNMASK)]
+    assert answered == []  # no node confirmed the lists, none sent a share
+
+
+SPLIT = {"w": (4, 8), "b": (16,)}
+Stories = dict[int, tuple[list[int], list[int]]]
+"""Node -> the (active, dropped out) lists the coordinator tells it."""
+
+
+def ask(grid: LocalGrid, node: int, name: str, config: dict) -> Message:
+    """The coordinator's Message of one stage to one node, and the node's reply."""
+    (reply,) = grid.send_and_receive([stage_message(name, config, node)])
+    assert not reply.has_error(), reply.error
+    return reply
+
+
+def answer(reply: Message) -> ConfigRecord:
+    assert stage(reply) is not None, TrainReply.from_content(reply.content).refused
+    return reply.content.config_records["secagg"]
+
+
+def refusal(reply: Message) -> str:
+    assert stage(reply) is None, "the node answered"
+    return str(TrainReply.from_content(reply.content).refused)
+
+
+def keys_shared(grid: LocalGrid, setup: RoundSetup) -> tuple[dict[int, tuple], dict[int, dict]]:
+    """A set-up and a faithful key exchange with every node: their public keys, and each
+    node's encrypted shares by destination."""
+    nodes = sorted(grid.contexts)
+    keys = {}
+    for node in nodes:
+        config = answer(ask(grid, node, Stage.SETUP, setup.to_config()))
+        keys[node] = (config[Key.PUBLIC_KEY_1], config[Key.PUBLIC_KEY_2])
+    exchange = {Key.NODE_IDS: nodes}
+    exchange[Key.PUBLIC_KEYS_1] = [keys[n][0] for n in nodes]
+    exchange[Key.PUBLIC_KEYS_2] = [keys[n][1] for n in nodes]
+    shared = {}
+    for node in nodes:
+        config = answer(ask(grid, node, Stage.SHARE_KEYS, exchange))
+        shared[node] = dict(zip(config[Key.DESTINATIONS], config[Key.CIPHERTEXTS], strict=True))
+    return keys, shared
+
+
+def collect(grid: LocalGrid, node: int, shared: dict[int, dict], sources: list[int]) -> Message:
+    forwarded = {Key.SOURCES: sources, Key.CIPHERTEXTS: [shared[s][node] for s in sources]}
+    return ask(grid, node, Stage.COLLECT, forwarded)
+
+
+def masked_updates(grid: LocalGrid, shared: dict[int, dict]) -> dict[int, dict[str, np.ndarray]]:
+    """Every node's masked update, each having got every other node's shares."""
+    nodes = sorted(grid.contexts)
+    replies = {n: collect(grid, n, shared, [s for s in nodes if s != n]) for n in nodes}
+    return {
+        n: {k: ndarray_view(v).copy() for k, v in r.content.array_records[MASKED].items()}
+        for n, r in replies.items()
+    }
+
+
+def tell(grid: LocalGrid, stories: Stories) -> dict[int, Message]:
+    """The consistency check with each node's story, then the unmask stage with every
+    confirmation forwarded to the node it was made for; the unmask replies."""
+    confirmed = {}
+    for node, (active, dead) in stories.items():
+        lists = {Key.ACTIVE: active, Key.DEAD: dead}
+        confirmed[node] = answer(ask(grid, node, Stage.CONSISTENCY, lists))
+    return {
+        node: ask(grid, node, Stage.UNMASK, {Key.CONFIRMATIONS: tags, Key.SOURCES: sources})
+        for node, (tags, sources) in forward(confirmed, Key.CONFIRMATIONS).items()
+    }
+
+
+def test_a_coordinator_telling_nodes_different_dropout_stories_reads_no_update(monkeypatch):
+    # The review's split view on five real nodes that require secure aggregation: the
+    # target T hears only from A and B in the collect stage, so it would mask with them
+    # alone; at unmask T is told A and B are active, B, C, D that A dropped out and A, C, D
+    # that B did. Each request alone passed the node's checks, and T's self-mask seed and
+    # A's and B's keys gave back T's update to within the quantization step.
+    as_coordinator(monkeypatch)
+    rng = np.random.default_rng(7)
+    ups = [
+        {n: rng.uniform(-0.3, 0.3, s).astype(np.float32) for n, s in SPLIT.items()}
+        for _ in range(5)
+    ]
+    strict = policy_from_node_config({"require-secure-aggregation": True, "min-secure-clients": 5})
+    grid = federation(ups, policy=strict)
+    T, A, B, C, D = nodes = sorted(grid.contexts)
+    # its set-up: 10 clients sampled (its word), 5 neighbours, threshold 3
+    for node in nodes:
+        said = refusal(
+            ask(grid, node, Stage.SETUP, RoundSetup(10, 5, 3, 1.0, BITS, 1.0).to_config())
+        )
+        assert said.endswith(
+            "every client of a round must be every other's neighbour, or they "
+            "cannot confirm to each other who dropped out"
+        )
+    # the same play on a set-up the nodes accept: T refuses to mask with A and B alone
+    _, shared = keys_shared(grid, RoundSetup(5, 5, 3, 1.0, BITS, 1.0))
+    reply = collect(grid, T, shared, [A, B])
+    assert MASKED not in reply.content.array_records  # T's update never left it
+    assert refusal(reply) == (
+        "client 0 refuses the secure round: the coordinator forwarded the shares of 2 of its "
+        "4 other neighbours, and a node masks with all of them (one that dropped out in the "
+        "key exchange calls for a new set-up)"
+    )
+    # once T masks with every neighbour, the review's stories (each covering the node's
+    # neighbours, as a node now requires) are confirmed by no node but one: none reveals
+    _, shared = keys_shared(grid, RoundSetup(5, 5, 3, 1.0, BITS, 1.0))
+    masked_updates(grid, shared)
+    stories = {
+        T: ([T, A, B], [C, D]),
+        A: ([A, C, D, T], [B]),
+        B: ([B, C, D, T], [A]),
+        C: ([C, D, T], [A, B]),
+        D: ([C, D, T], [A, B]),
+    }
+    unmasked = tell(grid, stories)
+    assert sorted(unmasked) == nodes  # every node was asked; none sent a share
+    for node, reply in unmasked.items():
+        confirmed = 1 if node in (C, D) else 0  # C and D were told the same story
+        assert refusal(reply).endswith(
+            f"only {confirmed} of its neighbours confirmed the survivor list it was told, fewer "
+            "than the 2 the threshold 3 needs besides itself: the coordinator told them another "
+            "story, or too many dropped out"
+        )
+
+
+def test_dropout_stories_that_pass_every_nodes_checks_unmask_nothing_unconfirmed(monkeypatch):
+    # Every node masks with all four others, and each story covers its neighbours with
+    # itself and at least 3 active: each passes the node's own checks. Together they would
+    # reveal T's and A's self-mask seeds and C's, D's and E's keys: the sum of T and A
+    # alone, two clients where the threshold promises no sum of fewer than 3, and T's
+    # update outright were A the coordinator's.
+    as_coordinator(monkeypatch)
+    rng = np.random.default_rng(8)
+    ups = [
+        {n: rng.uniform(-0.3, 0.3, s).astype(np.float32) for n, s in SPLIT.items()}
+        for _ in range(5)
+    ]
+    grid = federation(ups)
+    T, A, C, D, E = sorted(grid.contexts)
+    keys, shared = keys_shared(grid, RoundSetup(5, 5, 3, 1.0, BITS, 1.0))
+    masked = masked_updates(grid, shared)
+    stories = {
+        T: ([T, A, E], [C, D]),
+        A: ([A, T, C], [D, E]),
+        C: ([C, T, A], [D, E]),
+        D: ([D, T, A], [C, E]),
+        E: ([E, T, A, D], [C]),
+    }
+    # what the nodes would send, each by its own story, gives T's and A's sum
+    held = {n: SecAggState.load(grid.contexts[n]) for n in stories}
+    seeds = {
+        o: [held[n].seed_shares[o] for n, (act, _) in stories.items() if o in act] for o in (T, A)
+    }
+    secret = {
+        o: [held[n].key_shares[o] for n, (_, dead) in stories.items() if o in dead]
+        for o in (C, D, E)
+    }
+    assert all(len(s) >= 3 for s in [*seeds.values(), *secret.values()])
+    masks = [(self_mask(combine_shares(seeds[o])), -1) for o in (T, A)]
+    masks += [
+        (pairwise_mask(combine_shares(secret[w]), keys[o][0]), -pairwise_sign(o, w))
+        for w in (C, D, E)
+        for o in (T, A)
+    ]
+    total = {name: masked[T][name] + masked[A][name] for name, _ in layout(SPLIT)}
+    for name, _ in layout(SPLIT):
+        apply_masks(total[name], masks)
+    assert int(total[WEIGHT_FACTOR][0]) == 2 * WEIGHT_ONE
+    pair = dequantize_mean(total["w"], 2, 2 * WEIGHT_ONE, 1.0, BITS)
+    assert np.abs(pair - (ups[0]["w"] + ups[1]["w"]) / 2).max() < 2 / WEIGHT_ONE
+    # the nodes confirm their lists to each other first: no list is confirmed by 3
+    unmasked = tell(grid, stories)
+    assert sorted(unmasked) == sorted(stories)
+    for node, reply in unmasked.items():  # no share left a node
+        confirmed = 1 if node in (A, C) else 0  # A and C were told the same story
+        assert f"only {confirmed} of its neighbours confirmed the survivor list" in refusal(reply)
 
 
 @pytest.mark.parametrize("claimed", [WEIGHT_ONE * 1000, 0])

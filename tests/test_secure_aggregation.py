@@ -1,9 +1,11 @@
 """Secure aggregation (SecAgg+): the server sees only the sum.
 
 In one process (`tests/secure_round.py`, fast): the coordinator gets the survivors' mean
-within quantization error, weighted as far as `max_weight` lets a client weigh; clients
-dying after the key exchange, refusing the round or sending a malformed update leave the
-others' sum; a node's state survives a fresh process. In real simulated federations
+within quantization error, weighted as far as `max_weight` lets a client weigh; a client
+dying in the key exchange gets the round set up again without it; clients dying after
+it, refusing the round or sending a malformed update leave the others' sum, and one
+dying after its masked update arrived leaves its update in it; a node's state survives
+a fresh process. In real simulated federations
 (slow): the same run with and without it ends within quantization error; no train reply
 the server receives carries an update; a client that dies after the key exchange leaves a
 round that completes with the survivors' sum; and what secure aggregation cannot serve
@@ -26,7 +28,7 @@ from flowerbed.config import ConfigError
 from flowerbed.config.node_policy import accepting_all
 from flowerbed.run.prepare import prepare_run
 from flowerbed.run.simulation import simulate
-from flowerbed.secagg.contract import MASKED, UPDATE, RoundSetup, Stage
+from flowerbed.secagg.contract import MASKED, UPDATE, Key, RoundSetup, Stage
 from flowerbed.server.replies import RoundReplies
 from flowerbed.server.secure_masks import SecureAggregationFailed
 from flowerbed.tracking import RunLayout
@@ -97,12 +99,31 @@ def test_two_clients_dying_after_the_key_exchange_leave_the_others_sum(coordinat
     assert len(unmask) == 3  # the survivors, each asked for the dead ones' key shares
 
 
-def test_a_client_dying_in_the_key_exchange_leaves_the_others_sum(coordinator):
+def test_a_client_dying_in_the_key_exchange_gets_the_round_set_up_again_without_it(
+    coordinator,
+):
     ups = updates(5, seed=5)
     grid = federation(ups)
-    grid.crash = {105: Stage.SHARE_KEYS}  # its neighbours never get its shares
+    grid.crash = {105: Stage.SHARE_KEYS}  # the others would never get its shares
     secure = secure_round(grid, secagg(), SHAPES)
     assert_close(secure.mean_update, mean_of(ups[:4]), LEVEL)
+    # a node masks with every neighbour or refuses: the four start again without it
+    assert [stage(m) for m in grid.sent].count(Stage.SETUP) == 5 + 4
+    assert [stage(m) for m in grid.sent].count(Stage.SHARE_KEYS) == 5 + 4
+    collect = [m for m in grid.sent if stage(m) == Stage.COLLECT]
+    assert sorted(len(m.content.config_records["secagg"][Key.SOURCES]) for m in collect) == [3] * 4
+    assert not RoundReplies.read(secure.replies).successful(1, 1)[1]  # and nobody refused
+
+
+@pytest.mark.parametrize("dies_in", [Stage.CONSISTENCY, Stage.UNMASK])
+def test_a_client_dying_after_it_sent_its_masked_update_leaves_its_update_in_the_sum(
+    coordinator, dies_in
+):
+    ups = updates(5, seed=6)
+    grid = federation(ups)
+    grid.crash = {102: dies_in}  # its masked update is in; its self mask needs the others
+    secure = secure_round(grid, secagg(), SHAPES)
+    assert_close(secure.mean_update, mean_of(ups), LEVEL)
 
 
 def test_a_node_refusing_the_set_up_leaves_a_round_of_the_others_and_its_sentence(coordinator):
@@ -159,6 +180,7 @@ def test_a_nodes_round_survives_a_fresh_process():
         neighbours={7: (b"a", b"b"), 3: (b"c", b"d"), 9: (b"e", b"f")},
         seed_shares={7: b"s7", 9: b"s9"},
         key_shares={7: b"k7", 9: b"k9"},
+        active=[7, 9],
     )
     context = Context(1, 7, {}, RecordDict(), {})
     state.save(context)
@@ -195,7 +217,7 @@ def test_the_server_never_holds_one_clients_update(cache_dir, tmp_path):
     prepare_run(cfg, RunLayout(tmp_path))
     grid = recorded_simulation(cfg, tmp_path)
     train = [m for m in grid.received if m.metadata.message_type == "train"]
-    assert len(train) == 2 * 4 * 3  # two rounds of four stages, three clients
+    assert len(train) == 2 * 5 * 3  # two rounds of five stages, three clients
     for reply in train:
         assert all(len(record) == 0 for record in reply.content.array_records.values())
     # the collect stage's replies: metrics, and a masked vector the server drops once summed
@@ -266,9 +288,9 @@ def test_secure_aggregation_masks_only_the_adapters_and_composes_with_dp_replay_
         (["federation.num_clients=2", "federation.min_clients=1"], "at least 3 clients a round"),
         (["combiner=median"], "secure aggregation hides from the server"),
         (["privacy=user_level", "federation.transport_dtype=fp32"], "privacy=user_level clips"),
-        (["secagg.threshold=9"], "secagg.threshold=9 is more shares than the 4 neighbours"),
+        (["secagg.threshold=9"], "secagg.threshold=9 is more shares than the 4 clients"),
         (
-            ["federation.num_clients=6", "secagg.neighbours=5", "secagg.threshold=2"],
+            ["federation.num_clients=6", "secagg.threshold=3"],
             "a coordinator lying about who dropped out",
         ),
         (

@@ -1,10 +1,11 @@
 """The client's side of secure aggregation: flowerbed's SecAgg+ mod, on the Messages of a
 secure round.
 
-The mod answers the key set-up, key exchange and unmask stages itself and calls the
-ClientApp only in the collect stage: the ClientApp trains and hands back its clear update
-(`with_update`), which the mod quantizes and masks (`client/secure_masking.py`) and
-replaces, so only the masked update and the reply's metrics leave the node. Before each
+The mod answers the key set-up, key exchange, consistency check and unmask stages itself
+and calls the ClientApp only in the collect stage: the ClientApp trains and hands back
+its clear update (`with_update`), which the mod quantizes and masks
+(`client/secure_masking.py`) and replaces, so only the masked update and the reply's
+metrics leave the node. Before each
 stage sends anything, the node checks the round (`client/secure_checks.py`); a round it
 refuses gets one reply, a `TrainReply` whose `refused` names what was wrong, and any
 later stage of that round fails (the node forgot it). A stage out of order fails the
@@ -26,7 +27,14 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from flowerbed.client.node import Node
 from flowerbed.client.secure_masking import masked_update
-from flowerbed.client.secure_stages import Refusal, receive_shares, set_up, share_keys, unmask
+from flowerbed.client.secure_stages import (
+    Refusal,
+    confirm,
+    receive_shares,
+    set_up,
+    share_keys,
+    unmask,
+)
 from flowerbed.client.secure_state import SecAggState
 from flowerbed.protocol import TrainReply
 from flowerbed.secagg.contract import CONFIGS, MASKED, UPDATE, Key, Stage
@@ -72,10 +80,13 @@ def _answer(msg: Message, ctxt: Context, call_next: ClientAppCallable, node: Nod
     if stage == Stage.SETUP:
         state, reply = set_up(msg.metadata.dst_node_id, config, node.policy)
     else:
-        reply = (share_keys if stage == Stage.SHARE_KEYS else unmask)(state, config)
+        reply = _STAGES[stage](state, config)
     state.stage = stage
     state.save(ctxt)
     return RecordDict({CONFIGS: ConfigRecord({Key.STAGE: stage, **reply})})
+
+
+_STAGES = {Stage.SHARE_KEYS: share_keys, Stage.CONSISTENCY: confirm, Stage.UNMASK: unmask}
 
 
 def _next_stage(last: str, config: ConfigRecord) -> str:

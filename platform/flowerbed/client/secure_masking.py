@@ -1,10 +1,10 @@
 """The node's update, quantized and masked a tensor at a time: what leaves it in SecAgg+.
 
 Each tensor of the clear update is read in place, quantized to uint32 (its weight factor
-applied), masked (its self mask, and a pairwise mask with each neighbour that sent it
-shares) and stored as an Array, and the clear tensor is dropped from its record before
-the next one is read: the node holds about one copy of the update at any time, and sends
-4 bytes a parameter.
+applied), masked (its self mask, and a pairwise mask with every other neighbour) and
+stored as an Array, and the clear tensor is dropped from its record before the next one
+is read: the node holds about one copy of the update at any time, and sends 4 bytes a
+parameter.
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ def masked_update(state: SecAggState, update: ArrayRecord, weight: float) -> Arr
 
 
 def _masks(state: SecAggState) -> list[Mask]:
-    """The node's self mask and its pairwise masks, with their signs in the sum."""
+    """The node's self mask and its pairwise masks with every other neighbour (each sent
+    it shares: `senders_problem`), with their signs in the sum."""
     pairwise = [
-        (pairwise_mask(state.sk1, state.neighbours[n][0]), pairwise_sign(state.node_id, n))
-        for n in state.senders
+        (pairwise_mask(state.sk1, keys[0]), pairwise_sign(state.node_id, n))
+        for n, keys in state.neighbours.items()
+        if n != state.node_id
     ]
     return [(self_mask(state.mask_seed), 1), *pairwise]

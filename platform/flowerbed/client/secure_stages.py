@@ -1,14 +1,18 @@
-"""The node's four SecAgg+ stages, each from the state and the stage's config to its reply.
+"""The node's five SecAgg+ stages, each from the state and the stage's config to its reply.
 
 Set-up makes two key pairs; the key exchange makes a 256-bit self-mask seed and sends
 Shamir shares of it and of the first private key, each encrypted for one neighbour;
 collect keeps the shares it receives (the mask itself is `client/secure_masking.py`);
-unmask returns the shares the coordinator needs. Each checks the round first
-(`client/secure_checks.py`) and raises `Refusal` with the reason.
+the consistency check keeps the survivor list it is told and confirms it to each other
+neighbour; unmask counts the neighbours that confirmed the same list and returns the
+shares the coordinator needs. Each checks the round first (`client/secure_checks.py`)
+and raises `Refusal` with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from typing import Any, cast
 
@@ -28,15 +32,19 @@ from flwr.supercore.primitives.asymmetric import (
 )
 
 from flowerbed.client.secure_checks import (
+    confirmation_problem,
     neighbour_problem,
     senders_problem,
     setup_problem,
-    unmask_problem,
+    survivors_problem,
 )
 from flowerbed.client.secure_state import SecAggState
 from flowerbed.config.node_policy import NodePolicyConfig
 from flowerbed.secagg.contract import Key, RoundSetup, Stage
-from flowerbed.secagg.masks import SEED_BYTES
+from flowerbed.secagg.masks import SEED_BYTES, mask_key
+
+CONFIRMATION = b"flowerbed secagg+ survivor list confirmed v1"
+"""The purpose label of the MAC key two neighbours derive from their channel key."""
 
 
 class Refusal(Exception):
@@ -88,11 +96,10 @@ def share_keys(state: SecAggState, config: ConfigRecord) -> dict[str, Any]:
 
 
 def receive_shares(state: SecAggState, config: ConfigRecord) -> None:
-    """Keep the neighbours' shares forwarded in the collect stage, checked first."""
-    setup = cast(RoundSetup, state.setup)
+    """Keep every other neighbour's shares forwarded in the collect stage, checked first."""
     sources = cast(list[int], config[Key.SOURCES])
     ciphertexts = cast(list[bytes], config[Key.CIPHERTEXTS])
-    problem = senders_problem(state.node_id, set(state.neighbours), sources, setup.threshold)
+    problem = senders_problem(state.node_id, set(state.neighbours), sources)
     if problem or len(sources) != len(ciphertexts):
         raise Refusal(problem or "the coordinator forwarded shares without their sources")
     for source, ciphertext in zip(sources, ciphertexts, strict=True):
@@ -106,16 +113,51 @@ def receive_shares(state: SecAggState, config: ConfigRecord) -> None:
         state.seed_shares[source], state.key_shares[source] = seed_share, key_share
 
 
-def unmask(state: SecAggState, config: ConfigRecord) -> dict[str, Any]:
-    """The shares of the active neighbours' self-mask seeds and of the dead ones' keys."""
+def confirm(state: SecAggState, config: ConfigRecord) -> dict[str, Any]:
+    """Keep the survivor list the coordinator sends, checked, and confirm it to each other
+    neighbour (a node confirms one list a round: the stages come in order)."""
     setup = cast(RoundSetup, state.setup)
     active = cast(list[int], config[Key.ACTIVE])
     dead = cast(list[int], config[Key.DEAD])
-    problem = unmask_problem(state.node_id, set(state.seed_shares), active, dead, setup.threshold)
+    problem = survivors_problem(state.node_id, set(state.neighbours), active, dead, setup.threshold)
     if problem:
         raise Refusal(problem)
-    shares = [state.seed_shares[n] for n in active] + [state.key_shares[n] for n in dead]
-    return {Key.NODE_IDS: active + dead, Key.SHARES: shares}
+    state.active = sorted(active)
+    others = [n for n in sorted(state.neighbours) if n != state.node_id]
+    confirmations = [_confirmation(state, n, state.node_id, n) for n in others]
+    return {Key.DESTINATIONS: others, Key.CONFIRMATIONS: confirmations}
+
+
+def unmask(state: SecAggState, config: ConfigRecord) -> dict[str, Any]:
+    """The shares of the active neighbours' self-mask seeds and of the dead ones' keys, by
+    the list this node confirmed, once enough neighbours confirmed the same list. A
+    confirmation of another list, or not made by its neighbour, does not count."""
+    setup = cast(RoundSetup, state.setup)
+    sources = cast(list[int], config[Key.SOURCES])
+    tags = cast(list[bytes], config[Key.CONFIRMATIONS])
+    confirmed = {
+        source
+        for source, tag in zip(sources, tags, strict=True)
+        if source in state.active
+        and source != state.node_id
+        and hmac.compare_digest(tag, _confirmation(state, source, source, state.node_id))
+    }
+    problem = confirmation_problem(len(confirmed), setup.threshold)
+    if problem:
+        raise Refusal(problem)
+    dead = [n for n in sorted(state.neighbours) if n not in state.active]
+    shares = [state.seed_shares[n] for n in state.active] + [state.key_shares[n] for n in dead]
+    return {Key.NODE_IDS: state.active + dead, Key.SHARES: shares}
+
+
+def _confirmation(state: SecAggState, neighbour: int, source: int, destination: int) -> bytes:
+    """`source`'s MAC, for `destination`, of the survivor list this node holds among its
+    neighbours, under a key only this node and `neighbour` (the other of the two) derive."""
+    key = mask_key(_channel(state, neighbour), CONFIRMATION)
+    listed = [sorted(state.neighbours), state.active]
+    view = b"|".join(b",".join(str(n).encode() for n in ids) for ids in listed)
+    message = source.to_bytes(8, "little") + destination.to_bytes(8, "little") + view
+    return hmac.new(key, message, hashlib.sha256).digest()
 
 
 def _channel(state: SecAggState, neighbour: int) -> bytes:

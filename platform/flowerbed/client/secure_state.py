@@ -34,11 +34,9 @@ class SecAggState:
     """The shares of each neighbour's self-mask seed this node holds (its own included)."""
     key_shares: dict[int, bytes] = field(default_factory=dict)
     """The shares of each neighbour's first private key this node holds."""
-
-    @property
-    def senders(self) -> list[int]:
-        """The neighbours that sent this node their shares: it masks with them."""
-        return [n for n in self.seed_shares if n != self.node_id]
+    active: list[int] = field(default_factory=list)
+    """The survivor list this node confirmed in the consistency check (sorted): the one
+    it reveals shares by."""
 
     def save(self, context: Context) -> None:
         values: dict = {"stage": self.stage, "node_id": self.node_id}
@@ -50,6 +48,7 @@ class SecAggState:
         values["share_owners"] = list(self.seed_shares)
         values["seed_shares"] = list(self.seed_shares.values())
         values["key_shares"] = [self.key_shares[n] for n in self.seed_shares]
+        values["active"] = list(self.active)
         context.state.config_records[STATE] = ConfigRecord(values)
 
     @classmethod
@@ -72,4 +71,5 @@ class SecAggState:
             neighbours={n: (keys[2 * i], keys[2 * i + 1]) for i, n in enumerate(ids)},
             seed_shares=dict(zip(owners, cast(list[bytes], values["seed_shares"]), strict=True)),
             key_shares=dict(zip(owners, cast(list[bytes], values["key_shares"]), strict=True)),
+            active=cast(list[int], values["active"]),
         )

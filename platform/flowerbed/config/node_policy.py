@@ -49,8 +49,9 @@ class NodePolicyConfig(Section):
     (the server's `federation.secure_aggregation=secaggplus`)."""
     min_secure_clients: Annotated[int, at_least(MIN_SECURE_CLIENTS)]
     """In a secure round, refuse to send anything unless the coordinator sampled at least
-    this many clients (its word: the node sees only its neighbours; the round's other
-    checks are in `client/secure_checks.py`)."""
+    this many clients; every one is the node's neighbour, and the node then refuses a
+    key exchange with another number of public keys (whose owners are the coordinator's
+    word; the round's other checks are in `client/secure_checks.py`)."""
     max_epsilon: Annotated[float | None, positive()]
     """The largest lifetime ε the node accepts: a server asking for more is refused, and
     the node's ledger stops the client there whatever the server's budget."""

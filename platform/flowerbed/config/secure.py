@@ -15,19 +15,20 @@ from flowerbed.config.rules import Range, Section, at_least, positive
 
 @dataclass
 class SecureAggregationConfig(Section):
-    """SecAgg+ (Bell et al. 2020): pairwise masks between neighbours, Shamir shares of
-    the secrets so the masks of clients that drop out can still be removed."""
+    """SecAgg+ (Bell et al. 2020) with every client of a round every other's neighbour:
+    pairwise masks between all of them, Shamir shares of the secrets so the masks of
+    clients that drop out can still be removed, and a consistency check before any
+    share is revealed (Bonawitz et al. 2017)."""
 
     key = "secagg"
-    neighbours: Annotated[int | None, at_least(2)]
-    """Each client's masking neighbours, itself included (null: every sampled client;
-    an even count is raised by one, as the protocol needs)."""
     threshold: Annotated[int | None, at_least(2)]
-    """Shares needed to remove a client's masks (null: two thirds of the neighbours, at
-    least 2): the round survives clients dropping out after the key exchange while at
-    least this many neighbours remain, and fewer colluding clients learn nothing. It
-    must exceed half the neighbours, or a coordinator that tells some neighbours a
-    client dropped out and others that it did not could rebuild both of its secrets."""
+    """Shares needed to remove a client's masks (null: two thirds of the round's clients,
+    at least 2): the round survives clients dropping out after the key exchange while at
+    least this many remain, and the coordinator unmasks no sum of fewer. It must exceed
+    half the clients, or two survivor lists could each be confirmed by `threshold` clients
+    and a coordinator telling them different stories could rebuild both of a client's
+    secrets; clients colluding with such a coordinator must stay fewer than
+    2 x threshold - clients (at the default, about a third of the round)."""
     clipping_range: Annotated[float, positive()]
     """Each coordinate of a client's update (its weights minus the global ones) is clipped
     to +-this before it is quantized (1.0: far beyond what a round of AdamW moves)."""
@@ -39,13 +40,9 @@ class SecureAggregationConfig(Section):
     error. A client's weight travels masked, clamped to this; the server checks only the
     survivors' total (exactly one per client that trained when this is 1)."""
 
-    def sizes(self, clients: int) -> tuple[int, int]:
-        """Neighbours per client (odd unless every client, at most `clients`) and the
-        threshold, for a round of `clients`."""
-        neighbours = min(self.neighbours or clients, clients)
-        if neighbours < clients and neighbours % 2 == 0:
-            neighbours += 1
-        return neighbours, self.threshold or max(2, math.ceil(2 * neighbours / 3))
+    def threshold_of(self, clients: int) -> int:
+        """The threshold of a round of `clients`."""
+        return self.threshold or max(2, math.ceil(2 * clients / 3))
 
     def problem(self, clients: int) -> str | None:
         """Why a round of `clients` cannot run with these settings (None: it can)."""
@@ -55,17 +52,17 @@ class SecureAggregationConfig(Section):
                 f"{clients}: with two, each client could subtract its own update from the sum "
                 "and read the other"
             )
-        neighbours, threshold = self.sizes(clients)
-        if threshold > neighbours:
+        threshold = self.threshold_of(clients)
+        if threshold > clients:
             return (
-                f"secagg.threshold={threshold} is more shares than the {neighbours} "
-                "neighbours a client has: lower it, or raise secagg.neighbours"
+                f"secagg.threshold={threshold} is more shares than the {clients} clients of "
+                "the round: lower it"
             )
-        if 2 * threshold <= neighbours:
+        if 2 * threshold <= clients:
             return (
-                f"secagg.threshold={threshold} is at most half of a client's {neighbours} "
-                "neighbours: a coordinator lying about who dropped out could rebuild both "
-                f"of a client's secrets; raise it above {neighbours // 2}"
+                f"secagg.threshold={threshold} is at most half of the round's {clients} "
+                "clients: a coordinator lying about who dropped out could rebuild both of a "
+                f"client's secrets; raise it above {clients // 2}"
             )
         # each client's coordinate (and weight factor) is at most 2^bits, inclusive
         if clients << self.quantization_bits >= 1 << 32:

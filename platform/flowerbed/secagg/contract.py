@@ -1,15 +1,19 @@
 """What a SecAgg+ round's Messages carry, defined once for the ServerApp and the node's mod.
 
-A round is four train Messages per client, each naming its stage in the `CONFIGS` record:
+A round is five train Messages per client, each naming its stage in the `CONFIGS` record.
+Every client of a round is every other's neighbour:
 
 1. setup: the round's parameters (`RoundSetup`); the reply: two fresh public keys;
 2. share keys: the neighbours' ids and public keys; the reply: Shamir shares of the node's
    two secrets, each encrypted for one neighbour (`DESTINATIONS`, `CIPHERTEXTS`);
-3. collect: the shares meant for the node (`SOURCES`, `CIPHERTEXTS`) beside the train
-   instructions; the reply: the train reply's metrics and the masked update (`MASKED`, an
-   ArrayRecord of uint32 arrays laid out as `layout` says);
-4. unmask: who is active and who dropped out among the node's neighbours; the reply: the
-   shares that rebuild the active ones' self-mask seeds and the dead ones' mask keys.
+3. collect: the shares of every other neighbour (`SOURCES`, `CIPHERTEXTS`) beside the
+   train instructions; the reply: the train reply's metrics and the masked update
+   (`MASKED`, an ArrayRecord of uint32 arrays laid out as `layout` says);
+4. consistency check: who is active (sent a masked update) and who dropped out, covering
+   the neighbours exactly (`ACTIVE`, `DEAD`); the reply: a confirmation of that list for
+   each other neighbour, a MAC under the key the two share (`DESTINATIONS`, `CONFIRMATIONS`);
+5. unmask: the confirmations meant for the node (`SOURCES`, `CONFIRMATIONS`); the reply:
+   the shares that rebuild the active ones' self-mask seeds and the dead ones' mask keys.
 
 A node that refuses the round (`client/secure_checks.py`) answers any stage with a
 `TrainReply` carrying its sentence (`refused`) instead, and sends nothing else.
@@ -41,8 +45,9 @@ class Stage:
     SETUP = "setup"
     SHARE_KEYS = "share_keys"
     COLLECT = "collect_masked_vectors"
+    CONSISTENCY = "consistency_check"
     UNMASK = "unmask"
-    ORDER = (SETUP, SHARE_KEYS, COLLECT, UNMASK)
+    ORDER = (SETUP, SHARE_KEYS, COLLECT, CONSISTENCY, UNMASK)
 
 
 class Key:
@@ -60,6 +65,8 @@ class Key:
     ACTIVE = "active_nids"
     DEAD = "dead_nids"
     SHARES = "shares"
+    CONFIRMATIONS = "confirmations"
+    """A node's MACs of the survivor list it was told, one per other neighbour."""
     WEIGHT = "weight"
 
 
@@ -70,7 +77,8 @@ class RoundSetup:
     sample: int
     """Clients sampled for the round."""
     neighbours: int
-    """Clients each one shares masks with, itself included."""
+    """Clients each one shares masks with, itself included: the whole sample (the node
+    refuses any other count, and a neighbour set of another size)."""
     threshold: int
     """Shares that rebuild one client's secret."""
     clipping_range: float

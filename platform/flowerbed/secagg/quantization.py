@@ -5,6 +5,8 @@ factor (its weight over `max_weight`, quantized) and maps [-range, range] onto
 [0, 2^bits] with stochastic rounding (unbiased: floor(y + u), u uniform in [0, 1)). So
 every coordinate, and the weight factor, is at most 2^bits, and the sum of n clients at
 most n x 2^bits: below 2^32 as long as n x 2^bits < 2^32 (`config/secure.py` checks).
+That holds for honest clients: a hostile one can add any word to its masked update, and
+nothing here or in the sum bounds it (docs/secure-aggregation.md, "What it gives up").
 
 The rounding draws u from numpy's PCG64 seeded by the operating system: it needs to be
 unbiased, not secret (the masks keep the result secret). Flower's `quantize` drew it from

@@ -7,16 +7,21 @@ interface, and its masks came from a generator seeded with 32 bits folded from e
 (`secagg/masks.py` says why that broke the protocol); Shamir sharing, key agreement and
 the share encryption are still Flower's.
 
-1. setup: each sampled client checks the round's parameters and makes two key pairs; if
-   any does not answer (or refuses), the set-up runs again without it, so every node
-   receives exactly the neighbours the set-up announced;
-2. share keys: each client gets its neighbours' public keys and sends Shamir shares of
-   its secrets, encrypted for each neighbour;
-3. collect: each client gets its shares and the train Message, trains, and sends its
-   update quantized and masked (a self mask, and pairwise masks that cancel in the sum)
-   with its metrics; the server adds the masked updates;
-4. unmask: the survivors send the shares that remove the survivors' self masks and the
-   pairwise masks of clients that dropped out after the key exchange.
+Every client of a round is every other's neighbour.
+
+1. setup: each sampled client checks the round's parameters and makes two key pairs;
+2. share keys: each client gets the others' public keys and sends Shamir shares of its
+   secrets, encrypted for each of them. If any client does not answer the set-up or the
+   key exchange (or refuses), both run again without it: a client masks with every
+   other or refuses, so every one must have every other's shares;
+3. collect: each client gets the others' shares and the train Message, trains, and sends
+   its update quantized and masked (a self mask, and pairwise masks that cancel in the
+   sum) with its metrics; the server adds the masked updates;
+4. consistency check: each survivor is told who sent a masked update and who dropped
+   out, and confirms that list to each other client (a MAC the server cannot make);
+5. unmask: each survivor gets the confirmations meant for it and, when at least
+   `threshold` clients hold its list, sends the shares that remove the survivors' self
+   masks and the pairwise masks of clients that dropped out after the key exchange.
 
 What the server reconstructs is the weighted mean of the survivors' updates (their
 weights minus the global ones, each coordinate clipped to `secagg.clipping_range`),
@@ -43,19 +48,13 @@ from flowerbed.server.secure_masks import (
     MaskedSum,
     SecureAggregationFailed,
     Shapes,
-    forward_shares,
+    forward,
     masked_sum,
     mean_update,
     remove_masks,
     shares_by_owner,
 )
-from flowerbed.server.secure_stage import (
-    Ring,
-    enough,
-    neighbour_ring,
-    send_stage,
-    with_refusals,
-)
+from flowerbed.server.secure_stage import Ring, enough, send_stage, with_refusals
 
 
 @dataclass
@@ -76,7 +75,8 @@ class SecureSum:
 
 
 class SecAggPlus:
-    """One secure round over the Grid: setup, share keys, collect, unmask."""
+    """One secure round over the Grid: setup, share keys, collect, consistency check,
+    unmask."""
 
     def __init__(self, cfg: SecureAggregationConfig, timeout: float) -> None:
         self.cfg, self.timeout = cfg, timeout
@@ -87,13 +87,13 @@ class SecAggPlus:
         """The secure sum of the updates `train` asks for; `others` (evaluate Messages)
         travel with the collect stage; `shapes`: the update's floating-point tensors."""
         refusals: list[Message] = []
-        ring = self._set_up(grid, [m.metadata.dst_node_id for m in train], refusals)
-        shared = self._share_keys(grid, ring, refusals)
+        ring = self._keys(grid, [m.metadata.dst_node_id for m in train], refusals)
         contents = {m.metadata.dst_node_id: m.content for m in train}
-        collected = self._collect(grid, forward_shares(shared), contents, others)
+        shares = forward(ring.shared, Key.CIPHERTEXTS)
+        collected = self._collect(grid, shares, contents, others)
         summed = masked_sum(collected, shapes)
         enough(summed.survivors, ring.setup.threshold, "training", refusals)
-        self._unmask(grid, ring, summed, set(shared), refusals)
+        self._unmask(grid, ring, summed, refusals)
         trained = sum(1 for r in summed.survivors.values() if _trained(r))
         mean, rejected = mean_update(summed.total, len(summed.survivors), trained, self.cfg)
         return SecureSum(
@@ -104,71 +104,77 @@ class SecAggPlus:
             {str(p): why for p, why in summed.left_out.items()},
         )
 
-    def _set_up(self, grid: Grid, nodes: list[int], refusals: list[Message]) -> Ring:
-        """The round's neighbours and keys: the set-up runs again without any node that
-        did not answer it, until every node left has (or too few are left)."""
+    def _keys(self, grid: Grid, nodes: list[int], refusals: list[Message]) -> Ring:
+        """The round's nodes, their keys and their shares: the set-up and the key exchange
+        run again without any node that did not answer either, until every node left has
+        (or too few are left)."""
         while True:
-            problem = self.cfg.problem(len(nodes))
-            if problem is not None:
-                sentence = f"secure aggregation: {problem}"
-                raise SecureAggregationFailed(with_refusals(sentence, refusals))
-            shares, threshold = self.cfg.sizes(len(nodes))
-            setup = RoundSetup(
-                len(nodes),
-                shares,
-                threshold,
-                float(self.cfg.clipping_range),
-                self.cfg.quantization_bits,
-                float(self.cfg.max_weight),
-            )
+            setup = self._setup(nodes, refusals)
             asked = dict.fromkeys(nodes, setup.to_config())
             replies, refused = send_stage(grid, Stage.SETUP, asked, self.timeout)
             refusals += refused
-            if set(replies) == set(nodes):
-                keys = {
-                    n: (cast(bytes, c[Key.PUBLIC_KEY_1]), cast(bytes, c[Key.PUBLIC_KEY_2]))
-                    for n, c in replies.items()
-                }
-                return Ring(setup, neighbour_ring(nodes, shares), keys)
-            nodes = [n for n in nodes if n in replies]
+            if set(replies) != set(nodes):
+                nodes = [n for n in nodes if n in replies]
+                continue
+            keys = {
+                n: (cast(bytes, c[Key.PUBLIC_KEY_1]), cast(bytes, c[Key.PUBLIC_KEY_2]))
+                for n, c in replies.items()
+            }
+            shared = self._share_keys(grid, keys, refusals)
+            if set(shared) == set(nodes):
+                return Ring(setup, keys, shared)
+            nodes = [n for n in nodes if n in shared]
+
+    def _setup(self, nodes: list[int], refusals: list[Message]) -> RoundSetup:
+        """The parameters of a round of `nodes`, or the sentence why there can be none."""
+        problem = self.cfg.problem(len(nodes))
+        if problem is not None:
+            sentence = f"secure aggregation: {problem}"
+            raise SecureAggregationFailed(with_refusals(sentence, refusals))
+        return RoundSetup(
+            len(nodes),
+            len(nodes),
+            self.cfg.threshold_of(len(nodes)),
+            float(self.cfg.clipping_range),
+            self.cfg.quantization_bits,
+            float(self.cfg.max_weight),
+        )
 
     def _share_keys(
-        self, grid: Grid, ring: Ring, refusals: list[Message]
+        self, grid: Grid, keys: dict[int, tuple[bytes, bytes]], refusals: list[Message]
     ) -> dict[int, ConfigRecord]:
         """The key exchange: each node's encrypted shares, by node."""
-        configs = {}
-        for node, neighbours in ring.neighbours.items():
-            ids = sorted(neighbours)
-            configs[node] = {
-                Key.NODE_IDS: ids,
-                Key.PUBLIC_KEYS_1: [ring.keys[n][0] for n in ids],
-                Key.PUBLIC_KEYS_2: [ring.keys[n][1] for n in ids],
-            }
-        replies, refused = send_stage(grid, Stage.SHARE_KEYS, configs, self.timeout)
+        ids = sorted(keys)
+        config = {
+            Key.NODE_IDS: ids,
+            Key.PUBLIC_KEYS_1: [keys[n][0] for n in ids],
+            Key.PUBLIC_KEYS_2: [keys[n][1] for n in ids],
+        }
+        asked = dict.fromkeys(ids, config)
+        replies, refused = send_stage(grid, Stage.SHARE_KEYS, asked, self.timeout)
         refusals += refused
-        enough(replies, ring.setup.threshold, "the key exchange", refusals)
         return replies
 
-    def _unmask(
-        self, grid: Grid, ring: Ring, summed: MaskedSum, shared: set[int], refusals: list[Message]
-    ) -> None:
-        """Ask the survivors for the shares that remove every mask, and remove them."""
-        survivors = set(summed.survivors)
-        dead = shared - survivors
-        asked = {
-            n: {
-                Key.ACTIVE: sorted(ring.neighbours[n] & survivors),
-                Key.DEAD: sorted(ring.neighbours[n] & dead),
-            }
-            for n in survivors
+    def _unmask(self, grid: Grid, ring: Ring, summed: MaskedSum, refusals: list[Message]) -> None:
+        """The consistency check, then the shares that remove every mask, removed."""
+        survivors, threshold = set(summed.survivors), ring.setup.threshold
+        story = {
+            Key.ACTIVE: sorted(survivors),
+            Key.DEAD: sorted(set(ring.keys) - survivors),
         }
-        unmasked, refused = send_stage(grid, Stage.UNMASK, asked, self.timeout)
+        asked = dict.fromkeys(sorted(survivors), story)
+        confirmed, refused = send_stage(grid, Stage.CONSISTENCY, asked, self.timeout)
         refusals += refused
-        threshold = ring.setup.threshold
+        enough(confirmed, threshold, "the consistency check", refusals)
+        confirmations = {
+            node: {Key.CONFIRMATIONS: tags, Key.SOURCES: sources}
+            for node, (tags, sources) in forward(confirmed, Key.CONFIRMATIONS).items()
+        }
+        unmasked, refused = send_stage(grid, Stage.UNMASK, confirmations, self.timeout)
+        refusals += refused
         enough(unmasked, threshold, "the unmask stage", refusals)
-        owned = shares_by_owner(unmasked, shared)
-        present = (shared, survivors)
-        remove_masks(summed.total, owned, ring.neighbours, ring.keys, present, threshold)
+        owned = shares_by_owner(unmasked, set(ring.keys))
+        remove_masks(summed.total, owned, ring.keys, survivors, threshold)
 
     def _collect(
         self,

@@ -1,5 +1,6 @@
 """The arithmetic of a SecAgg+ round on the server: add the masked updates, route the
-encrypted shares, rebuild the secrets, remove every mask, and check the weights.
+encrypted shares and the confirmations, rebuild the secrets, remove every mask, and check
+the weights.
 
 Everything here is uint32 arithmetic modulo 2^32 on quantized integers, a tensor (and a
 chunk) at a time; only `mean_update` returns floats, and only for the survivors' sum.
@@ -83,16 +84,16 @@ def _views(record: ArrayRecord) -> dict[str, np.ndarray]:
         return {}
 
 
-def forward_shares(replies: dict[int, ConfigRecord]) -> dict[int, tuple[list[bytes], list[int]]]:
-    """Each node's incoming encrypted shares and their sources (the server cannot read
-    them: each is encrypted for its destination)."""
+def forward(replies: dict[int, ConfigRecord], key: str) -> dict[int, tuple[list[bytes], list[int]]]:
+    """What each node's neighbours addressed to it (`key`: the encrypted shares or the
+    confirmations, which the server can neither read nor make), with their sources."""
     forwarded: dict[int, tuple[list[bytes], list[int]]] = {n: ([], []) for n in replies}
     for source, config in replies.items():
         destinations = cast(list[int], config[Key.DESTINATIONS])
-        ciphertexts = cast(list[bytes], config[Key.CIPHERTEXTS])
-        for destination, ciphertext in zip(destinations, ciphertexts, strict=True):
+        payloads = cast(list[bytes], config[key])
+        for destination, payload in zip(destinations, payloads, strict=True):
             if destination in forwarded:
-                forwarded[destination][0].append(ciphertext)
+                forwarded[destination][0].append(payload)
                 forwarded[destination][1].append(source)
     return forwarded
 
@@ -111,20 +112,18 @@ def shares_by_owner(replies: dict[int, ConfigRecord], nodes: set[int]) -> dict[i
 def remove_masks(
     total: dict[str, np.ndarray],
     shares: dict[int, list[bytes]],
-    ring: dict[int, set[int]],
     keys: dict[int, tuple[bytes, bytes]],
-    present: tuple[set[int], set[int]],
+    survivors: set[int],
     threshold: int,
 ) -> None:
     """Remove every mask from the masked sum, in place.
 
-    `present`: the nodes that shared their secrets (only they masked anything) and the
-    survivors among them (their updates are in the sum): a survivor's self mask is
-    removed, and a dropped node's pairwise masks with its surviving neighbours.
+    `keys`: the round's nodes (each masked with every other) and their public keys;
+    `survivors`: those whose updates are in the sum. A survivor's self mask is removed,
+    and a dropped node's pairwise masks with the survivors.
     """
-    shared, survivors = present
     masks: list[Mask] = []
-    for owner in sorted(shared):
+    for owner in sorted(keys):
         if len(shares[owner]) < threshold:
             raise SecureAggregationFailed(
                 f"secure aggregation: {len(shares[owner])} share(s) of node {owner}'s secret "
@@ -135,7 +134,7 @@ def remove_masks(
         if owner in survivors:
             masks.append((self_mask(secret), -1))
             continue
-        for neighbour in sorted(ring[owner] & survivors):  # each added it with its sign
+        for neighbour in sorted(survivors):  # each added it with its sign
             mask = pairwise_mask(secret, keys[neighbour][0])
             masks.append((mask, -pairwise_sign(neighbour, owner)))
     for name in total:  # `layout` order: the order the clients read their masks in

@@ -1,4 +1,4 @@
-"""One stage of a secure round over the Grid, and who masks with whom.
+"""One stage of a secure round over the Grid, and the round's nodes once set up.
 
 Each stage is one `send_and_receive`: a ConfigRecord naming the stage to each node, and
 back either the stage's answer or the node's refusal (a `TrainReply` whose `refused` says
@@ -7,7 +7,6 @@ why); a node whose Message failed is simply absent, as if it had dropped out.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +21,14 @@ from flowerbed.server.secure_masks import SecureAggregationFailed
 
 @dataclass
 class Ring:
-    """Who masks with whom in a round, once the set-up has settled."""
+    """A round's nodes once the set-up and key exchange have settled: every node is every
+    other's neighbour, and each has shared its secrets with all of them."""
 
     setup: RoundSetup
-    neighbours: dict[int, set[int]]
-    """Each node's neighbours, itself included."""
     keys: dict[int, tuple[bytes, bytes]]
     """Each node's two public keys."""
+    shared: dict[int, ConfigRecord]
+    """Each node's key-exchange answer: its shares, encrypted for each other node."""
 
 
 def send_stage(
@@ -52,17 +52,6 @@ def send_stage(
         else:
             refusals.append(reply)
     return answers, refusals
-
-
-def neighbour_ring(nodes: list[int], shares: int) -> dict[int, set[int]]:
-    """Each node's `shares` neighbours (itself included) on a shuffled ring (the engine
-    seeds `random` per round)."""
-    order = random.sample(nodes, len(nodes))
-    half = shares // 2
-    return {
-        node: {order[(i + k) % len(order)] for k in range(-half, shares - half)}
-        for i, node in enumerate(order)
-    }
 
 
 def enough(present: Collection, threshold: int, stage: str, refusals: list[Message]) -> None:
