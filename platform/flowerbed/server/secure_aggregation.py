@@ -33,6 +33,7 @@ records.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -55,6 +56,8 @@ from flowerbed.server.secure_masks import (
     shares_by_owner,
 )
 from flowerbed.server.secure_stage import Ring, enough, send_stage, with_refusals
+
+log = logging.getLogger("flowerbed")
 
 
 @dataclass
@@ -203,6 +206,12 @@ def secure_aggregation(cfg: FlowerbedConfig) -> SecAggPlus | None:
     """The run's secure aggregation protocol (None: `federation.secure_aggregation=off`)."""
     if cfg.federation.secure_aggregation == "off":
         return None
+    if not isinstance(cfg.federation.max_update_norm, int | float):
+        log.warning(
+            "secure aggregation hides each update, so federation.max_update_norm=%s bounds "
+            "nothing and one hostile institution can move the model at will: give it a number",
+            cfg.federation.max_update_norm,
+        )
     return SecAggPlus(cfg.secagg, cfg.federation.round_timeout)
 
 
