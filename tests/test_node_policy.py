@@ -221,3 +221,11 @@ def test_a_supernode_states_the_fewest_clients_it_hides_among():
         assert policy.min_secure_clients == 5
     with pytest.raises(SchemaError, match="min-secure-clients must be >= 3, got 2"):
         policy_from_node_config({"min-secure-clients": 2})
+
+
+def test_a_delta_not_below_one_over_the_units_is_refused_whatever_the_policy_allows():
+    from flowerbed.privacy.policy import delta_refusal
+
+    assert "privacy.delta=0.01 is not below 1/200" in delta_refusal(dp(delta=0.01), 2, 200)
+    assert delta_refusal(dp(delta=1e-5), 2, 200) is None
+    assert delta_refusal(section("privacy", "privacy=off"), 2, 10**9) is None

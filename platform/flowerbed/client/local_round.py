@@ -37,7 +37,7 @@ from flowerbed.model.runtime import mean_loss
 from flowerbed.privacy.ledger import FILENAME as LEDGER
 from flowerbed.privacy.ledger import PrivacyLedger
 from flowerbed.privacy.modes import privacy_mode
-from flowerbed.privacy.policy import node_budget, refusal
+from flowerbed.privacy.policy import delta_refusal, node_budget, refusal
 from flowerbed.privacy.release import exact_under_dp, log_exact, released_evaluate, released_train
 from flowerbed.protocol import (
     EvaluateInstructions,
@@ -81,12 +81,8 @@ def _train(
         heldout = heldout_losses(job.evaluation(job.round - 1), model, node, device)
     mode = privacy_mode(job.privacy)
     records = plan.pool.num_records
-    if mode.clients_private and job.privacy.delta * records >= 1:
-        refused = (
-            f"client {node.partition_id} refuses the server's privacy settings: "
-            f"privacy.delta={job.privacy.delta:g} is not below 1/{records} (its units this "
-            "round), so the guarantee would allow releasing one of them whole"
-        )
+    refused = delta_refusal(job.privacy, node.partition_id, records)
+    if refused:
         log.warning("%s", refused)
         return TrainReply(node.partition_id, 0, 0, 0.0, refused=refused), None, 0
     budget = node_budget(node.policy, job.privacy)

@@ -87,6 +87,18 @@ def refusal(
     return None
 
 
+def delta_refusal(privacy: PrivacyConfig, partition_id: int, units: int) -> str | None:
+    """Why a DP-SGD round over `units` units refuses the server's δ (None: it does not):
+    δ ≥ 1/units would let the guarantee hold while one unit is released whole."""
+    if privacy.mode != "dp_sgd" or privacy.delta * units < 1:
+        return None
+    return (
+        f"client {partition_id} refuses the server's privacy settings: privacy.delta="
+        f"{privacy.delta:g} is not below 1/{units} (its units this round), so the guarantee "
+        "would allow releasing one of them whole"
+    )
+
+
 def node_budget(policy: NodePolicyConfig, privacy: PrivacyConfig) -> float | None:
     """The ε the client may spend in its life: the tighter of the server's and the node's."""
     caps = [c for c in (privacy.budget, policy.max_epsilon) if c is not None]
