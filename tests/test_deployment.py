@@ -145,8 +145,10 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
     # The SuperLink refuses a key whose node it still holds active: wait out the heartbeat.
     loopback.wait_for(lambda: loopback.online_nodes() == 0, "the old SuperNodes offline", 300)
     # Institutions that accept runs without DP (the next test runs one) and no ε cap (this
-    # test's last run asks for ε 100).
-    start_institutions(loopback, first_run, root, policy="require-dp=false")
+    # test's last run asks for ε 100). They hold the first run's data, so their ledgers'
+    # mirrors go elsewhere: else they would rightly count the first run's releases too.
+    policy = f"require-dp=false ledger-mirror-dir='{root / 'mirrors'}'"
+    start_institutions(loopback, first_run, root, policy=policy)
     ledger_path = root / "site-1-state" / "privacy_ledger.json"
 
     def deploy(name: str, *extra: str) -> subprocess.Popen:
@@ -162,7 +164,12 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
 
     run = deploy("run", "federation.rounds=3")
     metrics = root / "run" / "metrics.jsonl"
-    loopback.wait_for(lambda: metrics.is_file() and metrics.read_text().strip(), "round 1", 600)
+
+    def trained() -> bool:
+        return metrics.is_file() and bool(metrics.read_text().strip())
+
+    loopback.wait_for(lambda: trained() or run.poll() is not None, "round 1", 600)
+    assert trained(), f"the run ended (exit {run.returncode}) before round 1"
     loopback.stop("site-1")  # the institution's machine dies, ClientApp and all
     after_kill = json.loads(ledger_path.read_text())["entries"]
     assert [e["round"] for e in after_kill] in ([1], [1, 2])  # round 2 may have been written
@@ -170,7 +177,7 @@ def test_a_killed_institution_is_left_out_and_its_ledger_survives(deployment, ca
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert rows[0]["clients"] == 2 and any(r["failed_clients"] == 1 for r in rows[1:])
-    start_institutions(loopback, first_run, root, sites=(1,), policy="require-dp=false")
+    start_institutions(loopback, first_run, root, sites=(1,), policy=policy)
     # The institution trains again: its ledger must go on from what it held, not restart.
     # (The noise stays what the ledger fixed for life; this run's budget leaves room.)
     again = deploy("again", "federation.rounds=1", "privacy.target_epsilon=100")
