@@ -16,6 +16,7 @@ from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import Batches, LossMeter, TrainResult, make_optimizer, set_lr
 from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.model.ranks import Ranks
+from flowerbed.privacy.dp_adam import NoiseCorrectedAdamW
 from flowerbed.privacy.dp_sgd import PrivateStep
 from flowerbed.privacy.secret_noise import NoiseKey
 
@@ -39,15 +40,19 @@ class PrivateTrainer:
         self.cfg, self.privacy, self.device = cfg, privacy, device
         self.ranks = ranks or Ranks()
         self.noise_multiplier, self.noise = noise_multiplier, noise
-        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.optimizer = make_optimizer(self.model, cfg, device, private=True)
 
     def train(self, pool: Batches, schedule: Schedule, rng: np.random.Generator) -> TrainResult:
+        expected_batch = pool.expected_batch(self.cfg.batch_size)
+        if isinstance(self.optimizer, NoiseCorrectedAdamW):  # the noise on the mean gradient
+            clip = self.privacy.max_grad_norm
+            self.optimizer.noise_std = self.noise_multiplier * clip / expected_batch
         private = PrivateStep(
             self.model,
             self.optimizer,
             noise_multiplier=self.noise_multiplier,
             max_grad_norm=self.privacy.max_grad_norm,
-            expected_batch_size=pool.expected_batch(self.cfg.batch_size),
+            expected_batch_size=expected_batch,
             mode=self.privacy.grad_sample_mode,
             max_physical_batch=self.privacy.max_physical_batch,
             noise=self.noise,

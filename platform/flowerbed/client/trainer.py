@@ -87,14 +87,19 @@ class LossMeter:
 
 
 def make_optimizer(
-    model: torch.nn.Module, cfg: TrainConfig, device: torch.device
+    model: torch.nn.Module, cfg: TrainConfig, device: torch.device, private: bool = False
 ) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms), fused on CUDA."""
+    """AdamW with weight decay on matrices only (not on norms), fused on CUDA; under DP
+    (`private`) with `train.dp_adam_bias_correction`, the noise-corrected one."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    if private and cfg.dp_adam_bias_correction:
+        from flowerbed.privacy.dp_adam import NoiseCorrectedAdamW
+
+        return NoiseCorrectedAdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
 
 

@@ -133,6 +133,9 @@ class TrainConfig(Section):
     """Synchronous warm start: the first this many rounds take one local step each and the
     server averages them without its outer step, so the federation begins as data-parallel
     training (DiLoCo's warm start); the rounds after take local_steps each."""
+    dp_adam_bias_correction: bool
+    """Under DP-SGD, AdamW's second moment without the noise's variance (σC/B)²
+    (`privacy/dp_adam.py`); no effect without DP."""
 
     def steps_in(self, round_: int) -> int:
         """Local steps of round `round_` (1-based)."""
