@@ -31,10 +31,18 @@ from bench_common import bench_parser, describe, sync
 from flowerbed.client.trainer import make_optimizer
 from flowerbed.config import compose_config
 from flowerbed.model import autocast, build_model, resolve_device
+from flowerbed.privacy.dp_adam import NoiseCorrectedAdamW
 from flowerbed.privacy.dp_sgd import PrivateStep, per_sequence_loss
 from flowerbed.privacy.secret_noise import KeyedGaussian, NoiseKey
 
-ARMS = ("non-DP", "DP ghost", "DP bookkeeping", "DP hooks", "DP bookkeeping per document")
+ARMS = (
+    "non-DP",
+    "DP ghost",
+    "DP bookkeeping",
+    "DP hooks",
+    "DP bookkeeping per document",
+    "DP bookkeeping bias-corrected Adam",
+)
 
 
 class Arm:
@@ -45,7 +53,11 @@ class Arm:
     ) -> None:
         self.name, self.device = name, device
         self.model = copy.deepcopy(base).to(device)
-        self.optimizer = make_optimizer(self.model, compose_config("train.lr=1e-4").train, device)
+        corrected = name.endswith("bias-corrected Adam")  # train.dp_adam_bias_correction
+        train = compose_config("train.lr=1e-4", f"train.dp_adam_bias_correction={corrected}").train
+        self.optimizer = make_optimizer(self.model, train, device, private=name != "non-DP")
+        if isinstance(self.optimizer, NoiseCorrectedAdamW):
+            self.optimizer.noise_std = 1.0 / batch  # σ C / B of the arm's step
         self.private, self.groups = None, None
         if name.endswith("per document"):  # the same rows, as documents of `per_unit` blocks
             self.groups = torch.arange(batch, device=device) // per_unit
@@ -250,6 +262,8 @@ def main() -> None:
         f"the same rows: {unit / sequence:.2f}x tokens/s, "
         f"{peak['DP bookkeeping per document'] / peak['DP bookkeeping']:.2f}x memory"
     )
+    corrected = rate["DP bookkeeping bias-corrected Adam"]
+    print(f"bias-corrected AdamW vs AdamW, the same DP step: {corrected / sequence:.2f}x tokens/s")
     print(phases)
     print(noise_table(base, device, max(args.repeats, 5)))
 

@@ -75,6 +75,25 @@ def test_privacy_planning_gives_the_noise_for_a_target_and_the_epsilon_for_a_noi
     assert printed == pytest.approx(reference([(1.5, 0.04, 2250)], 1e-5, "rdp"), rel=1e-3)
 
 
+def test_the_recipe_takes_the_largest_batch_that_leaves_its_steps_within_the_target():
+    """3,840 sequences over a life (491,520 tokens of 128): batches 8, 16, 32 leave 100
+    steps or more; 32 has the least noise per sequence in the mean gradient, and its σ
+    spends ε 8 by Google's dp-accounting."""
+    from tests.test_privacy_accounting import reference
+
+    settings = ["--units", "2700", "--target-epsilon", "8", "--tokens", "491520"]
+    made = flowerbed("privacy", "recommend", *settings)
+    assert made.returncode == 0, made.stderr
+    rows = re.findall(r"^\| (\d+) \| (\d+) \| ([0-9.]+) \|", made.stdout, re.MULTILINE)
+    assert [(int(b), int(k)) for b, k, _ in rows] == [(8, 480), (16, 240), (32, 120)]
+    assert "recommended: train.batch_size=32, 120 steps" in made.stdout
+    sigma = float(rows[-1][2])
+    assert 7.9 < reference([(sigma, 32 / 2700, 120)], 1e-5, "pld") <= 8.0 * 1.01
+    too_few = flowerbed("privacy", "recommend", *settings[:4], "--tokens", "1000")
+    assert too_few.returncode != 0
+    assert "cannot give 100 steps of 8 units: train more tokens" in too_few.stderr
+
+
 def test_an_institution_turns_its_files_into_experiences_and_bad_files_are_named(tmp_path):
     from flowerbed.config import compose_config, to_plain_dict
     from flowerbed.data import byte_tokenizer

@@ -7,6 +7,7 @@ documents, 8 of them a step):
         --local-steps 50 --target-epsilon 8
     flowerbed privacy epsilon --units 1500 --unit document --batch-size 8 --rounds 20 \
         --local-steps 50 --noise-multiplier 1.0
+    flowerbed privacy recommend --units 2700 --target-epsilon 8 --tokens 122880
     flowerbed privacy ledger runs/<run>/clients/client-0/state/privacy_ledger.json
 """
 
@@ -18,9 +19,10 @@ from pathlib import Path
 
 from flowerbed.cli.parsing import subcommand_parser
 from flowerbed.privacy.planning import plan
+from flowerbed.privacy.recipe import MIN_STEPS, recommend
 
 
-def _settings(parser: argparse.ArgumentParser) -> None:
+def _units(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--units",
         "--records",
@@ -36,6 +38,19 @@ def _settings(parser: argparse.ArgumentParser) -> None:
         help="what one unit is (privacy.unit); ε protects one of them (default: %(default)s)",
     )
     parser.add_argument(
+        "--delta", type=float, default=1e-5, help="δ of the guarantee (default: %(default)g)"
+    )
+    parser.add_argument(
+        "--accountant",
+        choices=["prv", "rdp"],
+        default="prv",
+        help="how steps compose into ε: prv (tighter) or rdp (default: %(default)s)",
+    )
+
+
+def _settings(parser: argparse.ArgumentParser) -> None:
+    _units(parser)
+    parser.add_argument(
         "--batch-size",
         type=int,
         required=True,
@@ -47,14 +62,30 @@ def _settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--local-steps", type=int, required=True, help="DP-SGD steps a round (train.local_steps)"
     )
+
+
+def _recipe_settings(parser: argparse.ArgumentParser) -> None:
+    _units(parser)
     parser.add_argument(
-        "--delta", type=float, default=1e-5, help="δ of the guarantee (default: %(default)g)"
+        "--target-epsilon", type=float, required=True, help="the ε the client's whole life spends"
     )
     parser.add_argument(
-        "--accountant",
-        choices=["prv", "rdp"],
-        default="prv",
-        help="how steps compose into ε: prv (tighter) or rdp (default: %(default)s)",
+        "--tokens", type=int, required=True, help="tokens the client trains on over its life"
+    )
+    parser.add_argument(
+        "--seq-len", type=int, default=128, help="tokens a block holds (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--blocks-per-unit",
+        type=float,
+        default=1.0,
+        help="blocks a drawn unit gives a step, on average (documents, users; default: 1)",
+    )
+    parser.add_argument(
+        "--min-steps",
+        type=int,
+        default=MIN_STEPS,
+        help="the fewest steps over the client's life (default: %(default)s)",
     )
 
 
@@ -70,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     spend.add_argument(
         "--noise-multiplier", type=float, required=True, help="σ, the noise per clipped sum"
     )
+    recipe = commands.add_parser(
+        "recommend", help="the batch and steps that spend a token budget with the least noise"
+    )
+    _recipe_settings(recipe)
     ledger = commands.add_parser("ledger", help="show a client's privacy ledger")
     ledger.add_argument("path", type=Path, help="a client's privacy_ledger.json")
     return parser
@@ -79,6 +114,9 @@ def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "ledger":
         _show_ledger(args.path)
+        return
+    if args.command == "recommend":
+        _recommend(args)
         return
     problem = _problem(args)
     if problem:
@@ -125,6 +163,36 @@ def _problem(args: argparse.Namespace) -> str | None:
         if value is not None and not value > 0:
             return f"--{flag.replace('_', '-')} must be > 0, got {value:g}"
     return None
+
+
+def _recommend(args: argparse.Namespace) -> None:
+    drawn = int(args.tokens / (args.seq_len * args.blocks_per_unit))
+    try:
+        recipe = recommend(
+            args.units,
+            drawn,
+            args.target_epsilon,
+            args.delta,
+            args.accountant,
+            args.min_steps,
+        )
+    except ValueError as error:
+        raise SystemExit(f"flowerbed privacy recommend: {error}") from None
+    print(f"{drawn:,} {args.unit}s drawn over the client's life, ε {args.target_epsilon:g}:")
+    print("| batch | steps | noise σ | σ / batch |")
+    print("|---|---|---|---|")
+    for batch, candidate in recipe.candidates:
+        print(
+            f"| {batch} | {candidate.steps} | {candidate.noise_multiplier:.4g} | "
+            f"{candidate.noise_multiplier / batch:.4g} |"
+        )
+    chosen = recipe.chosen
+    print(
+        f"recommended: train.batch_size={recipe.batch_size}, {chosen.steps} steps over the "
+        f"client's life (train.local_steps = {chosen.steps} / rounds), noise σ "
+        f"{chosen.noise_multiplier:.4g}: the lowest noise per {args.unit} in the mean gradient "
+        f"(σ/B {recipe.noise_batch_ratio:.4g}) that still leaves {args.min_steps} steps"
+    )
 
 
 def _show_ledger(path: Path) -> None:
