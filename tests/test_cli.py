@@ -88,10 +88,12 @@ def test_the_recipe_takes_the_largest_batch_that_leaves_its_steps_within_the_tar
     assert [(int(b), int(k)) for b, k, _ in rows] == [(8, 480), (16, 240), (32, 120)]
     assert "recommended: train.batch_size=32, 120 steps" in made.stdout
     sigma = float(rows[-1][2])
-    assert 7.9 < reference([(sigma, 32 / 2700, 120)], 1e-5, "pld") <= 8.0 * 1.01
+    assert 7.9 < reference([(sigma, 32 / 2700, 120)], 1e-5, "pld") <= 8.0
     too_few = flowerbed("privacy", "recommend", *settings[:4], "--tokens", "1000")
     assert too_few.returncode != 0
     assert "cannot give 100 steps of 8 units: train more tokens" in too_few.stderr
+    wrong = flowerbed("privacy", "recommend", *settings, "--blocks-per-unit", "0.01")
+    assert "--blocks-per-unit must be 1 for sequences" in wrong.stderr
 
 
 def test_an_institution_turns_its_files_into_experiences_and_bad_files_are_named(tmp_path):

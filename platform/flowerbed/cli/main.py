@@ -18,9 +18,12 @@ commands:
   report <sweep dir>           a sweep's report again: report.md, report.csv, plots
                                e.g. flowerbed report runs/default-sweep/2026-11-23_10-00-00
   runs [DIR]                   every run under DIR (default ./runs): status, rounds, loss, ε
-  privacy noise|epsilon|ledger  plan a privacy budget, or read a client's ledger
+  privacy noise|epsilon|recommend|ledger
+                               plan a privacy budget, or read a client's ledger
                                e.g. flowerbed privacy noise --units 20000 --batch-size 16
                                         --rounds 20 --local-steps 50 --target-epsilon 8
+                                    flowerbed privacy recommend --units 20000
+                                        --target-epsilon 8 --tokens 2000000
 """
 
 

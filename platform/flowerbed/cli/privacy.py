@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 from flowerbed.cli.parsing import subcommand_parser
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
+    # Opacus's PRV accountant bounds its domain with RDP, whose orders stop short at tiny
+    # rates; the warning says nothing about the printed numbers.
+    warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
     if args.command == "ledger":
         _show_ledger(args.path)
         return
@@ -165,7 +169,29 @@ def _problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _recipe_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with `recommend`'s settings, in a sentence (None: nothing)."""
+    counts = {"--units": args.units, "--tokens": args.tokens, "--seq-len": args.seq_len}
+    counts["--min-steps"] = args.min_steps
+    for flag, value in counts.items():
+        if value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if args.blocks_per_unit < 1 or (args.unit == "sequence" and args.blocks_per_unit != 1):
+        return (
+            f"--blocks-per-unit must be 1 for sequences and at least 1 for documents or "
+            f"users (the blocks a drawn unit gives a step), got {args.blocks_per_unit:g}"
+        )
+    if not 0 < args.delta < 1:
+        return f"--delta must be between 0 and 1 (exclusive), got {args.delta:g}"
+    if not args.target_epsilon > 0:
+        return f"--target-epsilon must be > 0, got {args.target_epsilon:g}"
+    return None
+
+
 def _recommend(args: argparse.Namespace) -> None:
+    problem = _recipe_problem(args)
+    if problem:
+        raise SystemExit(f"flowerbed privacy recommend: {problem}")
     drawn = int(args.tokens / (args.seq_len * args.blocks_per_unit))
     try:
         recipe = recommend(
@@ -183,15 +209,20 @@ def _recommend(args: argparse.Namespace) -> None:
     print("|---|---|---|---|")
     for batch, candidate in recipe.candidates:
         print(
-            f"| {batch} | {candidate.steps} | {candidate.noise_multiplier:.4g} | "
+            f"| {batch} | {candidate.steps} | {candidate.noise_multiplier:.6g} | "
             f"{candidate.noise_multiplier / batch:.4g} |"
         )
     chosen = recipe.chosen
     print(
         f"recommended: train.batch_size={recipe.batch_size}, {chosen.steps} steps over the "
         f"client's life (train.local_steps = {chosen.steps} / rounds), noise σ "
-        f"{chosen.noise_multiplier:.4g}: the lowest noise per {args.unit} in the mean gradient "
+        f"{chosen.noise_multiplier:.6g}: the lowest noise per {args.unit} in the mean gradient "
         f"(σ/B {recipe.noise_batch_ratio:.4g}) that still leaves {args.min_steps} steps"
+    )
+    print(
+        "σ is for a client whose units are all there from the start, without replay: each "
+        "client calibrates its own from its ledger and its data (replay and new experiences "
+        "raise the rate a unit is drawn at)"
     )
 
 

@@ -29,6 +29,9 @@ class NoiseCorrectedAdamW(torch.optim.AdamW):
     the round knows its expected batch (`noise_std`), and 0 leaves plain AdamW."""
 
     def __init__(self, params, **adamw) -> None:
+        unsupported = [k for k in ("amsgrad", "maximize", "capturable") if adamw.get(k)]
+        if unsupported:
+            raise ValueError(f"NoiseCorrectedAdamW does not implement {', '.join(unsupported)}")
         super().__init__(params, **{**adamw, "foreach": False, "fused": False})
         self.noise_std = 0.0
 

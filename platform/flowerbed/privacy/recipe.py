@@ -26,7 +26,7 @@ class Recipe:
     chosen: Plan
     batch_size: int
     candidates: list[tuple[int, Plan]]
-    """(batch, plan) for every batch tried, smallest first."""
+    """(batch, plan) for the largest batches weighed, smallest first."""
 
     @property
     def noise_batch_ratio(self) -> float:
@@ -41,27 +41,31 @@ def recommend(
     accountant: str = "prv",
     min_steps: int = MIN_STEPS,
     smallest_batch: int = 8,
+    shown: int = 4,
 ) -> Recipe:
     """The batch (expected units a step) and steps spending `drawn` unit draws over a
     client's life, holding `units`, within `target_epsilon`.
 
     Batches from `smallest_batch` doubling up to the most that leaves `min_steps`
     steps; the one with the lowest σ/B is chosen (the largest, as σ/B falls with B).
+    Only the `shown` largest are calibrated: a small batch's millions of steps take the
+    accountant minutes, and σ/B only rises as the batch halves.
     """
     if drawn < smallest_batch * min_steps:
         raise ValueError(
             f"{drawn} unit draws over the client's life cannot give {min_steps} steps of "
             f"{smallest_batch} units: train more tokens, or lower the minimum steps"
         )
-    candidates = []
-    batch = smallest_batch
-    while batch <= units and drawn // batch >= min_steps:
-        steps = drawn // batch
-        candidates.append((batch, plan(units, batch, 1, steps, delta, accountant, target_epsilon)))
-        batch *= 2
-    if not candidates:
+    if smallest_batch > units:
         raise ValueError(
             f"a batch of {smallest_batch} is more than the {units} units the client holds"
         )
+    batches = [smallest_batch]
+    while batches[-1] * 2 <= units and drawn // (batches[-1] * 2) >= min_steps:
+        batches.append(batches[-1] * 2)
+    candidates = [
+        (batch, plan(units, batch, 1, drawn // batch, delta, accountant, target_epsilon))
+        for batch in batches[-shown:]
+    ]
     batch, chosen = min(candidates, key=lambda c: c[1].noise_multiplier / c[0])
     return Recipe(chosen, batch, candidates)
