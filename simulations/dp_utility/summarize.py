@@ -76,6 +76,9 @@ def keep(folder: Path, dest: Path) -> None:
 def table(folder: Path) -> str:
     arms: dict[str, list[dict]] = defaultdict(list)
     for job in sorted(p for p in folder.iterdir() if (p / "summary.json").is_file()):
+        if "final_val_loss" not in json.loads((job / "summary.json").read_text()):
+            print(f"left out, not completed: {job.name}")
+            continue
         facts = job_facts(job)
         arms[facts["arm"]].append(facts)
     means = {arm: statistics.mean(f["val"] for f in jobs) for arm, jobs in arms.items()}

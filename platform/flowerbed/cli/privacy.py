@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 
 from flowerbed.cli.parsing import subcommand_parser
+from flowerbed.cli.recommend import recipe_settings, recommend_batch
 from flowerbed.privacy.planning import plan
-from flowerbed.privacy.recipe import MIN_STEPS, recommend
 
 
 def _units(parser: argparse.ArgumentParser) -> None:
@@ -65,31 +65,6 @@ def _settings(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _recipe_settings(parser: argparse.ArgumentParser) -> None:
-    _units(parser)
-    parser.add_argument(
-        "--target-epsilon", type=float, required=True, help="the ε the client's whole life spends"
-    )
-    parser.add_argument(
-        "--tokens", type=int, required=True, help="tokens the client trains on over its life"
-    )
-    parser.add_argument(
-        "--seq-len", type=int, default=128, help="tokens a block holds (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--blocks-per-unit",
-        type=float,
-        default=1.0,
-        help="blocks a drawn unit gives a step, on average (documents, users; default: 1)",
-    )
-    parser.add_argument(
-        "--min-steps",
-        type=int,
-        default=MIN_STEPS,
-        help="the fewest steps over the client's life (default: %(default)s)",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser, commands = subcommand_parser("flowerbed privacy", __doc__)
     noise = commands.add_parser("noise", help="the noise multiplier that spends a target epsilon")
@@ -105,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe = commands.add_parser(
         "recommend", help="the batch and steps that spend a token budget with the least noise"
     )
-    _recipe_settings(recipe)
+    recipe_settings(recipe, _units)
     ledger = commands.add_parser("ledger", help="show a client's privacy ledger")
     ledger.add_argument("path", type=Path, help="a client's privacy_ledger.json")
     return parser
@@ -120,7 +95,7 @@ def main(argv: list[str]) -> None:
         _show_ledger(args.path)
         return
     if args.command == "recommend":
-        _recommend(args)
+        recommend_batch(args)
         return
     problem = _problem(args)
     if problem:
@@ -167,63 +142,6 @@ def _problem(args: argparse.Namespace) -> str | None:
         if value is not None and not value > 0:
             return f"--{flag.replace('_', '-')} must be > 0, got {value:g}"
     return None
-
-
-def _recipe_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with `recommend`'s settings, in a sentence (None: nothing)."""
-    counts = {"--units": args.units, "--tokens": args.tokens, "--seq-len": args.seq_len}
-    counts["--min-steps"] = args.min_steps
-    for flag, value in counts.items():
-        if value < 1:
-            return f"{flag} must be at least 1, got {value}"
-    if args.blocks_per_unit < 1 or (args.unit == "sequence" and args.blocks_per_unit != 1):
-        return (
-            f"--blocks-per-unit must be 1 for sequences and at least 1 for documents or "
-            f"users (the blocks a drawn unit gives a step), got {args.blocks_per_unit:g}"
-        )
-    if not 0 < args.delta < 1:
-        return f"--delta must be between 0 and 1 (exclusive), got {args.delta:g}"
-    if not args.target_epsilon > 0:
-        return f"--target-epsilon must be > 0, got {args.target_epsilon:g}"
-    return None
-
-
-def _recommend(args: argparse.Namespace) -> None:
-    problem = _recipe_problem(args)
-    if problem:
-        raise SystemExit(f"flowerbed privacy recommend: {problem}")
-    drawn = int(args.tokens / (args.seq_len * args.blocks_per_unit))
-    try:
-        recipe = recommend(
-            args.units,
-            drawn,
-            args.target_epsilon,
-            args.delta,
-            args.accountant,
-            args.min_steps,
-        )
-    except ValueError as error:
-        raise SystemExit(f"flowerbed privacy recommend: {error}") from None
-    print(f"{drawn:,} {args.unit}s drawn over the client's life, ε {args.target_epsilon:g}:")
-    print("| batch | steps | noise σ | σ / batch |")
-    print("|---|---|---|---|")
-    for batch, candidate in recipe.candidates:
-        print(
-            f"| {batch} | {candidate.steps} | {candidate.noise_multiplier:.6g} | "
-            f"{candidate.noise_multiplier / batch:.4g} |"
-        )
-    chosen = recipe.chosen
-    print(
-        f"recommended: train.batch_size={recipe.batch_size}, {chosen.steps} steps over the "
-        f"client's life (train.local_steps = {chosen.steps} / rounds), noise σ "
-        f"{chosen.noise_multiplier:.6g}: the lowest noise per {args.unit} in the mean gradient "
-        f"(σ/B {recipe.noise_batch_ratio:.4g}) that still leaves {args.min_steps} steps"
-    )
-    print(
-        "σ is for a client whose units are all there from the start, without replay: each "
-        "client calibrates its own from its ledger and its data (replay and new experiences "
-        "raise the rate a unit is drawn at)"
-    )
 
 
 def _show_ledger(path: Path) -> None:
