@@ -43,24 +43,35 @@ class NoiseCorrectedAdamW(torch.optim.AdamW):
                 loss = closure()
         variance = self.noise_std**2
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, decay, eps = group["lr"], group["weight_decay"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                second = v / (1 - beta2**t)
-                if variance > 0:
-                    second.sub_(variance).clamp_(min=FLOOR * variance)
-                p.mul_(1 - lr * decay)
-                p.addcdiv_(m, second.sqrt_().add_(eps), value=-lr / (1 - beta1**t))
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update(group, params, [p.grad for p in params], variance)
         return loss
+
+    def _update(
+        self, group: dict, params: list[torch.Tensor], grads: list, variance: float
+    ) -> None:
+        """One step for a group's parameters, each pass over all of them in one call."""
+        beta1, beta2 = group["betas"]
+        lr, decay, eps = group["lr"], group["weight_decay"], group["eps"]
+        states = [self.state[p] for p in params]
+        for p, state in zip(params, states, strict=True):
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
+            state["step"] += 1
+        m = [state["exp_avg"] for state in states]
+        v = [state["exp_avg_sq"] for state in states]
+        steps = [float(state["step"]) for state in states]
+        torch._foreach_lerp_(m, grads, 1 - beta1)
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+        second = torch._foreach_div(v, [1 - beta2**t for t in steps])
+        if variance > 0:
+            torch._foreach_sub_(second, variance)
+            torch._foreach_clamp_min_(second, FLOOR * variance)
+        torch._foreach_sqrt_(second)
+        torch._foreach_add_(second, eps)
+        torch._foreach_mul_(params, 1 - lr * decay)
+        torch._foreach_addcdiv_(params, m, second, [-lr / (1 - beta1**t) for t in steps])
