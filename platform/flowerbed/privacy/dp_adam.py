@@ -21,7 +21,8 @@ import torch
 FLOOR = 0.1
 """The corrected second moment's floor, as a share of the noise's variance φ²: a
 coordinate with no signal above the noise is scaled by 1/(√0.1 φ) ≈ 3.2/φ, not 1/φ as
-plain DP-Adam does, nor without bound (measured in simulations/dp_utility/)."""
+plain DP-Adam does, nor without bound. Chosen, not tuned: simulations/dp_utility/ measured
+this floor only."""
 
 
 class NoiseCorrectedAdamW(torch.optim.AdamW):
