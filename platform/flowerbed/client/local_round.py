@@ -34,6 +34,9 @@ from flowerbed.model.adapter import add_adapter, check_base, load_shared_state, 
 from flowerbed.model.factory import base_from_architecture, model_from_architecture
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.runtime import mean_loss
+from flowerbed.privacy.correlated_noise import CorrelatedNoise
+from flowerbed.privacy.cyclic import Cycle
+from flowerbed.privacy.guard import RoundPermit
 from flowerbed.privacy.ledger import FILENAME as LEDGER
 from flowerbed.privacy.ledger import PrivacyLedger
 from flowerbed.privacy.modes import privacy_mode
@@ -107,13 +110,20 @@ def _train(
     draws = round_randomness(
         job.privacy, job.seed, job.round, node.partition_id, node.state_dir, permit.nonce
     )
+    if permit.bands > 1:  # banded noise: each step samples one class of records
+        plan.pool.cycle = Cycle(permit.bands, draws.cycle_key)
     if node.ranks > 1:  # the batches drawn here, trained on the node's ranks
         from flowerbed.client.ranked_round import train_on_ranks
 
         result, trained = train_on_ranks(job, weights, node, plan, permit, draws, device)
     else:
-        trainer = make_trainer(model, train, job.privacy, device, permit, draws.noise)
+        correlated = kept_noise(permit, node.state_dir, job.round)
+        trainer = make_trainer(
+            model, train, job.privacy, device, permit, draws.noise, None, correlated
+        )
         result = _train_here(trainer, job, node, plan, draws.sampler)
+        if correlated is not None:
+            correlated.save(node.state_dir, job.round, permit.nonce or "")
         trained = shared_state(trainer.model)
     epsilon = guard.record(permit)  # written ahead; now done
     reply = TrainReply(
@@ -127,6 +137,13 @@ def _train(
         heldout=heldout,
     )
     return reply, trained, planned_tokens
+
+
+def kept_noise(permit: RoundPermit, state_dir: Path, round_: int) -> CorrelatedNoise | None:
+    """The banded mechanism's buffers as the node left them before `round_` (else None)."""
+    if permit.coefficients is None:
+        return None
+    return CorrelatedNoise.resume(permit.coefficients, state_dir, round_, permit.previous_nonce)
 
 
 def release_request(job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node) -> str:

@@ -16,6 +16,8 @@ from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import Batches, LossMeter, TrainResult, make_optimizer, set_lr
 from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.model.ranks import Ranks
+from flowerbed.privacy.banded import noise_scale
+from flowerbed.privacy.correlated_noise import CorrelatedNoise
 from flowerbed.privacy.dp_adam import NoiseCorrectedAdamW
 from flowerbed.privacy.dp_sgd import PrivateStep
 from flowerbed.privacy.secret_noise import NoiseKey
@@ -35,18 +37,22 @@ class PrivateTrainer:
         noise_multiplier: float,
         noise: NoiseKey,
         ranks: Ranks | None = None,
+        correlated: CorrelatedNoise | None = None,
     ) -> None:
         self.model = model.to(device)
         self.cfg, self.privacy, self.device = cfg, privacy, device
         self.ranks = ranks or Ranks()
         self.noise_multiplier, self.noise = noise_multiplier, noise
+        self.correlated = correlated
+        """privacy.mechanism=banded: the noise is correlated across steps (and rounds)."""
         self.optimizer = make_optimizer(self.model, cfg, device, private=True)
 
     def train(self, pool: Batches, schedule: Schedule, rng: np.random.Generator) -> TrainResult:
         expected_batch = pool.expected_batch(self.cfg.batch_size)
         if isinstance(self.optimizer, NoiseCorrectedAdamW):  # the noise on the mean gradient
             clip = self.privacy.max_grad_norm
-            self.optimizer.noise_std = self.noise_multiplier * clip / expected_batch
+            scale = noise_scale(self.correlated.coefficients) if self.correlated else 1.0
+            self.optimizer.noise_std = scale * self.noise_multiplier * clip / expected_batch
         private = PrivateStep(
             self.model,
             self.optimizer,
@@ -58,6 +64,7 @@ class PrivateTrainer:
             noise=self.noise,
             padded=pool.padded,
             ranks=self.ranks,
+            correlated=self.correlated,
         )
         self.model.train()
         meter = LossMeter(self.device)

@@ -16,6 +16,7 @@ protect, and a round's draws come from the run's seed as well.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,8 @@ class RunSeeded:
 
     def __init__(self, seed: int, round_: int, partition_id: int) -> None:
         self.sampler = np.random.default_rng([seed, round_, partition_id])
+        self.cycle_key = hashlib.sha256(f"cycle/{seed}/{partition_id}".encode()).digest()
+        """The classes of banded noise's sampling cycle: the same every round."""
 
     def noise(self) -> NoiseKey:
         """The private trainer's noise seed: the sampler's first draw, before any batch."""
@@ -55,6 +58,8 @@ class SecretSeeded:
         secret = NodeSecret.open(state_dir)
         self.sampler = secret.generator("sample", nonce)
         self._noise = NoiseKey(key=secret.digest("noise", nonce))
+        self.cycle_key = secret.digest("cycle")
+        """The classes of banded noise's sampling cycle: the node's, for life."""
 
     def noise(self) -> NoiseKey:
         return self._noise

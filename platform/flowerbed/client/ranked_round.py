@@ -91,8 +91,9 @@ class RankTask:
     noise: NoiseKey | None
     draws: RoundDraws
     schedule: Schedule
-    inner_state: tuple[Path, int] | None
-    """(state directory, round) when the inner optimizer state is kept."""
+    state: tuple[Path, int]
+    """(the node's state directory, the round): for kept inner and noise state."""
+    keep_inner_state: bool
     killed_rank: int | None = None
     """Simulation only (`faults=rank_crash`): this rank dies before its first step."""
 
@@ -121,7 +122,8 @@ def train_on_ranks(
         noise=noise,
         draws=RoundDraws.of(plan.pool, train, private, draws.sampler),
         schedule=plan.schedule,
-        inner_state=(node.state_dir, job.round) if job.keep_inner_state else None,
+        state=(node.state_dir, job.round),
+        keep_inner_state=job.keep_inner_state,
         killed_rank=killed_rank(node.faults, node.partition_id),
     )
     threads = max(1, (node.threads or os.cpu_count() or 1) // node.ranks)
@@ -134,7 +136,7 @@ def train_on_ranks(
 def _train_rank(
     ranks: ProcessGroupRanks, device: torch.device, task: RankTask
 ) -> tuple[TrainResult, Weights] | None:
-    from flowerbed.client.local_round import global_model
+    from flowerbed.client.local_round import global_model, kept_noise
     from flowerbed.model.adapter import shared_state
 
     if task.killed_rank == ranks.rank:
@@ -146,12 +148,17 @@ def _train_rank(
         assert key is not None
         return key
 
-    trainer = make_trainer(model, task.train, task.privacy, device, task.permit, noise, ranks)
-    if task.inner_state:
-        restore_inner_state(trainer.optimizer, trainer.model, *task.inner_state)
+    correlated = kept_noise(task.permit, *task.state)
+    trainer = make_trainer(
+        model, task.train, task.privacy, device, task.permit, noise, ranks, correlated
+    )
+    if task.keep_inner_state:
+        restore_inner_state(trainer.optimizer, trainer.model, *task.state)
     result = trainer.train(task.draws, task.schedule, np.random.default_rng(0))
     if ranks.rank != 0:
         return None
-    if task.inner_state:
-        save_inner_state(trainer.optimizer, trainer.model, *task.inner_state)
+    if task.keep_inner_state:
+        save_inner_state(trainer.optimizer, trainer.model, *task.state)
+    if correlated is not None:  # every rank shaped the same noise; one saves it
+        correlated.save(*task.state, task.permit.nonce or "")
     return result, {k: v.detach().cpu() for k, v in shared_state(trainer.model).items()}

@@ -23,6 +23,7 @@ from flowerbed.client.schedule import Schedule
 from flowerbed.config import PrivacyConfig, TrainConfig
 from flowerbed.model.ranks import Ranks
 from flowerbed.model.runtime import autocast, inputs_and_labels
+from flowerbed.privacy.correlated_noise import CorrelatedNoise
 from flowerbed.privacy.guard import RoundPermit
 from flowerbed.privacy.secret_noise import NoiseKey
 
@@ -162,13 +163,16 @@ def make_trainer(
     permit: RoundPermit,
     noise: Callable[[], NoiseKey],
     ranks: Ranks | None = None,
+    correlated: CorrelatedNoise | None = None,
 ) -> Trainer:
     """DP-SGD when the permit carries a noise multiplier, else plain training.
 
-    `noise` is asked only for DP-SGD, before any batch is drawn.
+    `noise` is asked only for DP-SGD, before any batch is drawn; `correlated`: the kept
+    buffers of `privacy.mechanism=banded`.
     """
     if permit.noise_multiplier is None:
         return LocalTrainer(model, cfg, device, ranks)
     from flowerbed.client.private_trainer import PrivateTrainer
 
-    return PrivateTrainer(model, cfg, privacy, device, permit.noise_multiplier, noise(), ranks)
+    sigma = permit.noise_multiplier
+    return PrivateTrainer(model, cfg, privacy, device, sigma, noise(), ranks, correlated)

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from flowerbed.config.rules import Section, at_least, between, positive, require
 
 PrivacyMode = Literal["off", "dp_sgd", "user_level"]
+Auto = Literal["auto"]
 ContinualMode = Literal["off", "naive", "replay", "cumulative"]
 
 
@@ -47,10 +48,34 @@ class PrivacyConfig(Section):
     """dp_sgd: `secret` draws the noise and the Poisson sample from each node's own secret;
     `run` from the run's seed, for bit-identical tests and studies only: it is not private
     against anyone who knows the run's seed, and a deployed SuperNode refuses it."""
+    mechanism: Literal["dp_sgd", "banded"]
+    """dp_sgd: independent noise every step. banded: noise correlated over the last
+    `bands` steps (a banded matrix mechanism), which cancels much of it in the model,
+    with each record eligible once every `bands` steps (`privacy/banded.py`)."""
+    bands: Annotated[int | Auto, at_least(1)]
+    """banded: steps whose noise is correlated, a divisor of train.local_steps (1 is
+    DP-SGD); `auto`: the divisor whose noise in the model is least at target_epsilon."""
 
     def check(self) -> None:
         if self.mode == "off":
             return
+        require(
+            self.mechanism == "dp_sgd" or self.mode == "dp_sgd",
+            "privacy.mechanism=banded correlates each client's own noise: use it with "
+            "privacy=dp_sgd",
+        )
+        require(
+            self.mechanism == "dp_sgd" or self.bands != "auto" or self.target_epsilon is not None,
+            "privacy.bands=auto chooses the bands for privacy.target_epsilon: give one, or "
+            "give privacy.bands as a number",
+        )
+        require(
+            self.mechanism == "dp_sgd"
+            or self.noise_seed == "secret"
+            or self.grad_sample_mode == "bookkeeping",
+            "privacy.mechanism=banded with privacy.noise_seed=run needs "
+            "privacy.grad_sample_mode=bookkeeping",
+        )
         given = [k for k in ("noise_multiplier", "target_epsilon") if getattr(self, k) is not None]
         if self.mode == "dp_sgd":
             require(

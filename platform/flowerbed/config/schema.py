@@ -73,10 +73,28 @@ class FlowerbedConfig:
                 f"{last_arrival}, after the last round ({self.federation.rounds}): raise "
                 "federation.rounds or lower continual.experiences or continual.arrival_every",
             )
+        self._check_bands()
         require(
             self.privacy.mode != "user_level" or self.federation.transport_dtype == "fp32",
             "privacy=user_level clips and noises updates in fp32: "
             "set federation.transport_dtype=fp32",
+        )
+
+    def _check_bands(self) -> None:
+        """Banded noise needs whole sampling cycles in every round."""
+        privacy, train = self.privacy, self.train
+        if privacy.mode != "dp_sgd" or privacy.mechanism != "banded":
+            return
+        require(
+            train.sync_rounds == 0,
+            "privacy.mechanism=banded needs whole sampling cycles in every round: set "
+            "train.sync_rounds=0",
+        )
+        require(
+            privacy.bands == "auto" or train.local_steps % privacy.bands == 0,
+            f"privacy.bands={privacy.bands} does not divide train.local_steps="
+            f"{train.local_steps}: every round must hold whole sampling cycles; choose a "
+            "divisor, or privacy.bands=auto",
         )
 
     def _resolve_unit(self) -> None:

@@ -14,12 +14,13 @@ to `max_blocks_per_unit` of its rows, picked at random.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
 from flowerbed.data.blocks import as_ids
+from flowerbed.privacy.cyclic import Cycle
 
 
 class TokenRows:
@@ -81,6 +82,10 @@ class TrainingPool:
     """Unit-level DP (rows with `units`): rows a drawn unit gives one step, at most."""
     padded: bool = False
     """Rows packed by document end in padding (`PAD_ID`), neither input nor target."""
+    cycle: Cycle | None = None
+    """`privacy.mechanism=banded`: each Poisson draw is over one class of records, in turn
+    (`privacy/cyclic.py`), at `bands` times the rate."""
+    _classes: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def over(cls, tokens: np.ndarray) -> TrainingPool:
@@ -158,12 +163,37 @@ class TrainingPool:
         """One Poisson draw over new data and buffer; may be empty: [n, seq_len] int64, and
         under unit-level DP the drawn unit of each row (0, 1, ..., rows of a unit adjacent)."""
         q_new, q_replay = self.poisson_rates(batch_size)
+        if self.cycle is None or self.cycle.bands == 1:
+            turn = None
+        else:
+            turn, bands = self.cycle.turn(), self.cycle.bands
+            q_new, q_replay = min(1.0, bands * q_new), min(1.0, bands * q_replay)
         if self.by_unit:
-            return self._units.draw(self, q_new, q_replay, rng)
-        rows = [self.new.take(poisson_sample(len(self.new), q_new, rng))]
+            eligible = None if turn is None else self._class_of("units") == turn
+            return self._units.draw(self, q_new, q_replay, rng, eligible)
+        new = poisson_sample(len(self.new), q_new, rng)
+        rows = [self.new.take(self._in_turn(new, "new", turn))]
         if self.replaying:
-            rows.append(self.replay.take(poisson_sample(len(self.replay), q_replay, rng)))
+            replayed = poisson_sample(len(self.replay), q_replay, rng)
+            rows.append(self.replay.take(self._in_turn(replayed, "replay", turn)))
         return np.concatenate(rows), None
+
+    def _in_turn(self, sampled: np.ndarray, part: str, turn: int | None) -> np.ndarray:
+        """The sampled rows of `part` whose class is this step's (all without a cycle)."""
+        return sampled if turn is None else sampled[self._class_of(part)[sampled] == turn]
+
+    def _class_of(self, part: str) -> np.ndarray:
+        """Every record's class in the cycle, per part (`new`, `replay`) or `units`."""
+        if part not in self._classes:
+            assert self.cycle is not None
+            if part == "units":
+                records = self._units.unit_ids
+            else:
+                rows = self.new if part == "new" else self.replay
+                assert rows is not None
+                records = rows.take(np.arange(len(rows)))
+            self._classes[part] = self.cycle.classes(records)
+        return self._classes[part]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """Rows numbered over the new data, then the buffer."""
@@ -185,6 +215,8 @@ class UnitTable:
     starts: np.ndarray
     """Unit u's rows are rows[starts[u]:starts[u + 1]]."""
     new_units: int
+    unit_ids: np.ndarray
+    """Unit u's document or user id."""
 
     @classmethod
     def of(cls, new: TokenRows, replay: TokenRows | None) -> UnitTable:
@@ -195,22 +227,30 @@ class UnitTable:
         ordered = ids[rows]
         starts = np.flatnonzero(np.diff(ordered, prepend=ordered[:1] - 1) != 0)
         new_units = int(np.count_nonzero(~only_buffered[rows[starts]]))
-        return cls(rows, np.append(starts, len(rows)), new_units)
+        return cls(rows, np.append(starts, len(rows)), new_units, ordered[starts])
 
     @property
     def count(self) -> int:
         return len(self.starts) - 1
 
     def draw(
-        self, pool: TrainingPool, q_new: float, q_replay: float, rng: np.random.Generator
+        self,
+        pool: TrainingPool,
+        q_new: float,
+        q_replay: float,
+        rng: np.random.Generator,
+        eligible: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Each unit at its part's rate; each drawn unit's rows, at most `max_blocks_per_unit`."""
+        """Each unit at its part's rate; each drawn unit's rows, at most `max_blocks_per_unit`
+        (`eligible`: the units this step may draw, by the cycle; None: all)."""
         picked = np.concatenate(
             [
                 poisson_sample(self.new_units, q_new, rng),
                 self.new_units + poisson_sample(self.count - self.new_units, q_replay, rng),
             ]
         )
+        if eligible is not None:
+            picked = picked[eligible[picked]]
         parts, groups, cap = [], [], pool.max_blocks_per_unit
         for g, unit in enumerate(picked):
             rows = self.rows[self.starts[unit] : self.starts[unit + 1]]

@@ -8,7 +8,8 @@ block of a sampled unit, up to `privacy.max_blocks_per_unit`). Every step:
   by default; per-sample hooks for any layer Opacus knows; Opacus's ghost clipping for
   sequences only),
 - adds Gaussian noise once per logical batch, however many physical chunks it took, from
-  the release's secret key (`secret_noise.py`) or, for repeatable runs, a run seed,
+  the release's secret key (`secret_noise.py`) or, for repeatable runs, a run seed;
+  under `privacy.mechanism=banded` that draw becomes correlated noise (`correlated_noise.py`),
 - takes a noise-only step when the Poisson draw is empty (HF attention cannot run on an
   empty batch, and skipping would make the step count depend on the data),
 - on several ranks of one node, sums the ranks' clipped sums before the noise, which is
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from flowerbed.model.ranks import Ranks
 from flowerbed.model.runtime import autocast
 from flowerbed.privacy.across_ranks import noised_once
+from flowerbed.privacy.correlated_noise import CorrelatedNoise
 from flowerbed.privacy.secret_noise import NoiseKey
 from flowerbed.privacy.units import Groups, chunks
 
@@ -156,6 +158,7 @@ class PrivateStep:
         noise: NoiseKey | None = None,
         padded: bool = False,
         ranks: Ranks | None = None,
+        correlated: CorrelatedNoise | None = None,
     ) -> None:
         self.clipping = CLIPPING[mode]()  # the one place a grad_sample_mode is looked up
         self.model, self.max_physical_batch = model, max_physical_batch
@@ -172,6 +175,13 @@ class PrivateStep:
             loss_reduction="mean",
             generator=noise.generator(next(model.parameters()).device),
         )
+        if correlated is not None:  # privacy.mechanism=banded: the draw is shaped (C⁻¹z)
+            if noise.key is None and not hasattr(self.optimizer, "correlated"):
+                raise ValueError(
+                    "privacy.mechanism=banded shapes one flat draw: use "
+                    "privacy.grad_sample_mode=bookkeeping or privacy.noise_seed=secret"
+                )
+            self.optimizer.correlated = correlated
 
     def step(self, batch: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         """One logical DP step on `batch` (a Poisson sample, possibly empty).

@@ -11,11 +11,16 @@ import torch
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
 
+from flowerbed.privacy.correlated_noise import CorrelatedNoise
+
 
 class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):
     """Opacus's fast-gradient-clipping optimizer with all noise drawn in one call into one
     preallocated buffer (Opacus draws per parameter, allocating each time), and the first
     physical chunk's gradient taken as the running sum rather than copied."""
+
+    correlated: CorrelatedNoise | None = None
+    """privacy.mechanism=banded: the draw becomes the step's correlated noise."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -38,6 +43,8 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):
             self._noise.normal_(0, std, generator=self.generator)
         else:
             self._noise.zero_()
+        if self.correlated is not None:
+            self.correlated.shape_(self._noise)
         for p, noise in zip(self.params, self._noise.split(self._sizes), strict=True):
             _check_processed_flag(p.summed_grad)
             p.grad = p.summed_grad.add_(noise.view_as(p))  # summed_grad is dropped after

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowerbed.config import PrivacyConfig
+from flowerbed.privacy.banded import accounted
 from flowerbed.privacy.ledger import FILENAME, PrivacyLedger
 from flowerbed.privacy.planning import life_noise_multiplier
 
@@ -33,6 +34,15 @@ class RoundPermit:
     """The lifetime epsilon with this round counted (DP-SGD, once allowed)."""
     nonce: str | None = None
     """The release's nonce in the ledger: its noise and sample are keyed by it."""
+    coefficients: tuple[float, ...] | None = None
+    """`privacy.mechanism=banded`: the strategy whose correlated noise the round adds."""
+    previous_nonce: str = ""
+    """The ledger's release before this one: the kept correlated noise must end there."""
+
+    @property
+    def bands(self) -> int:
+        """Steps in a sampling cycle: a record is eligible once in every `bands` (1: DP-SGD)."""
+        return len(self.coefficients) if self.coefficients else 1
 
 
 class PrivacyGuard:
@@ -56,21 +66,35 @@ class PrivacyGuard:
         """The round written ahead in the ledger, its noise calibrated once for the planned
         life (`planned`: (rate, steps) per round); or a refusal when `steps` more at
         `sample_rate` would pass the budget. The same `request` re-run after a crash
-        finds its pending entry: the same nonce, counted once."""
+        finds its pending entry: the same nonce, counted once. Under the banded
+        mechanism the ledger holds what the steps cost as DP-SGD (`banded.accounted`)."""
         rerun = self.ledger.pending_for(request)
         if rerun is not None:
             return RoundPermit(
-                True, rerun.noise_multiplier, rerun.sample_rate, rerun.epsilon, rerun.nonce
-            )
-        sigma = life_noise_multiplier(self.ledger, self.cfg, planned)
-        after = self.ledger.epsilon_after(sigma, sample_rate, steps)
+                True, rerun.noise_multiplier, rerun.sample_rate, rerun.epsilon, rerun.nonce,
+                self._strategy(), self._previous_nonce(),
+            )  # fmt: skip
+        sigma = life_noise_multiplier(self.ledger, self.cfg, planned, steps)
+        rate, participations = accounted(sample_rate, steps, len(self.ledger.coefficients))
+        after = self.ledger.epsilon_after(sigma, rate, participations)
         if not math.isfinite(after) or (self.budget is not None and after > self.budget):
-            return RoundPermit(False, sigma, sample_rate)  # nothing saved: σ is fixed by a release
-        draw = (sigma, sample_rate, steps)
+            return RoundPermit(False, sigma, rate)  # nothing saved: σ is fixed by a release
+        draw = (sigma, rate, participations)
         entry = self.ledger.write_ahead(
             self.path, round_, request, draw, self.cfg.noise_seed, after, self.mirror
         )
-        return RoundPermit(True, sigma, sample_rate, after, entry.nonce)
+        previous = self._previous_nonce()
+        return RoundPermit(True, sigma, rate, after, entry.nonce, self._strategy(), previous)
+
+    def _previous_nonce(self) -> str:
+        """The nonce of the entry before the newest (this release's, written ahead)."""
+        entries = self.ledger.entries
+        return entries[-2].nonce if len(entries) > 1 else ""
+
+    def _strategy(self) -> tuple[float, ...] | None:
+        if self.ledger.mechanism != "banded":
+            return None
+        return tuple(self.ledger.coefficients)
 
     def record(self, permit: RoundPermit) -> float | None:
         """The round's release is done (it was counted when written ahead); the lifetime ε."""

@@ -67,6 +67,12 @@ class PrivacyLedger:
     noise_multiplier: float | None = None
     """The calibrated (or given) noise multiplier, fixed once for the client's life."""
     planned_steps: int | None = None
+    mechanism: str = "dp_sgd"
+    """`dp_sgd`, or `banded` (correlated noise, `privacy/banded.py`): fixed with the noise.
+    Under `banded` each entry's rate and steps are those its DP-SGD equivalent would
+    have: `bands` times the Poisson rate, over steps / `bands` steps."""
+    coefficients: list[float] = field(default_factory=lambda: [1.0])
+    """The banded strategy's coefficients, one per band ([1.0]: DP-SGD)."""
     entries: list[LedgerEntry] = field(default_factory=list)
     exact_metrics_rounds: list[int] = field(default_factory=list)
     """Rounds whose exact losses and counts left the node (its policy's `release: exact`):

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from flowerbed.config import PrivacyConfig
 from flowerbed.privacy.accounting import epsilon, noise_for_epsilon, noise_for_schedule
-from flowerbed.privacy.ledger import PrivacyLedger
+from flowerbed.privacy.banded import accounted_schedule, choose_bands, strategy
+from flowerbed.privacy.ledger import LedgerError, PrivacyLedger
 
 
 @dataclass
@@ -48,18 +49,34 @@ def plan(
 
 
 def life_noise_multiplier(
-    ledger: PrivacyLedger, cfg: PrivacyConfig, planned: list[tuple[float, int]]
+    ledger: PrivacyLedger, cfg: PrivacyConfig, planned: list[tuple[float, int]], local_steps: int
 ) -> float:
-    """The client's noise multiplier: fixed (in the ledger) by its first release, then read
-    from it; a refused first request fixes nothing.
+    """The client's noise multiplier (and under `privacy.mechanism=banded` its strategy):
+    fixed in the ledger by its first release, then read from it; a refused first request
+    fixes nothing.
 
     With `target_epsilon` it is calibrated once for the whole planned life, `planned`
     being (sample rate, steps) for every round of every experience, never per round:
     per-round calibration would spend the target each round.
     """
-    if ledger.noise_multiplier is None:
-        ledger.noise_multiplier = cfg.noise_multiplier or noise_for_schedule(
-            cfg.target_epsilon, cfg.delta, planned, cfg.accountant
+    if ledger.noise_multiplier is not None:
+        if ledger.mechanism != cfg.mechanism:
+            raise LedgerError(
+                f"this node's privacy ledger was started with privacy.mechanism="
+                f"{ledger.mechanism}, which is fixed for a client's life: set it again"
+            )
+        return ledger.noise_multiplier
+    steps = sum(n for _, n in planned)
+    bands = cfg.bands if cfg.mechanism == "banded" else 1
+    if bands == "auto":
+        assert cfg.target_epsilon is not None  # the config refuses auto without a target
+        args = (cfg.target_epsilon, cfg.delta, cfg.accountant)
+        bands, sigma, coefficients = choose_bands(planned, local_steps, *args)
+    else:
+        coefficients = strategy(bands, steps)
+        sigma = cfg.noise_multiplier or noise_for_schedule(
+            cfg.target_epsilon, cfg.delta, accounted_schedule(planned, bands), cfg.accountant
         )
-        ledger.planned_steps = sum(steps for _, steps in planned)
-    return ledger.noise_multiplier
+    ledger.noise_multiplier, ledger.planned_steps = sigma, steps
+    ledger.mechanism, ledger.coefficients = cfg.mechanism, coefficients
+    return sigma

@@ -152,6 +152,9 @@ def add_keyed_noise(optimizer, gaussian: KeyedGaussian) -> None:
         like = params[0].summed_grad
         noise = optimizer._noise = torch.empty(sum(sizes), device=like.device, dtype=like.dtype)
     gaussian.fill_(noise, optimizer.noise_multiplier * optimizer.max_grad_norm)
+    correlated = getattr(optimizer, "correlated", None)  # privacy.mechanism=banded
+    if correlated is not None:
+        correlated.shape_(noise)
     for p, piece in zip(params, noise.split(sizes), strict=True):
         _check_processed_flag(p.summed_grad)
         p.grad = p.summed_grad.add_(piece.view_as(p))  # summed_grad is dropped after
