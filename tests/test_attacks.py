@@ -446,6 +446,43 @@ def test_a_backup_restored_after_its_pending_release_left_never_reuses_that_nonc
     assert len(entries) == 2 and len({e["nonce"] for e in entries}) == 2
 
 
+def test_a_restored_backup_never_correlates_fresh_noise_with_banded_noise_that_left(
+    run_copy, monkeypatch
+):
+    """Banded noise subtracts the last steps' noise from each new draw. The node releases
+    rounds 1 and 2; the operator restores the backup taken after round 1 and the
+    coordinator asks for round 3. Buffers ending at round 1 would correlate round 3's noise
+    with round 1's noise a second time, in round 2's place, which no ledger counts:
+    the node must start from empty buffers (a new mechanism, counted like any other)."""
+    from flowerbed.privacy.correlated_noise import CorrelatedNoise
+
+    node = node_at(run_copy)
+    resumed: list[int] = []
+    resume = CorrelatedNoise.resume.__func__
+
+    def recorded(cls, *args):
+        noise = resume(cls, *args)
+        resumed.append(len(noise.history))
+        return noise
+
+    monkeypatch.setattr(CorrelatedNoise, "resume", classmethod(recorded))
+    backup = run_copy.parent / "after-round-1"
+    for round_ in (1, 2):
+        model, job, _ = model_and_job(run_copy, round_, mechanism="banded", bands=3)
+        sent = {k: v.clone() for k, v in model.state_dict().items()}
+        _, trained = train_round(job, sent, node)
+        assert trained is not None
+        if round_ == 1:
+            shutil.copytree(node.state_dir, backup)
+    assert resumed == [0, 2]  # an untouched node resumes both buffers
+    shutil.rmtree(node.state_dir)
+    shutil.copytree(backup, node.state_dir)
+    model, job, _ = model_and_job(run_copy, 3, mechanism="banded", bands=3)
+    _, trained = train_round(job, {k: v.clone() for k, v in model.state_dict().items()}, node)
+    assert trained is not None and resumed[-1] == 0
+    assert len(ledger_entries(run_copy)) == 3  # the mirror recounted what the backup forgot
+
+
 def test_changed_data_makes_another_request_so_a_pending_nonce_is_not_reused(run_copy):
     """A crash leaves an entry pending; before the re-run the shard's blocks change but not
     their count. Before, the request saw only counts: the same noise over other data."""

@@ -199,3 +199,20 @@ def gaussian_releases_epsilon(sigma: float, releases: int, delta: float) -> floa
         dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), releases)
     )
     return accountant.get_epsilon(delta)
+
+
+def test_a_banded_federation_spends_its_target_and_its_noise_stays_on_the_node(tmp_path, cache_dir):
+    """privacy.mechanism=banded end to end: ε within the target, the strategy fixed in the
+    ledger, the buffers in each node's state directory (owner only), the loss lowered."""
+    banded = {**DP, "mechanism": "banded", "bands": 5}
+    cfg = tiny_config(cache_dir, privacy=banded, train=TRAIN)
+    run_dir = tmp_path / "run"
+    summary = simulate(cfg, run_dir)
+    assert 7.5 < summary["epsilon_max"] <= 8.0
+    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+    for client in (0, 1):
+        ledger = ledger_of(run_dir, client)
+        assert ledger.mechanism == "banded" and len(ledger.coefficients) == 5
+        assert [e.steps for e in ledger.entries] == [2, 2, 2]  # 10 steps, 5 bands
+        kept = run_dir / "clients" / f"client-{client}" / "state" / "correlated-noise"
+        assert {p.stat().st_mode & 0o777 for p in kept.iterdir()} == {0o600}

@@ -150,6 +150,20 @@ def test_dp_lora_replay_and_kept_moments_on_two_ranks_match_one_with_one_ledger_
     assert len(list((layout.client_state(0) / "inner-optimizer").iterdir())) == 2
 
 
+@pytest.mark.slow
+def test_banded_noise_on_two_ranks_is_the_nodes_one_stream_across_rounds(cache_dir, tmp_path):
+    """Correlated noise: every rank shapes the same draw with the same kept buffers, and the
+    cycle's classes are drawn by the supervisor, so two rounds end where one rank does."""
+    banded = {**DP, "mechanism": "banded", "bands": 3}
+    cfg = tiny_config(cache_dir, privacy=banded, federation={"rounds": 2}, train={"local_steps": 3})
+    layout, model, spec = _prepared(cfg, tmp_path / "run")
+    one, _ = _rounds(cfg, layout, model, spec, ranks=1, rounds=2)
+    two, _ = _rounds(cfg, layout, model, spec, ranks=2, rounds=2)
+    assert _largest_difference(one, two) < 1e-5
+    kept = sorted(p.name for p in (layout.client_state(0) / "correlated-noise").iterdir())
+    assert kept == ["round-00001.safetensors", "round-00002.safetensors"]
+
+
 def _dp_gradients(ranks: Ranks, device: torch.device, task: dict) -> dict | None:
     """The gradient one DP step applies (SGD at lr 1: the parameters' change), per clipping
     mode and noise multiplier, on this rank's share of `task["batch"]`."""
