@@ -9,7 +9,8 @@ A second table splits the non-DP and the bookkeeping step into phases (median ms
 where the remaining gap goes is visible. Goal (issue 12): bookkeeping >= 0.75x non-DP
 tokens/s at <= 1.2x its memory. The DP arms draw their noise as a node does by default,
 from a secret 256-bit key (`privacy/secret_noise.py`); a third table times that noise
-for the model's parameters against `torch.randn` from a seeded generator.
+for the model's parameters against `torch.randn` from a seeded generator. The banded arm
+shapes each step's draw with the kept noise of the last bands - 1 steps (privacy.mechanism=banded).
 
     uv run python simulations/bench_dp.py                                    # CPU, small
     uv run python simulations/bench_dp.py --preset 125m --seq-len 512 --batch-size 16 --device cuda
@@ -31,6 +32,8 @@ from bench_common import bench_parser, describe, sync
 from flowerbed.client.trainer import make_optimizer
 from flowerbed.config import compose_config
 from flowerbed.model import autocast, build_model, resolve_device
+from flowerbed.privacy.banded import strategy
+from flowerbed.privacy.correlated_noise import CorrelatedNoise
 from flowerbed.privacy.dp_adam import NoiseCorrectedAdamW
 from flowerbed.privacy.dp_sgd import PrivateStep, per_sequence_loss
 from flowerbed.privacy.secret_noise import KeyedGaussian, NoiseKey
@@ -42,7 +45,10 @@ ARMS = (
     "DP hooks",
     "DP bookkeeping per document",
     "DP bookkeeping bias-corrected Adam",
+    "DP bookkeeping banded noise",
 )
+BANDS = 8
+"""The banded arm's bands: 7 kept noise vectors, each step's draw shaped by all of them."""
 
 
 class Arm:
@@ -71,6 +77,7 @@ class Arm:
                 mode=name.split()[1],
                 max_physical_batch=0,
                 noise=NoiseKey(key=os.urandom(32)),  # a node's default: secret noise
+                correlated=CorrelatedNoise(strategy(BANDS, 1000)) if "banded" in name else None,
             )
 
     def run(self, batches: torch.Tensor) -> float:
@@ -264,6 +271,10 @@ def main() -> None:
     )
     corrected = rate["DP bookkeeping bias-corrected Adam"]
     print(f"bias-corrected AdamW vs AdamW, the same DP step: {corrected / sequence:.2f}x tokens/s")
+    banded = rate["DP bookkeeping banded noise"]
+    print(
+        f"banded noise ({BANDS} bands) vs DP-SGD, the same step: {banded / sequence:.2f}x tokens/s"
+    )
     print(phases)
     print(noise_table(base, device, max(args.repeats, 5)))
 

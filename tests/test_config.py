@@ -199,3 +199,19 @@ def test_missing_config_file_is_named(tmp_path: Path):
 def test_a_unit_that_cannot_be_protected_is_refused_at_start(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         compose_config(*overrides)
+
+
+def test_an_auto_batch_under_dp_is_the_largest_leaving_100_steps_and_it_sets_the_steps():
+    """The noise-batch rule at the dp_utility study's budgets: 6 rounds of 160 sequences
+    leave batch 8 (120 steps; 16 would leave 60), of 640 sequences batch 32."""
+    for per_round, batch in ((160, 8), (640, 32)):
+        cfg = compose_config(
+            "experiment=privacy_unit",
+            "train.batch_size=auto",
+            f"train.sequences_per_round={per_round}",
+        )
+        assert (cfg.train.batch_size, cfg.train.local_steps) == (batch, per_round // batch)
+    with pytest.raises(ConfigError, match=r"with privacy=off give train\.batch_size"):
+        compose_config("experiment=smoke", "train.batch_size=auto")
+    with pytest.raises(ConfigError, match=r"give train\.sequences_per_round"):
+        compose_config("experiment=smoke_dp", "train.batch_size=auto")

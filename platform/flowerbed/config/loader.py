@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from flowerbed.config.auto_batch import settle_auto_batch
 from flowerbed.config.rules import SchemaError, field_types
 from flowerbed.config.schema import FlowerbedConfig
 
@@ -42,6 +43,7 @@ def load_config(source: Any) -> FlowerbedConfig:
         raise ConfigError(f"a config must be a mapping, got {type(source).__name__}")
     source = {k: v for k, v in source.items() if k != "hydra"}
     try:
+        settle_auto_batch(source)
         return build_dataclass(FlowerbedConfig, source, "")
     except SchemaError as err:
         raise ConfigError(str(err)) from None

@@ -116,6 +116,9 @@ class TrainConfig(Section):
     key = "train"
     local_steps: Annotated[int, at_least(1)]
     batch_size: Annotated[int, at_least(1)]
+    """Sequences (or, under unit-level DP, expected units) a step; `auto` under DP-SGD,
+    with sequences_per_round: the largest leaving 100 steps over the client's life
+    (`config/auto_batch.py`, the noise-batch rule), settled when the config is read."""
     lr: Annotated[float, positive()]
     min_lr_ratio: Annotated[float, between(0, 1)]
     """The cosine schedule decays to lr * min_lr_ratio at the last round's last step."""

@@ -1,24 +1,13 @@
-"""The noise-batch recipe: the batch and steps that spend a token budget best under DP.
-
-Each DP-SGD step adds noise of standard deviation σC to the sum of B clipped gradients,
-so the mean gradient carries σC/B: the noise-batch ratio σ/B governs DP training
-(Sander et al., ICML'23; McKenna et al., "Scaling laws for DP LMs", 2025; VaultGemma).
-At a fixed budget of units trained (tokens) and a fixed ε, a larger batch means fewer
-steps, and σ grows far more slowly than B, so σ/B falls almost as 1/B: the noise per
-step falls faster than the steps do. The recipe takes the largest batch that still
-leaves `min_steps` steps over the client's life, the point past which fewer steps cost
-more than less noise gains (measured in simulations/dp_utility/).
+"""The noise-batch recipe: the batch, steps and noise that spend a token budget best
+under DP (`noise_batch.py` states the rule and its sources; here the noise is added).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flowerbed.privacy.noise_batch import MIN_STEPS, batches_weighed
 from flowerbed.privacy.planning import Plan, plan
-
-MIN_STEPS = 100
-"""The fewest steps over a client's life the recipe leaves (simulations/dp_utility/: at
-120 steps of batch 8, batch 32's 30 steps lost despite 3.6x less noise per step)."""
 
 
 @dataclass
@@ -60,9 +49,7 @@ def recommend(
         raise ValueError(
             f"a batch of {smallest_batch} is more than the {units} units the client holds"
         )
-    batches = [smallest_batch]
-    while batches[-1] * 2 <= units and drawn // (batches[-1] * 2) >= min_steps:
-        batches.append(batches[-1] * 2)
+    batches = [b for b in batches_weighed(drawn, min_steps, smallest_batch) if b <= units]
     candidates = [
         (batch, plan(units, batch, 1, drawn // batch, delta, accountant, target_epsilon))
         for batch in batches[-shown:]
