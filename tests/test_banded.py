@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from flowerbed.config import ConfigError, compose_config
-from flowerbed.continual.pool import TokenRows, TrainingPool
+from flowerbed.continual.pool import TrainingPool
+from flowerbed.continual.rows import TokenRows
 from flowerbed.privacy.banded import BandsError, accounted, prefix_error, strategy
 from flowerbed.privacy.correlated_noise import CorrelatedNoise
 from flowerbed.privacy.cyclic import Cycle, record_classes

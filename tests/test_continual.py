@@ -10,7 +10,8 @@ import pytest
 
 from flowerbed.config import ConfigError, compose_config
 from flowerbed.continual.matrix import continual_metrics, loss_matrix, merge_client_losses
-from flowerbed.continual.pool import TokenRows, TrainingPool
+from flowerbed.continual.pool import TrainingPool
+from flowerbed.continual.rows import TokenRows
 from flowerbed.continual.state import ContinualState, ContinualStateError
 from flowerbed.continual.stream import arrived, experience_dir, scan_experiences
 from flowerbed.data import DataError

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowerbed.continual.pool import TokenRows, TrainingPool
+from flowerbed.continual.pool import TrainingPool
+from flowerbed.continual.rows import TokenRows
 from flowerbed.data import byte_tokenizer
 from flowerbed.data.blocks import PAD_ID, Blocks, as_ids
 from flowerbed.data.documents import Domain

@@ -31,8 +31,19 @@ class ModelConfig(Section):
     tie_embeddings: bool
     """Tie input and output embeddings. Off by default: ghost and bookkeeping clipping
     refuse them."""
+    public_base: Literal["none", "stdlib"]
+    """`stdlib`: before round 1, pretrain the preset on the built-in public corpus (no
+    private text, no privacy spent), cached, and federate from it (`run/public_base.py`);
+    `none`: start from the preset's random weights or `pretrained`."""
+    public_base_steps: Annotated[int, at_least(1)]
+    public_base_batch_size: Annotated[int, at_least(1)]
+    public_base_lr: Annotated[float, positive()]
 
     def check(self) -> None:
+        require(
+            self.public_base == "none" or not self.pretrained,
+            "model.public_base pretrains a base, model.pretrained loads one: give one of them",
+        )
         if self.preset == "pretrained":
             needs = "model.pretrained=<a final_model directory or hub name>"
             require(bool(self.pretrained), f"model=pretrained needs {needs}")

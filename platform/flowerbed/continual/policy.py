@@ -15,13 +15,14 @@ from __future__ import annotations
 import numpy as np
 
 from flowerbed.config import ContinualConfig
-from flowerbed.continual.pool import TokenRows, TrainingPool, mix_rates
+from flowerbed.continual.pool import TrainingPool, mix_rates
 from flowerbed.continual.replay import (
     ReservoirDraws,
     buffer_refs,
     storage_policy,
     update_buffer,
 )
+from flowerbed.continual.rows import TokenRows
 from flowerbed.continual.state import ContinualState
 
 Units = tuple[list[np.ndarray], int] | None

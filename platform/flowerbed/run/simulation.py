@@ -24,6 +24,7 @@ import torch
 from flowerbed.atomic import write_json_atomic
 from flowerbed.config import ConfigError, FlowerbedConfig
 from flowerbed.run.prepare import prepare_run
+from flowerbed.run.public_base import with_public_base
 from flowerbed.server.checkpoint import latest_checkpoint
 from flowerbed.server.summary import RunSummary
 from flowerbed.tracking import RunLayout
@@ -58,6 +59,7 @@ def preflight(cfg: FlowerbedConfig) -> None:
 def simulate(cfg: FlowerbedConfig, run_dir: Path) -> dict:
     """Prepare `run_dir` and run a simulated federation in it; return its summary."""
     preflight(cfg)
+    cfg = with_public_base(cfg)
     prepare_run(cfg, RunLayout(run_dir))
     return _run_prepared(cfg, run_dir)
 
