@@ -44,6 +44,7 @@ class TokenRows:
 
     def unit_ids(self) -> np.ndarray:
         """The privacy unit of every row."""
+        assert self.units is not None, "rows without privacy units"
         ids = np.empty(len(self.refs), dtype=np.int64)
         for a in np.unique(self.refs[:, 0]):
             mine = np.flatnonzero(self.refs[:, 0] == a)

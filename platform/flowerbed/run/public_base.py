@@ -22,7 +22,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from flowerbed.client.schedule import Schedule
 from flowerbed.client.trainer import LocalTrainer
@@ -92,7 +91,7 @@ def _pretrain(
         log.info("public base: step %d/%d, train loss %.4f", start + chunk.local_steps,
                  steps, result.loss)  # fmt: skip
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    model.to(torch.device("cpu")).save_pretrained(staging)
+    model.cpu().save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     try:
         staging.rename(folder)
