@@ -38,37 +38,63 @@ class CorrelatedNoiseError(ValueError):
 
 
 class CorrelatedNoise:
-    """Turns each step's fresh draw z_t into w_t in place, remembering the last b - 1."""
+    """Turns each step's fresh draw z_t into w_t in place, remembering the last b - 1.
+
+    The kept noise is one [b - 1, n] ring, so the weighted sum of all of it is one
+    matrix-vector product over the ring (one pass over memory, not b - 1).
+    """
 
     def __init__(self, coefficients: Sequence[float], history: list[torch.Tensor] | None = None):
         check_coefficients(coefficients)
         self.coefficients = [float(c) for c in coefficients]
-        self.history = history or []
-        """The previous steps' noise, newest first (at most bands - 1 of them)."""
+        self._loaded = history or []
+        """The previous steps' noise, newest first, until the first step fills the ring."""
+        self._ring: torch.Tensor | None = None
+        self._newest, self._filled = -1, 0
 
     @property
     def bands(self) -> int:
         return len(self.coefficients)
 
+    @property
+    def history(self) -> list[torch.Tensor]:
+        """The previous steps' noise, newest first (at most bands - 1 of them)."""
+        if self._ring is None:
+            return self._loaded
+        slots = self.bands - 1
+        return [self._ring[(self._newest - j) % slots] for j in range(self._filled)]
+
     def shape_(self, noise: torch.Tensor) -> torch.Tensor:
         """z_t → w_t, in place; `noise` is the step's whole flat draw."""
-        if self.history and self.history[0].numel() != noise.numel():
-            raise CorrelatedNoiseError(
-                f"the kept correlated noise has {self.history[0].numel()} values, this model "
-                f"trains {noise.numel()} parameters: a node's model must keep its trainable "
-                "parameters for life under privacy.mechanism=banded"
-            )
-        if self.history and self.history[0].device != noise.device:
-            self.history = [w.to(noise.device, noise.dtype) for w in self.history]
-        for c, earlier in zip(self.coefficients[1:], self.history, strict=False):
-            noise.sub_(earlier, alpha=c)
+        if self.bands > 1:
+            ring = self._ring_like(noise)
+            weights = torch.zeros(self.bands - 1, dtype=noise.dtype)
+            for j in range(self._filled):  # w_{t-1-j} sits in slot newest - j
+                weights[(self._newest - j) % (self.bands - 1)] = self.coefficients[j + 1]
+            noise.addmv_(ring.t(), weights.to(noise.device), alpha=-1)
         if self.coefficients[0] != 1.0:
             noise.div_(self.coefficients[0])
         if self.bands > 1:
-            oldest = self.history.pop() if len(self.history) == self.bands - 1 else None
-            kept = oldest.copy_(noise) if oldest is not None else noise.clone()
-            self.history.insert(0, kept)
+            self._newest = (self._newest + 1) % (self.bands - 1)
+            ring[self._newest].copy_(noise)
+            self._filled = min(self._filled + 1, self.bands - 1)
         return noise
+
+    def _ring_like(self, noise: torch.Tensor) -> torch.Tensor:
+        """The ring on the noise's device, holding what was loaded (zeros elsewhere)."""
+        if self._ring is None:
+            if self._loaded and self._loaded[0].numel() != noise.numel():
+                raise CorrelatedNoiseError(
+                    f"the kept correlated noise has {self._loaded[0].numel()} values, this "
+                    f"model trains {noise.numel()} parameters: a node's model must keep its "
+                    "trainable parameters for life under privacy.mechanism=banded"
+                )
+            self._ring = noise.new_zeros((self.bands - 1, noise.numel()))
+            for j, earlier in enumerate(reversed(self._loaded)):  # oldest first
+                self._ring[j].copy_(earlier.view(-1))
+            self._newest, self._filled = len(self._loaded) - 1, len(self._loaded)
+            self._loaded = []
+        return self._ring
 
     @classmethod
     def resume(
