@@ -201,15 +201,29 @@ def gaussian_releases_epsilon(sigma: float, releases: int, delta: float) -> floa
     return accountant.get_epsilon(delta)
 
 
-def test_a_banded_federation_spends_its_target_and_its_noise_stays_on_the_node(tmp_path, cache_dir):
-    """privacy.mechanism=banded end to end: ε within the target, the strategy fixed in the
-    ledger, the buffers in each node's state directory (owner only), the loss lowered."""
+def test_banded_dp_lora_from_a_public_base_spends_its_target_and_keeps_its_noise_home(
+    tmp_path, cache_dir
+):
+    """privacy.mechanism=banded end to end, with LoRA on a base pretrained on public text
+    first: ε within the target, the strategy fixed in the ledger, the buffers in each
+    node's state directory (owner only), the run's config naming its base, the loss
+    lowered."""
     banded = {**DP, "mechanism": "banded", "bands": 5}
-    cfg = tiny_config(cache_dir, privacy=banded, train=TRAIN)
+    base = {"public_base": "stdlib", "public_base_steps": 20, "public_base_batch_size": 4}
+    cfg = tiny_config(
+        cache_dir,
+        privacy=banded,
+        train=TRAIN,
+        model=base,
+        adapter={"mode": "lora", "rank": 4},
+        data={"max_chars_per_domain": 20000},
+    )
     run_dir = tmp_path / "run"
     summary = simulate(cfg, run_dir)
     assert 7.5 < summary["epsilon_max"] <= 8.0
-    assert summary["final_val_loss"] < summary["initial_val_loss"] - 0.5
+    assert summary["final_val_loss"] < summary["initial_val_loss"]
+    saved = (run_dir / "config.yaml").read_text()
+    assert "public_base: none" in saved and "/bases/" in saved  # the base it federated from
     for client in (0, 1):
         ledger = ledger_of(run_dir, client)
         assert ledger.mechanism == "banded" and len(ledger.coefficients) == 5

@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flowerbed.config import ConfigError, compose_config
 from flowerbed.model import build_model
 from flowerbed.run import public_base
 from flowerbed.run.public_base import with_public_base
-from flowerbed.run.simulation import simulate
 from tests.conftest import tiny_config
 
 BASE = {"public_base": "stdlib", "public_base_steps": 6, "public_base_batch_size": 4}
@@ -40,15 +38,3 @@ def test_the_base_is_pretrained_once_and_then_found_in_the_cache(cache_dir, monk
 def test_a_base_to_pretrain_and_one_to_load_are_not_both_given():
     with pytest.raises(ConfigError, match="give one of them"):
         compose_config("model.public_base=stdlib", "model.pretrained=/some/base")
-
-
-@pytest.mark.slow
-def test_dp_lora_federates_from_the_public_base_and_the_run_records_which(cache_dir, tmp_path):
-    dp = {"mode": "dp_sgd", "target_epsilon": 8.0, "delta": 1e-5}
-    lora = {"mode": "lora", "rank": 4}
-    cfg = tiny_config(cache_dir, model=BASE, data=SMALL_STDLIB, privacy=dp, adapter=lora)
-    summary = simulate(cfg, tmp_path / "run")
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
-    assert saved["pretrained"] and saved["public_base"] == "none"
-    assert summary["final_val_loss"] < summary["initial_val_loss"]
-    assert summary["epsilon_max"] <= 8.0

@@ -60,14 +60,22 @@ def test_mean_with_admission_names_the_hostile_client_and_stays_finite(
         assert summary["repeatedly_rejected"]["2"].startswith("rounds 1-2: client 2's reply")
 
 
+# no norm bound (the default's `auto` would leave the scaled update out first): the
+# combiner alone outvotes it
+UNBOUNDED = {"num_clients": 5, "rounds": 2, "max_update_norm": None}
+
+
+@pytest.fixture(scope="module")
+def honest(cache_dir, tmp_path_factory) -> dict:
+    """The five-client federation without a hostile client: both combiners' bar."""
+    return simulate(tiny_config(cache_dir, federation=UNBOUNDED), tmp_path_factory.mktemp("h"))
+
+
 @pytest.mark.parametrize("combiner", ["median", "krum"])
 def test_a_robust_combiner_outvotes_a_client_scaling_its_update_by_1000(
-    cache_dir, tmp_path, combiner
+    cache_dir, tmp_path, combiner, honest
 ):
-    # no norm bound (the default's `auto` would leave the scaled update out first): the
-    # combiner alone outvotes it
-    fed = {"num_clients": 5, "rounds": 2, "max_update_norm": None}
-    honest = simulate(tiny_config(cache_dir, federation=fed), tmp_path / "honest")
+    fed = UNBOUNDED
     cfg = tiny_config(
         cache_dir,
         federation=fed,
