@@ -483,6 +483,41 @@ def test_a_restored_backup_never_correlates_fresh_noise_with_banded_noise_that_l
     assert len(ledger_entries(run_copy)) == 3  # the mirror recounted what the backup forgot
 
 
+def test_a_coordinator_lowering_the_clipping_norm_cannot_read_last_rounds_gradient(tmp_path):
+    """Banded noise: row t of C·y is Σ c_j x_{t-j} + z_t. With the kept noise at σC, a
+    coordinator that lowers `privacy.max_grad_norm` 1000x for round 2 makes round 2's
+    first row carry round 1's last clipped sum under 1000x less noise, and reads it back
+    (found by review: cosine 0.96 with the record's gradient). Noise drawn as the node
+    draws it (its keyed Gaussian, its noise step, the ring saved and resumed)."""
+    from types import SimpleNamespace
+
+    from flowerbed.privacy.banded import strategy
+    from flowerbed.privacy.correlated_noise import CorrelatedNoise
+    from flowerbed.privacy.secret_noise import KeyedGaussian, add_keyed_noise
+
+    bands, steps, size, sigma = 4, 4, 20000, 1.0
+    coefficients = strategy(bands, 100)
+    gradient = torch.randn(size, dtype=torch.float64)
+    gradient /= gradient.norm()  # one record's clipped gradient, round 1's last step
+    released = []
+    for round_, clip, after in ((1, 1.0, ""), (2, 1e-3, "release-1")):
+        kept = CorrelatedNoise.resume(coefficients, tmp_path, round_, after)
+        gaussian = KeyedGaussian(os.urandom(32))
+        for t in range(steps):
+            param = torch.nn.Parameter(torch.zeros(size, dtype=torch.float64))
+            last = round_ == 1 and t == steps - 1
+            param.summed_grad = gradient.clone() if last else torch.zeros_like(param)
+            optimizer = SimpleNamespace(
+                params=[param], noise_multiplier=sigma, max_grad_norm=clip, correlated=kept
+            )
+            add_keyed_noise(optimizer, gaussian)
+            released.append(param.grad.detach().clone())
+        kept.save(tmp_path, round_, f"release-{round_}")
+    row = sum(c * released[steps - j] for j, c in enumerate(coefficients))
+    estimate = row / coefficients[1]
+    assert float(estimate @ gradient / estimate.norm()) < 0.1
+
+
 def test_changed_data_makes_another_request_so_a_pending_nonce_is_not_reused(run_copy):
     """A crash leaves an entry pending; before the re-run the shard's blocks change but not
     their count. Before, the request saw only counts: the same noise over other data."""

@@ -120,3 +120,31 @@ def test_bands_must_fit_the_rounds_and_auto_needs_a_target():
         )
     with pytest.raises(ConfigError, match=r"train\.sync_rounds=0"):
         compose_config(*BANDED, "train.sync_rounds=1", "privacy.bands=1")
+
+
+def test_kept_noise_made_under_other_sampling_classes_is_not_continued(tmp_path):
+    """A new node secret (or seed) moves records between classes: continuing the kept noise
+    would let a record that moved take part twice within a band (found by review)."""
+    coefficients = strategy(4, 12)
+    noise = CorrelatedNoise.resume(coefficients, tmp_path, 1, "", classes="old-key")
+    for _ in range(4):
+        noise.shape_(torch.randn(10))
+    noise.save(tmp_path, 1, "release-1")
+    same = CorrelatedNoise.resume(coefficients, tmp_path, 2, "release-1", classes="old-key")
+    moved = CorrelatedNoise.resume(coefficients, tmp_path, 2, "release-1", classes="new-key")
+    assert len(same.history) == 3 and moved.history == []
+
+
+def test_a_ledger_rebuilt_from_its_mirror_keeps_the_lifes_mechanism(tmp_path):
+    """A new state directory for the same data recounts the mirror's releases, and with
+    them the strategy fixed for life (found by review: it fell back to dp_sgd)."""
+    from flowerbed.privacy.ledger import PrivacyLedger
+
+    cfg = compose_config(*BANDED, "privacy.bands=4", "train.local_steps=20").privacy
+    mirror = tmp_path / "mirror.json"
+    guard = PrivacyGuard(cfg, tmp_path / "first", cfg.budget, mirror)
+    guard.record(guard.permit(1, "request 1", 0.01, 20, [(0.01, 20)] * 3))
+    rebuilt = PrivacyLedger.open(
+        tmp_path / "second" / "ledger.json", cfg.delta, "prv", "sequence", mirror
+    )
+    assert rebuilt.mechanism == "banded" and rebuilt.coefficients == guard.ledger.coefficients

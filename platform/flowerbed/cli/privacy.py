@@ -161,6 +161,11 @@ def _show_ledger(path: Path) -> None:
         f"{data['accountant']}, noise σ {data['noise_multiplier']}, planned steps "
         f"{data['planned_steps']}"
     )
+    if data.get("mechanism") == "banded":
+        print(
+            f"banded noise, {len(data['coefficients'])} bands: each entry's q and steps are "
+            "what its steps cost as DP-SGD (bands x the rate, over steps / bands)"
+        )
     print("| round | σ | q | steps | lifetime ε |")
     print("|---|---|---|---|---|")
     for e in data["entries"]:

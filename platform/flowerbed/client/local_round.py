@@ -110,14 +110,15 @@ def _train(
     draws = round_randomness(
         job.privacy, job.seed, job.round, node.partition_id, node.state_dir, permit.nonce
     )
+    cycle = Cycle(permit.bands, draws.cycle_key)
     if permit.bands > 1:  # banded noise: each step samples one class of records
-        plan.pool.cycle = Cycle(permit.bands, draws.cycle_key)
+        plan.pool.cycle = cycle
     if node.ranks > 1:  # the batches drawn here, trained on the node's ranks
         from flowerbed.client.ranked_round import train_on_ranks
 
-        result, trained = train_on_ranks(job, weights, node, plan, permit, draws, device)
+        result, trained = train_on_ranks(job, weights, node, plan, permit, draws, device, cycle)
     else:
-        correlated = kept_noise(permit, node.state_dir, job.round)
+        correlated = kept_noise(permit, node.state_dir, job.round, cycle.fingerprint)
         trainer = make_trainer(
             model, train, job.privacy, device, permit, draws.noise, None, correlated
         )
@@ -139,11 +140,15 @@ def _train(
     return reply, trained, planned_tokens
 
 
-def kept_noise(permit: RoundPermit, state_dir: Path, round_: int) -> CorrelatedNoise | None:
-    """The banded mechanism's buffers as the node left them before `round_` (else None)."""
+def kept_noise(
+    permit: RoundPermit, state_dir: Path, round_: int, classes: str
+) -> CorrelatedNoise | None:
+    """The banded mechanism's buffers as the node left them before `round_`, if made
+    under the same sampling `classes` (a fingerprint; else empty), or None (DP-SGD)."""
     if permit.coefficients is None:
         return None
-    return CorrelatedNoise.resume(permit.coefficients, state_dir, round_, permit.previous_nonce)
+    after = permit.previous_nonce
+    return CorrelatedNoise.resume(permit.coefficients, state_dir, round_, after, classes)
 
 
 def release_request(job: TrainInstructions, weights: dict[str, torch.Tensor], node: Node) -> str:

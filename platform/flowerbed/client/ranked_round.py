@@ -34,6 +34,7 @@ from flowerbed.continual.pool import TrainingPool
 from flowerbed.model.factory import modeling_module
 from flowerbed.model.inner_state import restore_inner_state, save_inner_state
 from flowerbed.model.ranks import ProcessGroupRanks
+from flowerbed.privacy.cyclic import Cycle
 from flowerbed.privacy.guard import RoundPermit
 from flowerbed.privacy.secret_noise import NoiseKey
 from flowerbed.protocol import ModelSpec, TrainInstructions
@@ -94,6 +95,8 @@ class RankTask:
     state: tuple[Path, int]
     """(the node's state directory, the round): for kept inner and noise state."""
     keep_inner_state: bool
+    classes: str
+    """The fingerprint of the sampling cycle's classes (banded noise's kept buffers)."""
     killed_rank: int | None = None
     """Simulation only (`faults=rank_crash`): this rank dies before its first step."""
 
@@ -106,6 +109,7 @@ def train_on_ranks(
     permit: RoundPermit,
     draws: RunSeeded | SecretSeeded,
     device: torch.device,
+    cycle: Cycle,
 ) -> tuple[TrainResult, Weights]:
     """The round trained on `node.ranks` ranks: the loss and the new shared weights. The
     noise key is drawn first, then the batches, in the order one process draws them."""
@@ -123,6 +127,7 @@ def train_on_ranks(
         draws=RoundDraws.of(plan.pool, train, private, draws.sampler),
         schedule=plan.schedule,
         state=(node.state_dir, job.round),
+        classes=cycle.fingerprint,
         keep_inner_state=job.keep_inner_state,
         killed_rank=killed_rank(node.faults, node.partition_id),
     )
@@ -148,7 +153,7 @@ def _train_rank(
         assert key is not None
         return key
 
-    correlated = kept_noise(task.permit, *task.state)
+    correlated = kept_noise(task.permit, *task.state, task.classes)
     trainer = make_trainer(
         model, task.train, task.privacy, device, task.permit, noise, ranks, correlated
     )

@@ -144,12 +144,13 @@ class TrainingPool:
         if part not in self._classes:
             assert self.cycle is not None
             if part == "units":
-                records = self._units.unit_ids
-            else:
+                self._classes[part] = self.cycle.classes(self._units.unit_ids)
+            else:  # a piece at a time: the whole pool as int64 could be gigabytes
                 rows = self.new if part == "new" else self.replay
                 assert rows is not None
-                records = rows.take(np.arange(len(rows)))
-            self._classes[part] = self.cycle.classes(records)
+                pieces = np.array_split(np.arange(len(rows)), max(1, len(rows) // 65536))
+                classes = [self.cycle.classes(rows.take(piece)) for piece in pieces]
+                self._classes[part] = np.concatenate(classes)
         return self._classes[part]
 
     def take(self, rows: np.ndarray) -> np.ndarray:

@@ -5,7 +5,12 @@ w = C⁻¹z solves C w = z, so step t's noise is
 
     w_t = (z_t - c₁ w_{t-1} - ... - c_{b-1} w_{t-b+1}) / c₀,
 
-z_t being the step's fresh Gaussian draw (from the release's secret key, as DP-SGD's).
+z_t being the step's fresh standard Gaussian draw (from the release's secret key, as
+DP-SGD's); the step's gradient gets σC·w_t. The kept noise is at unit scale, not σC:
+the mechanism runs on the clipped sums divided by the round's clipping norm C (each of
+sensitivity 1), and scaling by C is post-processing, so a coordinator that lowers
+`privacy.max_grad_norm` from one round to the next cannot make a round's rows carry the
+last round's gradients under smaller noise (it could with noise kept at σC).
 Only the last b - 1 noise vectors are needed: they stay in the node's state directory
 between rounds (`correlated-noise/round-<r>.safetensors`, mode 0600, written atomically,
 never sent), because the mechanism runs over the client's whole life, not one round. A
@@ -44,9 +49,16 @@ class CorrelatedNoise:
     matrix-vector product over the ring (one pass over memory, not b - 1).
     """
 
-    def __init__(self, coefficients: Sequence[float], history: list[torch.Tensor] | None = None):
+    def __init__(
+        self,
+        coefficients: Sequence[float],
+        history: list[torch.Tensor] | None = None,
+        classes: str = "",
+    ) -> None:
         check_coefficients(coefficients)
         self.coefficients = [float(c) for c in coefficients]
+        self.classes = classes
+        """A fingerprint of the sampling cycle's key the kept noise was made under."""
         self._loaded = history or []
         """The previous steps' noise, newest first, until the first step fills the ring."""
         self._ring: torch.Tensor | None = None
@@ -98,41 +110,52 @@ class CorrelatedNoise:
 
     @classmethod
     def resume(
-        cls, coefficients: Sequence[float], state_dir: Path, round_: int, after: str
+        cls,
+        coefficients: Sequence[float],
+        state_dir: Path,
+        round_: int,
+        after: str,
+        classes: str = "",
     ) -> CorrelatedNoise:
         """The buffers the node saved before `round_`, if they hold the noise up to the
-        release `after` (the ledger's entry before this one); else none, with a warning.
+        release `after` (the ledger's entry before this one) and were made with the same
+        sampling classes (`classes`: a fingerprint of the cycle's key); else none, with a
+        warning.
 
         Buffers older than the last release (a restored backup, a crash between the
         update leaving and the save) would correlate fresh noise with noise that already
-        left a second time, which the accounting does not cover; empty buffers start a
-        new banded mechanism instead, whose steps the ledger counts as it counts all.
+        left a second time, and buffers made under other classes (a new node secret, a
+        changed seed) would let a record that moved class take part twice within a band:
+        neither is covered by the accounting. Empty buffers start a new banded mechanism
+        instead, whose steps the ledger counts as it counts all.
         """
         earlier = [(r, p) for r, p in _files(state_dir) if r < round_]
         tensors = load(earlier[-1][1].read_bytes()) if earlier else {}
         kept_after = bytes(tensors["release"].tolist()).decode() if tensors else ""
-        if not tensors or kept_after != after:
+        if not tensors or kept_after != f"{after}/{classes}":
             if after:
                 log.warning(
-                    "the correlated noise kept in %s ends at another release than the "
-                    "ledger's last: the banded noise starts again from empty buffers",
+                    "the correlated noise kept in %s ends at another release, or was made "
+                    "with other sampling classes, than this round's: the banded noise "
+                    "starts again from empty buffers",
                     state_dir / FOLDER,
                 )  # fmt: skip
-            return cls(coefficients)
+            return cls(coefficients, classes=classes)
         if tensors["coefficients"].tolist() != [float(c) for c in coefficients]:
             raise CorrelatedNoiseError(
                 f"{earlier[-1][1]} was kept for another strategy: the ledger fixes a node's "
                 "strategy for life; restore the state directory whole"
             )
         history = [tensors[f"noise/{i}"] for i in range(len(tensors) - 2)]
-        return cls(coefficients, history)
+        return cls(coefficients, history, classes)
 
     def save(self, state_dir: Path, round_: int, release: str) -> None:
         """Write the buffers after `round_` (whose release is `release`, the ledger's
         nonce), then drop all but the newest files."""
         tensors = {f"noise/{i}": w.detach().cpu().contiguous() for i, w in enumerate(self.history)}
         tensors["coefficients"] = torch.tensor(self.coefficients, dtype=torch.float64)
-        tensors["release"] = torch.tensor(list(release.encode()), dtype=torch.uint8)
+        lineage = f"{release}/{self.classes}".encode()
+        tensors["release"] = torch.tensor(list(lineage), dtype=torch.uint8)
         path = state_dir / FOLDER / f"round-{round_:05d}.safetensors"
         write_atomic(path, save(tensors), durable=True, private=True)
         for _, old in _files(state_dir)[:-KEEP]:

@@ -11,6 +11,7 @@ run's seed), although the guarantee does not need the classes to be secret.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,11 @@ class Cycle:
         """The class the next step samples (the round starts a new cycle)."""
         turn, self.step = self.step % self.bands, self.step + 1
         return turn
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the classes without revealing the key: kept with the correlated noise."""
+        return hashlib.sha256(b"cycle-classes/" + self.key).hexdigest()[:32]
 
     def classes(self, records: np.ndarray) -> np.ndarray:
         """The class of each record: `records` is [n, seq_len] tokens or [n] unit ids."""

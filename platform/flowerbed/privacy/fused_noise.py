@@ -39,12 +39,13 @@ class FusedNoiseOptimizer(DPOptimizerFastGradientClipping):
         std = self.noise_multiplier * self.max_grad_norm
         if self.secure_mode:
             return super().add_noise()
-        if std > 0:
-            self._noise.normal_(0, std, generator=self.generator)
+        correlated = self.correlated if self.correlated and self.correlated.bands > 1 else None
+        if std > 0:  # banded: drawn at unit scale, shaped, then scaled (`correlated_noise.py`)
+            self._noise.normal_(0, 1.0 if correlated else std, generator=self.generator)
         else:
             self._noise.zero_()
-        if self.correlated is not None:
-            self.correlated.shape_(self._noise)
+        if correlated is not None:
+            correlated.shape_(self._noise).mul_(std)
         for p, noise in zip(self.params, self._noise.split(self._sizes), strict=True):
             _check_processed_flag(p.summed_grad)
             p.grad = p.summed_grad.add_(noise.view_as(p))  # summed_grad is dropped after

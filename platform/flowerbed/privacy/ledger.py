@@ -194,6 +194,9 @@ class PrivacyLedger:
             "again",
             path, len(lost), mirror,
         )  # fmt: skip
+        if self.noise_multiplier is None:  # the life's fixed choices, as the mirror kept them
+            self.mechanism = mirror_ledger.mechanism
+            self.coefficients = mirror_ledger.coefficients
         self.noise_multiplier = self.noise_multiplier or mirror_ledger.noise_multiplier
         self.planned_steps = self.planned_steps or mirror_ledger.planned_steps
         history = sorted([*self.entries, *lost], key=lambda e: e.time)

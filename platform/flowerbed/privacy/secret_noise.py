@@ -151,10 +151,12 @@ def add_keyed_noise(optimizer, gaussian: KeyedGaussian) -> None:
     if noise is None or noise.numel() != sum(sizes):
         like = params[0].summed_grad
         noise = optimizer._noise = torch.empty(sum(sizes), device=like.device, dtype=like.dtype)
-    gaussian.fill_(noise, optimizer.noise_multiplier * optimizer.max_grad_norm)
+    std = optimizer.noise_multiplier * optimizer.max_grad_norm
     correlated = getattr(optimizer, "correlated", None)  # privacy.mechanism=banded
-    if correlated is not None:
-        correlated.shape_(noise)
+    if correlated is not None and correlated.bands > 1:  # shaped at unit scale, then scaled
+        correlated.shape_(gaussian.fill_(noise, 1.0)).mul_(std)
+    else:
+        gaussian.fill_(noise, std)
     for p, piece in zip(params, noise.split(sizes), strict=True):
         _check_processed_flag(p.summed_grad)
         p.grad = p.summed_grad.add_(piece.view_as(p))  # summed_grad is dropped after

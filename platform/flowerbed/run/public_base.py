@@ -45,11 +45,15 @@ def with_public_base(cfg: FlowerbedConfig) -> FlowerbedConfig:
         return cfg
     data = dataclasses.replace(cfg.data, corpus=model.public_base, packing="stream")
     key, read, _ = corpus_source(data, cfg.seed)
+    train = cfg.train  # what of it the base's training reads (not the fine-tuning's lr)
     settings = [model.preset, model.tie_embeddings, model.public_base_steps,
                 model.public_base_batch_size, model.public_base_lr, data.seq_len,
-                data.tokenizer, cfg.seed, key]  # fmt: skip
+                data.tokenizer, cfg.seed, key, cfg.device, train.weight_decay,
+                train.min_lr_ratio, train.warmup_steps, train.grad_clip]  # fmt: skip
     digest = hashlib.sha256(json.dumps(settings, default=str).encode()).hexdigest()[:20]
-    folder = Path(data.cache_dir).expanduser() / "bases" / digest
+    bases = Path(data.cache_dir).expanduser() / "bases"
+    bases.mkdir(mode=0o700, parents=True, exist_ok=True)  # nobody else plants a base here
+    folder = bases / digest
     if not (folder / "config.json").is_file():
         _pretrain(cfg, data, key, read, folder)
     else:
