@@ -148,3 +148,13 @@ def test_a_ledger_rebuilt_from_its_mirror_keeps_the_lifes_mechanism(tmp_path):
         tmp_path / "second" / "ledger.json", cfg.delta, "prv", "sequence", mirror
     )
     assert rebuilt.mechanism == "banded" and rebuilt.coefficients == guard.ledger.coefficients
+
+
+def test_the_planner_spends_what_a_banded_clients_ledger_records():
+    from flowerbed.privacy.accounting import noise_for_epsilon
+    from flowerbed.privacy.planning import plan
+
+    planned = plan(2736, 8, rounds=6, local_steps=20, delta=1e-5, target_epsilon=8.0, bands=5)
+    assert planned.steps == 120  # the steps taken; accounted as 24 at 5x the rate
+    assert planned.noise_multiplier == noise_for_epsilon(8.0, 1e-5, 5 * 8 / 2736, 24)
+    assert 7.9 < planned.epsilon <= 8.0

@@ -63,6 +63,12 @@ def _settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--local-steps", type=int, required=True, help="DP-SGD steps a round (train.local_steps)"
     )
+    parser.add_argument(
+        "--bands",
+        type=int,
+        default=1,
+        help="privacy.mechanism=banded's bands, a divisor of --local-steps (default: 1, DP-SGD)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +115,7 @@ def main(argv: list[str]) -> None:
         args.accountant,
         target_epsilon=getattr(args, "target_epsilon", None),
         noise_multiplier=getattr(args, "noise_multiplier", None),
+        bands=args.bands,
     )
     units = f"{args.unit}s"
     print(
@@ -116,6 +123,11 @@ def main(argv: list[str]) -> None:
         "per step)"
     )
     print(f"steps         = {result.steps} ({args.rounds} rounds x {args.local_steps} local steps)")
+    if args.bands > 1:
+        print(
+            f"banded noise  = {args.bands} bands: each unit sampled in one step of {args.bands}, "
+            f"at {args.bands}x the rate"
+        )
     print(f"noise σ       = {result.noise_multiplier:.6g}")
     print(
         f"epsilon       = {result.epsilon:.4f} per {args.unit} at delta = {result.delta:g} "
@@ -127,9 +139,15 @@ def _problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the settings, in a sentence (None: nothing)."""
     counts = {"--units": args.units, "--batch-size": args.batch_size}
     counts |= {"--rounds": args.rounds, "--local-steps": args.local_steps}
+    counts |= {"--bands": args.bands}
     for flag, value in counts.items():
         if value < 1:
             return f"{flag} must be at least 1, got {value}"
+    if args.local_steps % args.bands:
+        return (
+            f"--bands {args.bands} does not divide --local-steps {args.local_steps}: every "
+            "round must hold whole sampling cycles"
+        )
     if args.batch_size > args.units:
         return (
             f"--batch-size {args.batch_size} is more than the {args.units} units the client "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flowerbed.config import PrivacyConfig
 from flowerbed.privacy.accounting import epsilon, noise_for_epsilon, noise_for_schedule
-from flowerbed.privacy.banded import accounted_schedule, choose_bands, strategy
+from flowerbed.privacy.banded import accounted, accounted_schedule, choose_bands, strategy
 from flowerbed.privacy.ledger import LedgerError, PrivacyLedger
 
 
@@ -37,14 +37,20 @@ def plan(
     accountant: str = "prv",
     target_epsilon: float | None = None,
     noise_multiplier: float | None = None,
+    bands: int = 1,
 ) -> Plan:
-    """Noise for a target epsilon, or epsilon for a given noise, over rounds x local steps."""
+    """Noise for a target epsilon, or epsilon for a given noise, over rounds x local steps
+    (`bands` > 1: the banded mechanism, accounted as its clients' ledgers account it)."""
     q, steps = sample_rate(batch_size, num_records), rounds * local_steps
+    rate, participations = accounted(q, local_steps, bands)
+    participations *= rounds
     if noise_multiplier is None:
         if target_epsilon is None:
             raise ValueError("give a target epsilon or a noise multiplier")
-        noise_multiplier = noise_for_epsilon(target_epsilon, delta, q, steps, accountant)
-    spent = epsilon([(noise_multiplier, q, steps)], delta, accountant)
+        noise_multiplier = noise_for_epsilon(
+            target_epsilon, delta, rate, participations, accountant
+        )
+    spent = epsilon([(noise_multiplier, rate, participations)], delta, accountant)
     return Plan(q, steps, noise_multiplier, spent, delta)
 
 
