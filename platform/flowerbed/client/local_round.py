@@ -120,7 +120,7 @@ def _train(
     else:
         correlated = kept_noise(permit, node.state_dir, job.round, cycle.fingerprint)
         trainer = make_trainer(
-            model, train, job.privacy, device, permit, draws.noise, None, correlated
+            model, train, job.privacy, device, permit, draws.noise, correlated=correlated
         )
         result = _train_here(trainer, job, node, plan, draws.sampler)
         if correlated is not None:
