@@ -129,11 +129,13 @@ def test_dp_lora_replay_and_kept_moments_on_two_ranks_match_one_with_one_ledger_
     cache_dir, tmp_path
 ):
     """Reproducible noise: the node's one draw is the draw one rank makes, so two rounds of
-    DP-SGD with LoRA, continual replay and DiLoCo's kept moments end where one rank does."""
+    DP-SGD with LoRA, continual replay and DiLoCo's kept moments end where one rank does;
+    with banded noise too (every rank shapes the same draw with the same kept buffers,
+    and the supervisor draws the cycle's classes)."""
     continual = {"mode": "replay", "experiences": 2, "replay_fraction": 0.25, "buffer_size": 32}
     cfg = tiny_config(
         cache_dir,
-        privacy=DP,
+        privacy={**DP, "mechanism": "banded", "bands": 3},
         adapter=LORA,
         strategy=DILOCO,
         continual=continual,
@@ -148,20 +150,7 @@ def test_dp_lora_replay_and_kept_moments_on_two_ranks_match_one_with_one_ledger_
     assert [entry.round for entry in ledger.entries] == [1, 2]
     assert [r.epsilon for r in two_replies] == [r.epsilon for r in one_replies]
     assert len(list((layout.client_state(0) / "inner-optimizer").iterdir())) == 2
-
-
-@pytest.mark.slow
-def test_banded_noise_on_two_ranks_is_the_nodes_one_stream_across_rounds(cache_dir, tmp_path):
-    """Correlated noise: every rank shapes the same draw with the same kept buffers, and the
-    cycle's classes are drawn by the supervisor, so two rounds end where one rank does."""
-    banded = {**DP, "mechanism": "banded", "bands": 3}
-    cfg = tiny_config(cache_dir, privacy=banded, federation={"rounds": 2}, train={"local_steps": 3})
-    layout, model, spec = _prepared(cfg, tmp_path / "run")
-    one, _ = _rounds(cfg, layout, model, spec, ranks=1, rounds=2)
-    two, _ = _rounds(cfg, layout, model, spec, ranks=2, rounds=2)
-    assert _largest_difference(one, two) < 1e-5
-    kept = sorted(p.name for p in (layout.client_state(0) / "correlated-noise").iterdir())
-    assert kept == ["round-00001.safetensors", "round-00002.safetensors"]
+    assert len(list((layout.client_state(0) / "correlated-noise").iterdir())) == 2
 
 
 def _dp_gradients(ranks: Ranks, device: torch.device, task: dict) -> dict | None:
