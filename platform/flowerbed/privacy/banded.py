@@ -80,7 +80,11 @@ def prefix_error(coefficients: Sequence[float], steps: int) -> float:
 
 
 def inverse_coefficients(coefficients: Sequence[float], steps: int) -> np.ndarray:
-    """The first `steps` coefficients of C⁻¹ (lower-triangular Toeplitz as well)."""
+    """The first `steps` coefficients of C⁻¹ (lower-triangular Toeplitz as well).
+
+    jax-privacy's `toeplitz.inverse_coef` computes the same; this is numpy because every
+    round's trainer needs it (`noise_scale`), and a deployed ClientApp lives for one
+    Message: importing jax there would cost every round seconds."""
     c = np.asarray(coefficients, dtype=np.float64)
     d = np.zeros(steps)
     for t in range(steps):
